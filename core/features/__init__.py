@@ -1,0 +1,1 @@
+"""Local feature extractors, one module each, created by name through ``core.registry``."""

@@ -1,0 +1,157 @@
+"""The localisation pipeline for one loaded map: shortlist, match, verify, estimate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core import registry
+from core.errors import InputError, MapError
+from core.estimation import ESTIMATORS
+from core.mapstore import ReferenceMap
+from core.types import CandidateResult, Features, LocalisationResult
+from core.verify import VerifyConfig, verify
+
+
+class LocaliseOptions(BaseModel):
+    """Per-job options. Unknown keys are refused: a typo must not silently use a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    matcher: str = "mnn"
+    matcher_conf: dict[str, Any] = Field(default_factory=dict)
+    top_k: int | None = Field(default=None, ge=1, description="shortlist size; None: all")
+    verify_model: str = "fundamental"
+    verify_method: str = "magsac"
+    verify_threshold_px: float = Field(default=1.0, gt=0, le=50)
+    estimator: str = "best"
+    estimator_conf: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {v!r}; available: {', '.join(sorted(ESTIMATORS))}")
+        return v
+
+    @classmethod
+    def parse(cls, options: dict[str, Any] | None) -> LocaliseOptions:
+        try:
+            return cls.model_validate(options or {})
+        except ValidationError as exc:
+            msgs = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InputError(f"bad options: {msgs}") from None
+
+    def verify_config(self) -> VerifyConfig:
+        try:
+            return VerifyConfig(
+                model=self.verify_model,
+                method=self.verify_method,
+                threshold_px=self.verify_threshold_px,
+            )
+        except ValueError as exc:
+            raise InputError(f"bad options: {exc}") from None
+
+
+class Localiser:
+    """Holds one map's features, its retriever, the extractor that built it, and matchers."""
+
+    def __init__(self, ref_map: ReferenceMap, device: str = "cpu") -> None:
+        self.map = ref_map
+        self.device = device
+        ext = ref_map.extractor
+        self.extractor = registry.create_extractor(ext["name"], ext.get("conf"), device)
+        ret = ref_map.retriever
+        self.retriever = registry.retriever_class(ret["name"])(ret.get("conf"))
+        self.retriever.prepare(ref_map)
+        self._matchers: dict[tuple[str, str], Any] = {}
+
+    def matcher(self, name: str, conf: dict[str, Any]):
+        key = (name, repr(sorted(conf.items())))
+        if key not in self._matchers:
+            m = registry.create_matcher(name, conf, self.device)
+            if not m.accepts(self.map.extractor["name"]):
+                raise MapError(
+                    f"matcher {name!r} cannot match {self.map.extractor['name']!r} features "
+                    f"of map {self.map.name!r}"
+                )
+            self._matchers[key] = m
+        return self._matchers[key]
+
+    def localise(
+        self, image: np.ndarray, options: LocaliseOptions | None = None
+    ) -> LocalisationResult:
+        opts = options or LocaliseOptions()
+        vconf = opts.verify_config()
+        matcher = self.matcher(opts.matcher, opts.matcher_conf)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        query = self.extractor.extract(image)
+        timings["extract"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        order, scores = self.retriever.shortlist(query, self.map, opts.top_k)
+        timings["retrieve"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        refs = [self.map.features[i] for i in order]
+        all_matches = matcher.match_many(query, refs)
+        match_s = time.perf_counter() - t0
+        timings["match"] = match_s
+
+        t0 = time.perf_counter()
+        candidates = []
+        for rank, (i, score, ref, matches) in enumerate(
+            zip(order, scores, refs, all_matches, strict=True)
+        ):
+            tv = time.perf_counter()
+            ver = verify(
+                query.keypoints[matches.indices[:, 0]],
+                ref.keypoints[matches.indices[:, 1]],
+                vconf,
+            )
+            candidates.append(
+                _candidate(
+                    self.map,
+                    int(i),
+                    rank,
+                    float(score),
+                    query,
+                    ref,
+                    matches,
+                    ver,
+                    match_s / max(len(refs), 1),
+                    time.perf_counter() - tv,
+                )
+            )
+        timings["verify"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        estimate = ESTIMATORS[opts.estimator](candidates, opts.estimator_conf)
+        timings["estimate"] = time.perf_counter() - t0
+        return LocalisationResult(estimate, candidates, timings, opts.model_dump())
+
+
+def _candidate(
+    ref_map, i, rank, score, query: Features, ref: Features, matches, ver, match_s, verify_s
+):
+    inl = ver.inliers
+    return CandidateResult(
+        reference_id=ref_map.ids[i],
+        position=(float(ref_map.positions[i, 0]), float(ref_map.positions[i, 1])),
+        retrieval_rank=rank,
+        retrieval_score=score,
+        query_keypoints=len(query),
+        reference_keypoints=len(ref),
+        tentative_matches=len(matches),
+        inliers=int(inl.sum()),
+        mean_match_score=float(matches.scores[inl].mean()) if inl.any() else 0.0,
+        match_seconds=match_s,
+        verify_seconds=verify_s,
+    )

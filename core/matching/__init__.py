@@ -1,0 +1,1 @@
+"""Matchers: one module each, created by name through ``core.registry``."""

@@ -1,0 +1,60 @@
+"""Plug-ins by name. Modules are imported on first use, so SIFT never pays for torch models."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from core.errors import InputError
+from core.features.base import Extractor
+from core.matching.base import Matcher
+from core.retrieval.base import Retriever
+
+EXTRACTORS: dict[str, str] = {
+    "sift": "core.features.sift:SiftExtractor",
+}
+MATCHERS: dict[str, str] = {
+    "mnn": "core.matching.mnn:MutualNearestNeighbour",
+}
+RETRIEVERS: dict[str, str] = {
+    "exhaustive": "core.retrieval.exhaustive:ExhaustiveRetriever",
+}
+
+
+def _load(table: dict[str, str], kind: str, name: str) -> type:
+    try:
+        target = table[name]
+    except KeyError:
+        raise InputError(
+            f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}"
+        ) from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def extractor_class(name: str) -> type[Extractor]:
+    return _load(EXTRACTORS, "extractor", name)
+
+
+def matcher_class(name: str) -> type[Matcher]:
+    return _load(MATCHERS, "matcher", name)
+
+
+def retriever_class(name: str) -> type[Retriever]:
+    return _load(RETRIEVERS, "retriever", name)
+
+
+def create_extractor(
+    name: str, conf: dict[str, Any] | None = None, device: str = "cpu"
+) -> Extractor:
+    try:
+        return extractor_class(name)(conf, device=device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def create_matcher(name: str, conf: dict[str, Any] | None = None, device: str = "cpu") -> Matcher:
+    try:
+        return matcher_class(name)(conf, device=device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""Shortlisting: which references of a map are worth matching against a query."""

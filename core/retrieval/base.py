@@ -1,0 +1,41 @@
+"""The retrieval interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from core.types import Features
+
+if TYPE_CHECKING:
+    from core.mapstore import ReferenceMap
+
+
+class Retriever(ABC):
+    """Ranks a map's references for a query.
+
+    ``fit`` runs once when a map is built (it may store state in the map); ``prepare`` once per
+    loaded map in a worker; ``shortlist`` per query.
+    """
+
+    name: ClassVar[str]
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, conf: dict[str, Any] | None = None) -> None:
+        from core.features.base import merge_conf
+
+        self.conf = merge_conf(self.default_conf, conf or {}, what=f"retriever {self.name!r}")
+
+    def fit(self, ref_map: ReferenceMap) -> None:  # noqa: B027 - optional hook
+        """Build map-level state (codebooks, descriptors); default: nothing."""
+
+    def prepare(self, ref_map: ReferenceMap) -> None:  # noqa: B027 - optional hook
+        """Load map-level state into memory; default: nothing."""
+
+    @abstractmethod
+    def shortlist(
+        self, query: Features, ref_map: ReferenceMap, top_k: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into ``ref_map.ids`` (best first) and their scores; ``top_k=None``: all."""
