@@ -12,6 +12,7 @@ from core.retrieval.base import Retriever
 
 EXTRACTORS: dict[str, str] = {
     "sift": "core.features.sift:SiftExtractor",
+    "xfeat": "core.features.xfeat:XFeatExtractor",
 }
 MATCHERS: dict[str, str] = {
     "mnn": "core.matching.mnn:MutualNearestNeighbour",
