@@ -1,0 +1,173 @@
+"""SQLAlchemy 2.0 models. Portable across SQLite and PostgreSQL.
+
+The hand-written migration in ``db/migrations/versions`` must match these; ``tests/test_db.py``
+checks that with alembic's ``compare_metadata`` on both backends.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.types import UTCDateTime, utcnow
+
+# Explicit constraint names so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MAP_NAME_LENGTH = 64
+JOB_ID_LENGTH = 64
+IMAGE_KEY_LENGTH = 128
+REF_ID_LENGTH = 255
+WORKER_LENGTH = 255
+MATCHER_LENGTH = 64
+STATUS_LENGTH = 16
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# Stored as a plain string with a CHECK: portable, and adding a status is a one-line migration.
+STATUS_CHECK_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Map(Base):
+    """A named set of reference photos with known positions; features live in the map store."""
+
+    __tablename__ = "maps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAP_NAME_LENGTH), unique=True)
+    # {"name": ..., "conf": {...}} of the extractor / retriever the map was built with.
+    extractor: Mapped[dict[str, Any]]
+    retriever: Mapped[dict[str, Any]]
+    num_references: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    references: Mapped[list[ReferenceImage]] = relationship(
+        back_populates="map", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Map(name={self.name!r}, num_references={self.num_references})"
+
+
+class ReferenceImage(Base):
+    __tablename__ = "reference_images"
+    __table_args__ = (UniqueConstraint("map_id", "ref_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    map_id: Mapped[int] = mapped_column(ForeignKey("maps.id", ondelete="CASCADE"))
+    ref_id: Mapped[str] = mapped_column(String(REF_ID_LENGTH))
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+
+    map: Mapped[Map] = relationship(back_populates="references")
+
+
+class Job(Base):
+    """One query photo localised against one map."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(STATUS_CHECK_SQL, name="status"),)
+
+    # Derived by the client from (map, image hash, options), so a resubmission lands here again.
+    id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
+    map_name: Mapped[str] = mapped_column(String(MAP_NAME_LENGTH), index=True)
+    # Content hash of the query image in the blob store.
+    image_key: Mapped[str] = mapped_column(String(IMAGE_KEY_LENGTH))
+    options: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(
+        String(STATUS_LENGTH), index=True, default=JobStatus.PENDING.value
+    )
+    estimate_x: Mapped[float | None] = mapped_column(Float)
+    estimate_y: Mapped[float | None] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    localised: Mapped[bool | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    # Seconds per stage, e.g. {"decode": 0.01, "extract": 0.3, ...}.
+    timings: Mapped[dict[str, Any] | None]
+    worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
+    matcher: Mapped[str | None] = mapped_column(String(MATCHER_LENGTH))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    candidates: Mapped[list[CandidateMatch]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="(CandidateMatch.inliers.desc(), CandidateMatch.rank)",
+    )
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, map_name={self.map_name!r}, status={self.status!r})"
+
+
+class CandidateMatch(Base):
+    """Evidence for one shortlisted reference of a job: retrieval, matching and geometry."""
+
+    __tablename__ = "candidate_matches"
+    __table_args__ = (UniqueConstraint("job_id", "reference_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    reference_id: Mapped[str] = mapped_column(String(REF_ID_LENGTH))
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+    retrieval_score: Mapped[float] = mapped_column(Float)
+    query_keypoints: Mapped[int] = mapped_column(Integer)
+    reference_keypoints: Mapped[int] = mapped_column(Integer)
+    tentative_matches: Mapped[int] = mapped_column(Integer)
+    inliers: Mapped[int] = mapped_column(Integer)
+    inlier_ratio: Mapped[float] = mapped_column(Float)
+    mean_match_score: Mapped[float] = mapped_column(Float)
+
+    job: Mapped[Job] = relationship(back_populates="candidates")
+
+
+CANDIDATE_FIELDS = (
+    "reference_id",
+    "x",
+    "y",
+    "rank",
+    "retrieval_score",
+    "query_keypoints",
+    "reference_keypoints",
+    "tentative_matches",
+    "inliers",
+    "inlier_ratio",
+    "mean_match_score",
+)

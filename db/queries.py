@@ -1,0 +1,278 @@
+"""The database API of workers and the CLI.
+
+Every function takes a :class:`~sqlalchemy.orm.Session` first and does not commit: the caller's
+``Database.session()`` block commits (or rolls back) the whole unit of work. Functions flush when
+they need database-generated values or must see constraint violations early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import CANDIDATE_FIELDS, CandidateMatch, Job, JobStatus, Map, ReferenceImage
+from db.types import utcnow
+
+# Long enough for a traceback's last lines, short enough for a table listing.
+MAX_ERROR_LENGTH = 4000
+# Rows per INSERT batch when adding references (bounded memory and statement size).
+REFERENCE_BATCH = 5000
+
+# ---------------------------------------------------------------------------------------- jobs
+
+
+def create_job(
+    s: Session, job_id: str, map_name: str, image_key: str, options: Mapping[str, Any]
+) -> tuple[Job, bool]:
+    """Insert a pending job, or return the existing one: ``(job, created)``.
+
+    Idempotent and race-safe: when another client inserts the same id between our look-up and our
+    insert, the unique violation is rolled back to a SAVEPOINT and the other client's row returned.
+    """
+    existing = s.get(Job, job_id)
+    if existing is not None:
+        return existing, False
+    job = Job(
+        id=job_id,
+        map_name=map_name,
+        image_key=image_key,
+        options=dict(options),
+        status=JobStatus.PENDING.value,
+        attempts=0,
+        created_at=utcnow(),
+    )
+    try:
+        with s.begin_nested():
+            s.add(job)
+    except IntegrityError:
+        # The other insert has committed (PostgreSQL waits for it before raising), so it is visible.
+        existing = s.get(Job, job_id, populate_existing=True)
+        if existing is None:  # not a duplicate id after all: some other constraint failed
+            raise
+        return existing, False
+    return job, True
+
+
+def get_job(s: Session, job_id: str) -> Job | None:
+    return s.get(Job, job_id)
+
+
+def get_candidates(s: Session, job_id: str) -> list[CandidateMatch]:
+    """Candidate matches of a job, strongest evidence (most inliers) first."""
+    stmt = (
+        select(CandidateMatch)
+        .where(CandidateMatch.job_id == job_id)
+        .order_by(CandidateMatch.inliers.desc(), CandidateMatch.rank)
+    )
+    return list(s.scalars(stmt))
+
+
+def _lock_job(s: Session, job_id: str) -> Job | None:
+    # FOR UPDATE serialises two deliveries of one job on PostgreSQL; SQLite's write lock
+    # (BEGIN IMMEDIATE) already does. populate_existing: never act on a stale identity-map copy.
+    stmt = (
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return s.scalars(stmt).one_or_none()
+
+
+def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
+    """Mark a job running on ``worker`` and count the attempt.
+
+    Returns None when the job does not exist. A job that is already ``done`` is returned
+    unchanged (status stays ``done``, attempts not incremented): the caller must check
+    ``job.status == "done"`` and skip the work, since a redelivered task must not redo it.
+    ``pending``, ``failed`` (a retry) and ``running`` (redelivered after a worker died) are claimed.
+    """
+    job = _lock_job(s, job_id)
+    if job is None or job.status == JobStatus.DONE:
+        return job
+    job.status = JobStatus.RUNNING.value
+    job.started_at = utcnow()
+    job.finished_at = None
+    job.worker = worker
+    job.attempts += 1
+    s.flush()
+    return job
+
+
+def save_result(
+    s: Session,
+    job_id: str,
+    *,
+    x: float | None,
+    y: float | None,
+    confidence: float | None,
+    localised: bool,
+    timings: Mapping[str, float],
+    matcher: str | None,
+    worker: str | None,
+    candidates: Sequence[Mapping[str, Any]],
+) -> Job:
+    """Store a finished job and its candidates (replacing any from an earlier delivery).
+
+    Everything happens in the caller's transaction, so readers see either the old state or the
+    complete result. Each candidate mapping needs the keys of ``CANDIDATE_FIELDS``.
+    Raises LookupError when the job does not exist.
+    """
+    job = _lock_job(s, job_id)
+    if job is None:
+        raise LookupError(f"no job {job_id!r}")
+    s.execute(delete(CandidateMatch).where(CandidateMatch.job_id == job_id))
+    rows = [_candidate_row(job_id, c) for c in candidates]
+    if rows:
+        s.execute(insert(CandidateMatch), rows)
+    job.status = JobStatus.DONE.value
+    job.estimate_x = x
+    job.estimate_y = y
+    job.confidence = confidence
+    job.localised = localised
+    job.timings = dict(timings)
+    job.matcher = matcher
+    if worker is not None:
+        job.worker = worker
+    job.error = None
+    job.finished_at = utcnow()
+    s.flush()
+    # The relationship may hold rows loaded before the bulk delete/insert.
+    s.expire(job, ["candidates"])
+    return job
+
+
+def _candidate_row(job_id: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [k for k in CANDIDATE_FIELDS if k not in candidate]
+    if missing:
+        raise KeyError(f"candidate {candidate.get('reference_id')!r} lacks {missing}")
+    row = {k: candidate[k] for k in CANDIDATE_FIELDS}
+    # Callers pass numpy scalars; the drivers want plain Python numbers.
+    for key in ("x", "y", "retrieval_score", "inlier_ratio", "mean_match_score"):
+        row[key] = float(row[key])
+    for key in ("rank", "query_keypoints", "reference_keypoints", "tentative_matches", "inliers"):
+        row[key] = int(row[key])
+    row["reference_id"] = str(row["reference_id"])
+    row["job_id"] = job_id
+    return row
+
+
+def mark_failed(s: Session, job_id: str, reason: str, worker: str | None = None) -> Job | None:
+    """Mark a job failed with ``reason`` (truncated to ``MAX_ERROR_LENGTH``). None if missing."""
+    job = _lock_job(s, job_id)
+    if job is None:
+        return None
+    if len(reason) > MAX_ERROR_LENGTH:
+        reason = reason[: MAX_ERROR_LENGTH - 3] + "..."
+    job.status = JobStatus.FAILED.value
+    job.error = reason
+    job.finished_at = utcnow()
+    if worker is not None:
+        job.worker = worker
+    s.flush()
+    return job
+
+
+def list_jobs(
+    s: Session,
+    *,
+    map_name: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    """Jobs newest first, optionally only of one map, one status, or created at/after ``since``."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if map_name is not None:
+        stmt = stmt.where(Job.map_name == map_name)
+    if status is not None:
+        stmt = stmt.where(Job.status == JobStatus(status).value)
+    if since is not None:
+        stmt = stmt.where(Job.created_at >= since)
+    return list(s.scalars(stmt))
+
+
+def find_stale_jobs(s: Session, older_than: timedelta) -> list[Job]:
+    """Running jobs started more than ``older_than`` ago (their worker probably died)."""
+    cutoff = utcnow() - older_than
+    stmt = (
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING.value, Job.started_at < cutoff)
+        .order_by(Job.started_at)
+    )
+    return list(s.scalars(stmt))
+
+
+# ---------------------------------------------------------------------------------------- maps
+
+
+def upsert_map(
+    s: Session,
+    name: str,
+    extractor: Mapping[str, Any],
+    retriever: Mapping[str, Any],
+    references: Iterable[tuple[str, float, float]],
+) -> Map:
+    """Create or update map ``name`` and add the references it does not have yet.
+
+    References already present keep their stored position (a map only grows; positions of
+    existing references are not rewritten). ``num_references`` is recounted from the table.
+    """
+    map_row = s.scalars(select(Map).where(Map.name == name).with_for_update()).one_or_none()
+    now = utcnow()
+    if map_row is None:
+        map_row = Map(
+            name=name,
+            extractor=dict(extractor),
+            retriever=dict(retriever),
+            num_references=0,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(map_row)
+        s.flush()  # for map_row.id
+    else:
+        map_row.extractor = dict(extractor)
+        map_row.retriever = dict(retriever)
+        map_row.updated_at = now
+
+    known = set(s.scalars(select(ReferenceImage.ref_id).where(ReferenceImage.map_id == map_row.id)))
+    new_rows: list[dict[str, Any]] = []
+    for ref_id, x, y in references:
+        ref_id = str(ref_id)
+        if ref_id in known:
+            continue
+        known.add(ref_id)  # also drops duplicates within this call
+        new_rows.append({"map_id": map_row.id, "ref_id": ref_id, "x": float(x), "y": float(y)})
+    for start in range(0, len(new_rows), REFERENCE_BATCH):
+        s.execute(insert(ReferenceImage), new_rows[start : start + REFERENCE_BATCH])
+
+    map_row.num_references = s.scalar(
+        select(func.count()).select_from(ReferenceImage).where(ReferenceImage.map_id == map_row.id)
+    )
+    s.flush()
+    return map_row
+
+
+def get_map(s: Session, name: str) -> Map | None:
+    return s.scalars(select(Map).where(Map.name == name)).one_or_none()
+
+
+def list_maps(s: Session) -> list[Map]:
+    return list(s.scalars(select(Map).order_by(Map.name)))
+
+
+def get_references(s: Session, map_name: str) -> list[ReferenceImage]:
+    """References of a map in insertion order (empty when the map does not exist)."""
+    stmt = (
+        select(ReferenceImage)
+        .join(Map, ReferenceImage.map_id == Map.id)
+        .where(Map.name == map_name)
+        .order_by(ReferenceImage.id)
+    )
+    return list(s.scalars(stmt))
