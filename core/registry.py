@@ -13,9 +13,13 @@ from core.retrieval.base import Retriever
 EXTRACTORS: dict[str, str] = {
     "sift": "core.features.sift:SiftExtractor",
     "xfeat": "core.features.xfeat:XFeatExtractor",
+    "aliked": "core.features.aliked:AlikedExtractor",
+    "disk": "core.features.disk:DiskExtractor",
 }
 MATCHERS: dict[str, str] = {
     "mnn": "core.matching.mnn:MutualNearestNeighbour",
+    "lighterglue": "core.matching.lightglue:LighterGlueMatcher",
+    "lightglue": "core.matching.lightglue:LightGlueMatcher",
 }
 RETRIEVERS: dict[str, str] = {
     "exhaustive": "core.retrieval.exhaustive:ExhaustiveRetriever",

