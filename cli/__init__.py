@@ -1,0 +1,1 @@
+"""The ``featureloc`` command line: built on core, db and workers, never the reverse."""

@@ -1,0 +1,289 @@
+"""``featureloc``: build maps, submit photos, inspect jobs, run workers, try the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from cli.common import console, fail, fmt, parse_options
+from core.defaults import DEFAULT_EXTRACTOR, DEFAULT_RETRIEVER
+from core.errors import InputError
+from core.settings import get_settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
+map_app = typer.Typer(help="Build and list maps.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List and inspect localisation jobs.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(map_app, name="map")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+
+
+def _database():
+    from db.session import Database, init_db
+
+    url = get_settings().database_url.get_secret_value()
+    init_db(url)
+    return Database(url)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest (also done by every command that needs it)."""
+    _database()
+    console.print("database is at the newest schema")
+
+
+@map_app.command("build")
+def map_build(
+    name: str,
+    images: Annotated[Path, typer.Option(help="Folder of reference photos.")],
+    positions: Annotated[Path, typer.Option(help="CSV with columns id,x,y (id = file stem).")],
+    extractor: Annotated[str, typer.Option(help="Local feature extractor.")] = DEFAULT_EXTRACTOR,
+    retriever: Annotated[str, typer.Option(help="Shortlisting method.")] = DEFAULT_RETRIEVER,
+) -> None:
+    """Build a map (or add the photos a map does not have yet) in this process."""
+    from workers.maps import build_and_register
+
+    _database()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"map {name}", total=None)
+        try:
+            report = build_and_register(
+                get_settings(),
+                name,
+                images,
+                positions,
+                extractor,
+                retriever=retriever,
+                on_start=lambda n: progress.update(task, total=n),
+                on_done=lambda _id: progress.advance(task),
+            )
+        except InputError as exc:
+            fail(str(exc))
+    console.print(
+        f"map [bold]{name}[/]: {len(report.added)} added, {len(report.skipped)} already there, "
+        f"{len(report.failed)} failed"
+    )
+    for rid, reason in list(report.failed.items())[:20]:
+        console.print(f"  [red]failed[/] {rid}: {reason}")
+
+
+@map_app.command("list")
+def map_list() -> None:
+    """Maps in the database, with their extractor and size."""
+    from db import queries
+
+    with _database().session() as s:
+        maps = queries.list_maps(s)
+        table = Table("name", "references", "extractor", "retriever", "updated")
+        for m in maps:
+            table.add_row(
+                m.name,
+                str(m.num_references),
+                m.extractor.get("name", "?"),
+                m.retriever.get("name", "?"),
+                f"{m.updated_at:%Y-%m-%d %H:%M}",
+            )
+    console.print(table)
+
+
+@app.command()
+def localise(
+    images: Annotated[list[Path], typer.Argument(help="Photos to localise.")],
+    map_name: Annotated[str, typer.Option("--map", help="Map to localise against.")],
+    wait: Annotated[bool, typer.Option(help="Wait for the results and print them.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Job option key=value (repeatable), e.g. top_k=20.")
+    ] = None,
+    options: Annotated[str | None, typer.Option(help="Job options as a JSON object.")] = None,
+) -> None:
+    """Submit photos to the queue; with --wait, print where each was taken."""
+    from workers.client import Client, JobTimeout
+
+    _database()
+    opts = parse_options(option, options)
+    client = Client()
+    try:
+        ids = [client.submit(p, map_name, opts) for p in images]
+    except (InputError, OSError) as exc:
+        fail(str(exc))
+    if not wait:
+        for p, j in zip(images, ids, strict=True):
+            console.print(f"{j}  {p}")
+        return
+    table = Table("job", "image", "status", "x", "y", "confidence", "inliers", "error")
+    for p, j in zip(images, ids, strict=True):
+        try:
+            r = client.wait(j, timeout)
+        except JobTimeout as exc:
+            fail(str(exc))
+        best = max((c.inliers for c in r.candidates), default=0)
+        table.add_row(
+            j[:12],
+            p.name,
+            r.status,
+            fmt(r.x),
+            fmt(r.y),
+            fmt(r.confidence),
+            str(best),
+            r.error or "",
+        )
+    console.print(table)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    map_name: Annotated[str | None, typer.Option("--map")] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")
+    ] = None,
+    limit: int = 50,
+) -> None:
+    """Recent jobs, newest first."""
+    from workers.client import Client
+
+    _database()
+    rows = Client().list_jobs(map_name, status, _parse_since(since), limit)
+    table = Table("job", "map", "status", "x", "y", "confidence", "created", "error")
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.map_name,
+            r.status,
+            fmt(r.x),
+            fmt(r.y),
+            fmt(r.confidence),
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}" if r.created_at else "-",
+            (r.error or "")[:60],
+        )
+    console.print(table)
+
+
+def _parse_since(since: str | None) -> datetime | None:
+    if not since:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if since[-1] in units and since[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(since[:-1]) * units[since[-1]])
+    try:
+        t = datetime.fromisoformat(since)
+    except ValueError:
+        raise typer.BadParameter(f"--since: not an ISO time or age: {since!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """One job with its estimate, timings and candidate table."""
+    from workers.client import Client
+
+    _database()
+    try:
+        r = Client().result(job_id)
+    except InputError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return
+    console.print(f"[bold]job[/] {r.id}  map {r.map_name}  status [bold]{r.status}[/]")
+    if r.error:
+        console.print(f"[red]error:[/] {r.error}")
+    if r.status == "done":
+        verdict = "localised" if r.localised else "NOT localised"
+        console.print(
+            f"estimate ({fmt(r.x)}, {fmt(r.y)})  confidence {fmt(r.confidence)}  {verdict}"
+        )
+    if r.timings:
+        console.print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items()))
+    if r.candidates:
+        table = Table(
+            "rank", "reference", "x", "y", "kp q/r", "matches", "inliers", "ratio", "score"
+        )
+        for c in r.candidates[:20]:
+            table.add_row(
+                str(c.rank),
+                c.reference_id,
+                fmt(c.x),
+                fmt(c.y),
+                f"{c.query_keypoints}/{c.reference_keypoints}",
+                str(c.tentative_matches),
+                str(c.inliers),
+                fmt(c.inlier_ratio),
+                fmt(c.mean_match_score),
+            )
+        console.print(table)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Processes; default: 1 per GPU, else 1 per core.")
+    ] = None,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
+    loglevel: str = "info",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+) -> None:
+    """Run a Celery worker that holds the matcher and maps and serves jobs."""
+    settings = get_settings()
+    _database()  # migrate once here, not in every worker process
+    on_gpu = settings.resolved_device() == "cuda"
+    if concurrency is None:
+        concurrency = 1 if on_gpu else (os.cpu_count() or 1)
+    if not on_gpu and concurrency > 1 and not settings.torch_threads:
+        # Several 1-thread processes beat one process with many threads (see MATCHERS.md).
+        os.environ["FEATURELOC_TORCH_THREADS"] = "1"
+        get_settings.cache_clear()
+    from workers.celery_app import make_celery
+
+    celery = make_celery(get_settings())
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+        f"--loglevel={loglevel}",
+        f"--queues={queues or f'{settings.localise_queue},{settings.build_queue}'}",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if not settings.broker_url.get_secret_value().startswith("filesystem://"):
+        argv.append("--task-events")
+    celery.worker_main(argv)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(
+        "featureloc-data/demo"
+    ),
+    broker: Annotated[
+        str | None, typer.Option(help="Broker URL; default: an embedded file-system broker.")
+    ] = None,
+) -> None:
+    """Generate a small scene, build a map, localise photos through a worker, print the error."""
+    from cli.demo import run_demo
+
+    sys.exit(run_demo(workdir, broker))
+
+
+if __name__ == "__main__":
+    app()

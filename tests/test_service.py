@@ -1,0 +1,141 @@
+"""End to end through real services: Redis, a real Celery worker process, SQLite and PostgreSQL.
+
+A map is built from the synthetic scene, query photos go in through the client, and the stored
+jobs and candidate rows are checked; bad input must fail its own job only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings
+from db import queries
+from db.session import Database, init_db
+from tests.services import WorkerProcess, postgres_schema, require_redis, service_env
+from workers.celery_app import LOCALISE_TASK
+from workers.client import Client
+from workers.maps import build_and_register
+
+pytestmark = pytest.mark.services
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{"id": r["id"], "x": float(r["x"]), "y": float(r["y"])} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def service(request, tmp_path_factory, scene):
+    require_redis()
+    data = tmp_path_factory.mktemp(f"svc-{request.param}")
+    with _database_url(request.param, data) as db_url:
+        env = service_env(data, db_url, uuid.uuid4().hex[:8])
+        settings = Settings(
+            data_dir=data,
+            database_url=db_url,
+            broker_url=env["FEATURELOC_BROKER_URL"],
+            localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
+            build_queue=env["FEATURELOC_BUILD_QUEUE"],
+        )
+        init_db(db_url)
+        build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
+        worker = WorkerProcess(env, data / "worker.log").start()
+        try:
+            yield settings, Client(settings), worker
+        finally:
+            worker.stop()
+
+
+def _database_url(backend: str, data: Path):
+    from contextlib import nullcontext
+
+    if backend == "postgres":
+        return postgres_schema()
+    return nullcontext(f"sqlite:///{data / 'featureloc.db'}")
+
+
+def test_queries_are_localised_and_stored(service, scene):
+    settings, client, worker = service
+    refs = _rows(scene / "references.csv")
+    positions = sorted({(r["x"], r["y"]) for r in refs})
+    queries_ = _rows(scene / "queries.csv")
+
+    ids = [client.submit(scene / "images" / f"{q['id']}.jpg", "scene") for q in queries_]
+    results = client.wait_many(ids, timeout=300)
+
+    assert [r.status for r in results] == ["done"] * len(queries_), [r.error for r in results]
+    near = 0
+    for q, r in zip(queries_, results, strict=True):
+        assert r.worker and r.matcher == "mnn"
+        assert {"extract", "retrieve", "match", "verify", "estimate", "total"} <= set(r.timings)
+        assert r.candidates, "every candidate with tentative matches is stored"
+        for c in r.candidates:
+            assert 0 <= c.inliers <= c.tentative_matches
+            assert c.query_keypoints > 0 and c.reference_keypoints > 0
+        if r.localised:
+            best = max(r.candidates, key=lambda c: c.inliers)
+            assert (r.x, r.y) == (best.x, best.y)
+            assert 0 < r.confidence <= 1
+            # The estimate must be one of the two reference positions nearest the truth.
+            nearest = sorted(positions, key=lambda p: math.dist(p, (q["x"], q["y"])))[:2]
+            near += any(math.isclose(r.x, p[0]) and math.isclose(r.y, p[1]) for p in nearest)
+    assert near >= 0.75 * len(queries_), f"only {near}/{len(queries_)} placed near the truth"
+
+
+def test_resubmission_returns_the_same_job(service, scene):
+    settings, client, _ = service
+    image = scene / "images" / f"{_rows(scene / 'queries.csv')[0]['id']}.jpg"
+    first = client.submit(image, "scene", {"top_k": 5})
+    second = client.submit(image.read_bytes(), "scene", {"top_k": 5})
+    assert first == second
+    assert client.submit(image, "scene", {"top_k": 6}) != first  # other options, other job
+    client.wait(first, timeout=120)
+    with Database(settings.database_url.get_secret_value()).session() as s:
+        assert len(queries.list_jobs(s, map_name="scene", limit=1000)) == len(
+            {j.id for j in queries.list_jobs(s, map_name="scene", limit=1000)}
+        )
+
+
+def test_bad_input_fails_its_job_and_the_worker_serves_on(service, scene, tmp_path):
+    settings, client, worker = service
+    good = (scene / "images" / f"{_rows(scene / 'queries.csv')[1]['id']}.jpg").read_bytes()
+    cases = {
+        "truncated": (good[: len(good) // 2], "scene", "truncated JPEG"),
+        "empty": (b"", "scene", "empty image"),
+        "text": (b"this is not a photo\n" * 10, "scene", "not an image"),
+        "unknown map": (good, "no-such-map", "unknown map 'no-such-map'"),
+    }
+    ids = {name: client.submit(data, m) for name, (data, m, _) in cases.items()}
+
+    # A sender in another language could send any options: the worker must refuse them.
+    from workers.blobstore import BlobStore
+
+    key = BlobStore(settings.blob_dir).put(good)
+    bad_options_job = "bad-options-" + uuid.uuid4().hex[:8]
+    client.app.send_task(
+        LOCALISE_TASK,
+        args=[bad_options_job, "scene", key, {"top_k": -3}],
+        queue=settings.localise_queue,
+    )
+    with pytest.raises(Exception, match="bad options"):
+        client.submit(good, "scene", {"no_such_option": 1})  # refused before queueing
+
+    for name, (_, _, reason) in cases.items():
+        res = client.wait(ids[name], timeout=120)
+        assert res.status == "failed", name
+        assert reason in res.error, (name, res.error)
+
+    refused = client.wait(bad_options_job, timeout=120)
+    assert refused.status == "failed" and "top_k" in refused.error
+
+    # A photo nobody submitted before (a reference view), so the worker really runs it.
+    fresh = scene / "images" / f"{_rows(scene / 'references.csv')[5]['id']}.jpg"
+    after = client.wait(client.submit(fresh, "scene"), timeout=120)
+    assert after.status == "done" and after.candidates
+    assert after.worker == client.result(ids["empty"]).worker, "the same worker process served it"
+    assert worker.proc.poll() is None, "the worker process survived"

@@ -1,0 +1,1 @@
+"""Celery app, tasks and the client that enqueues: the service around ``core``."""

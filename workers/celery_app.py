@@ -1,0 +1,74 @@
+"""The Celery application: JSON only, late acks, one message at a time per process.
+
+Configuration follows DESIGN.md: a task is acknowledged after it finishes (a killed worker's job
+is redelivered), a lost worker's task is rejected back to the queue, prefetch is 1 so a slow
+query never holds others hostage, and time limits stay below the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings, get_settings
+
+LOCALISE_TASK = "featureloc.localise"
+BUILD_TASK = "featureloc.build_map"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict]:
+    url = settings.broker_url.get_secret_value()
+    if url.startswith("filesystem://"):
+        # The embedded broker: a directory shared by the client and worker processes, so the
+        # demo runs with no server installed. Not for production (no remote control, polling).
+        folder = Path(settings.data_dir, "broker").resolve()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return url, {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    # Redis redelivers unacknowledged messages after the visibility timeout: keep it above the
+    # hard time limit so a long-running task is not delivered twice.
+    return url, {"visibility_timeout": settings.task_time_limit * 2 + 60}
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    url, transport_options = broker_options(settings)
+    app = Celery("featureloc", broker=url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,  # results live in the database, not in Redis
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_default_queue=settings.localise_queue,
+        task_queues=[Queue(settings.localise_queue), Queue(settings.build_queue)],
+        task_routes={
+            LOCALISE_TASK: {"queue": settings.localise_queue},
+            BUILD_TASK: {"queue": settings.build_queue},
+        },
+        worker_hijack_root_logger=False,
+        # Recycle a process now and then so a slow leak cannot grow without bound.
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+    )
+    if url.startswith("filesystem://"):
+        app.conf.worker_enable_remote_control = False
+    return app
+
+
+app = make_celery()

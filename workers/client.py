@@ -1,0 +1,200 @@
+"""The Python client other services use: submit photos, wait for results.
+
+client = Client()
+job_id = client.submit(Path("photo.jpg").read_bytes(), "campus")
+result = client.wait(job_id, timeout=60)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError
+from core.localiser import LocaliseOptions
+from core.mapstore import validate_map_name
+from core.settings import Settings, get_settings
+from db import queries
+from db.session import Database
+from workers.blobstore import BlobStore, blob_key
+from workers.celery_app import LOCALISE_TASK, make_celery
+
+FINISHED = ("done", "failed")
+
+
+class JobTimeout(TimeoutError):
+    pass
+
+
+@dataclass
+class Candidate:
+    reference_id: str
+    x: float
+    y: float
+    rank: int
+    retrieval_score: float
+    query_keypoints: int
+    reference_keypoints: int
+    tentative_matches: int
+    inliers: int
+    inlier_ratio: float
+    mean_match_score: float
+
+
+@dataclass
+class JobResult:
+    id: str
+    map_name: str
+    status: str
+    x: float | None
+    y: float | None
+    confidence: float | None
+    localised: bool | None
+    error: str | None
+    timings: dict[str, float] | None
+    worker: str | None
+    matcher: str | None
+    options: dict[str, Any]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "candidates"}
+        for k in ("created_at", "started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        d["candidates"] = [c.__dict__ for c in self.candidates]
+        return d
+
+
+def job_id_for(map_name: str, image_key: str, options: dict[str, Any]) -> str:
+    """The same photo, map and options always give the same job: resubmitting is idempotent."""
+    canonical = json.dumps(
+        {"map": map_name, "image": image_key, "options": options}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.db = Database(self.settings.database_url.get_secret_value())
+        self.blobs = BlobStore(self.settings.blob_dir)
+        self.app = make_celery(self.settings)
+
+    def submit(
+        self, image: bytes | Path, map_name: str, options: dict[str, Any] | None = None
+    ) -> str:
+        """Store the photo, record a pending job and enqueue it; returns the job id.
+
+        Cheap checks only (map name, option names, size): decoding and every other check happen
+        in the worker, and a bad photo becomes a failed job with its reason, not an exception.
+        """
+        validate_map_name(map_name)
+        options = dict(options or {})
+        LocaliseOptions.parse(options)  # a typo in an option name fails here, before queueing
+        data = Path(image).read_bytes() if isinstance(image, Path) else bytes(image)
+        key = blob_key(data)
+        job_id = job_id_for(map_name, key, options)
+        too_big = len(data) > self.settings.max_image_bytes
+        if not too_big:
+            self.blobs.put(data)
+        with self.db.session() as s:
+            job, created = queries.create_job(s, job_id, map_name, key, options)
+            if created and too_big:
+                queries.mark_failed(
+                    s,
+                    job_id,
+                    f"image too large: {len(data)} bytes > limit {self.settings.max_image_bytes}",
+                    None,
+                )
+        if created and not too_big:
+            self.app.send_task(
+                LOCALISE_TASK,
+                args=[job_id, map_name, key, options],
+                queue=self.settings.localise_queue,
+            )
+        return job_id
+
+    def submit_many(
+        self, images: list[bytes | Path], map_name: str, options: dict[str, Any] | None = None
+    ) -> list[str]:
+        return [self.submit(img, map_name, options) for img in images]
+
+    def result(self, job_id: str) -> JobResult:
+        with self.db.session() as s:
+            job = queries.get_job(s, job_id)
+            if job is None:
+                raise InputError(f"unknown job {job_id!r}")
+            return _to_result(job, queries.get_candidates(s, job_id))
+
+    def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> JobResult:
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.result(job_id)
+            if res.finished:
+                return res
+            if time.monotonic() >= deadline:
+                raise JobTimeout(f"job {job_id} still {res.status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def wait_many(self, job_ids: list[str], timeout: float = 300.0) -> list[JobResult]:
+        deadline = time.monotonic() + timeout
+        return [self.wait(j, max(deadline - time.monotonic(), 0.0)) for j in job_ids]
+
+    def list_jobs(
+        self,
+        map_name: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[JobResult]:
+        with self.db.session() as s:
+            jobs = queries.list_jobs(s, map_name=map_name, status=status, since=since, limit=limit)
+            return [_to_result(j, []) for j in jobs]
+
+
+def _to_result(job, candidates) -> JobResult:
+    return JobResult(
+        id=job.id,
+        map_name=job.map_name,
+        status=job.status,
+        x=job.estimate_x,
+        y=job.estimate_y,
+        confidence=job.confidence,
+        localised=job.localised,
+        error=job.error,
+        timings=job.timings,
+        worker=job.worker,
+        matcher=job.matcher,
+        options=job.options or {},
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        candidates=[
+            Candidate(
+                reference_id=c.reference_id,
+                x=c.x,
+                y=c.y,
+                rank=c.rank,
+                retrieval_score=c.retrieval_score,
+                query_keypoints=c.query_keypoints,
+                reference_keypoints=c.reference_keypoints,
+                tentative_matches=c.tentative_matches,
+                inliers=c.inliers,
+                inlier_ratio=c.inlier_ratio,
+                mean_match_score=c.mean_match_score,
+            )
+            for c in candidates
+        ],
+    )

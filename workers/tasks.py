@@ -1,0 +1,158 @@
+"""Celery tasks. Messages carry ids and small JSON, never image bytes or pickles.
+
+``featureloc.localise(job_id, map_name, image_key, options)`` — documented in the README so a
+service in another language can send it by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core.errors import InputError
+from core.images import decode_image
+from core.localiser import LocaliseOptions
+from db import queries
+from workers import runtime
+from workers.blobstore import BlobNotFound, BlobStore
+from workers.celery_app import BUILD_TASK, LOCALISE_TASK, app
+from workers.maps import build_and_register, image_limits
+
+log = logging.getLogger(__name__)
+
+# Faults worth retrying: the database or the network was away for a while.
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+MAX_RETRIES = 6
+
+
+def _retry_delay(retries: int) -> int:
+    return min(2 ** (retries + 1), 60)
+
+
+@app.task(name=LOCALISE_TASK, bind=True, max_retries=MAX_RETRIES)
+def localise(
+    self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    worker = runtime.worker_name()
+    db = runtime.database()
+    try:
+        with db.session() as s:
+            queries.create_job(s, job_id, map_name, image_key, options or {})
+            job = queries.claim_job(s, job_id, worker)
+            if job is not None and job.status == "done":
+                return {"job_id": job_id, "status": "done", "skipped": True}
+        return _run(job_id, map_name, image_key, options or {}, worker)
+    except TRANSIENT as exc:
+        if self.request.retries >= MAX_RETRIES:
+            _fail_quietly(job_id, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
+            raise
+        log.warning("job %s: transient fault, retrying: %s", job_id, exc)
+        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from None
+
+
+def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str) -> dict:
+    settings = runtime.settings()
+    t0 = time.perf_counter()
+    try:
+        opts = LocaliseOptions.parse(options)
+        image = decode_image(BlobStore(settings.blob_dir).get(image_key), image_limits(settings))
+        loc = runtime.localiser(map_name)
+        load_s = time.perf_counter() - t0
+        result = loc.localise(image, opts)
+    except InputError as exc:
+        return _fail(job_id, str(exc), worker)
+    except BlobNotFound:
+        return _fail(job_id, f"query image {image_key} is not in the blob store", worker)
+    except SoftTimeLimitExceeded:
+        return _fail(job_id, f"time limit of {settings.task_soft_time_limit} s exceeded", worker)
+    except TRANSIENT:
+        raise
+    except DBAPIError:
+        raise
+    except Exception as exc:  # a bug, not bad input: record it so the job does not hang
+        log.exception("job %s failed", job_id)
+        return _fail(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
+
+    est = result.estimate
+    timings = {"load": load_s, **result.timings, "total": time.perf_counter() - t0}
+    with runtime.database().session() as s:
+        queries.save_result(
+            s,
+            job_id,
+            x=est.x,
+            y=est.y,
+            confidence=est.confidence,
+            localised=est.localised,
+            timings=timings,
+            matcher=opts.matcher,
+            worker=worker,
+            candidates=[
+                {
+                    "reference_id": c.reference_id,
+                    "x": c.position[0],
+                    "y": c.position[1],
+                    "rank": c.retrieval_rank,
+                    "retrieval_score": c.retrieval_score,
+                    "query_keypoints": c.query_keypoints,
+                    "reference_keypoints": c.reference_keypoints,
+                    "tentative_matches": c.tentative_matches,
+                    "inliers": c.inliers,
+                    "inlier_ratio": c.inlier_ratio,
+                    "mean_match_score": c.mean_match_score,
+                }
+                for c in result.candidates
+                if c.tentative_matches > 0
+            ],
+        )
+    return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}
+
+
+def _fail(job_id: str, reason: str, worker: str) -> dict:
+    with runtime.database().session() as s:
+        queries.mark_failed(s, job_id, reason, worker)
+    return {"job_id": job_id, "status": "failed", "error": reason}
+
+
+def _fail_quietly(job_id: str, reason: str, worker: str) -> None:
+    try:
+        _fail(job_id, reason, worker)
+    except Exception:  # the database is what failed; the job stays for stale detection
+        log.exception("job %s: could not record failure", job_id)
+
+
+@app.task(name=BUILD_TASK, bind=True)
+def build_map(
+    self,
+    name: str,
+    images_dir: str,
+    positions_csv: str,
+    extractor: str,
+    extractor_conf: dict | None = None,
+    retriever: str = "exhaustive",
+    retriever_conf: dict | None = None,
+) -> dict[str, Any]:
+    """Build or extend a map from paths the worker can read (shared storage)."""
+    try:
+        report = build_and_register(
+            runtime.settings(),
+            name,
+            images_dir,
+            positions_csv,
+            extractor,
+            extractor_conf,
+            retriever,
+            retriever_conf,
+        )
+    except InputError as exc:
+        return {"map": name, "status": "failed", "error": str(exc)}
+    return {
+        "map": name,
+        "status": "done",
+        "added": len(report.added),
+        "skipped": len(report.skipped),
+        "failed": report.failed,
+    }
