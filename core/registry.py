@@ -15,11 +15,13 @@ EXTRACTORS: dict[str, str] = {
     "xfeat": "core.features.xfeat:XFeatExtractor",
     "aliked": "core.features.aliked:AlikedExtractor",
     "disk": "core.features.disk:DiskExtractor",
+    "superpoint": "core.features.superpoint:SuperPointExtractor",
 }
 MATCHERS: dict[str, str] = {
     "mnn": "core.matching.mnn:MutualNearestNeighbour",
     "lighterglue": "core.matching.lightglue:LighterGlueMatcher",
     "lightglue": "core.matching.lightglue:LightGlueMatcher",
+    "superglue": "core.matching.superglue:SuperGlueMatcher",
 }
 RETRIEVERS: dict[str, str] = {
     "exhaustive": "core.retrieval.exhaustive:ExhaustiveRetriever",

@@ -1,0 +1,259 @@
+"""SuperPoint (DeTone, Malisiewicz & Rabinovich, CVPRW 2018), loading Magic Leap's checkpoint.
+
+The network is written here from the paper; its module names follow the official release so
+that ``superpoint_v1.pth`` loads with every key accounted for. Magic Leap's licence does not let
+featureloc ship that file: the user supplies it (``weights`` option or the environment variable
+``FEATURELOC_SUPERPOINT_WEIGHTS``).
+
+Post-processing follows the official release so that results match it: softmax over 65 channels
+(64 cell positions + "no point"), iterated max-pool NMS, score threshold, border removal, top-k,
+and bilinear sampling of the coarse descriptor map with the official coordinate convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import InputError
+from core.features.base import Extractor
+from core.types import Features
+
+OFFICIAL_WEIGHTS_URL = "https://github.com/magicleap/SuperGluePretrainedNetwork"
+CELL = 8  # the encoder downsamples by 2**3
+
+
+class SuperPointNet(nn.Module):
+    """Shared VGG-style encoder, a detector head and a descriptor head (paper, section 3)."""
+
+    def __init__(self, descriptor_dim: int = 256) -> None:
+        super().__init__()
+        # Encoder: four stages of two 3x3 convolutions, max-pooled between stages.
+        self.conv1a = nn.Conv2d(1, 64, 3, padding=1)
+        self.conv1b = nn.Conv2d(64, 64, 3, padding=1)
+        self.conv2a = nn.Conv2d(64, 64, 3, padding=1)
+        self.conv2b = nn.Conv2d(64, 64, 3, padding=1)
+        self.conv3a = nn.Conv2d(64, 128, 3, padding=1)
+        self.conv3b = nn.Conv2d(128, 128, 3, padding=1)
+        self.conv4a = nn.Conv2d(128, 128, 3, padding=1)
+        self.conv4b = nn.Conv2d(128, 128, 3, padding=1)
+        # Detector head: 64 positions of an 8x8 cell plus a "no interest point" dustbin.
+        self.convPa = nn.Conv2d(128, 256, 3, padding=1)
+        self.convPb = nn.Conv2d(256, CELL * CELL + 1, 1)
+        # Descriptor head: one coarse descriptor per cell, interpolated at keypoints later.
+        self.convDa = nn.Conv2d(128, 256, 3, padding=1)
+        self.convDb = nn.Conv2d(256, descriptor_dim, 1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) in [0, 1], H and W multiples of 8 -> heatmap (B, H, W), descriptors
+        (B, D, H/8, W/8) of unit length."""
+        x = image
+        stages = [
+            (self.conv1a, self.conv1b),
+            (self.conv2a, self.conv2b),
+            (self.conv3a, self.conv3b),
+            (self.conv4a, self.conv4b),
+        ]
+        for i, (conv_a, conv_b) in enumerate(stages):
+            x = F.relu(conv_b(F.relu(conv_a(x))))
+            if i < len(stages) - 1:
+                x = F.max_pool2d(x, 2, 2)
+
+        logits = self.convPb(F.relu(self.convPa(x)))
+        prob = logits.softmax(dim=1)[:, :-1]  # drop the dustbin
+        # Channel k of a cell is pixel (k // 8, k % 8) inside it: unfold to full resolution.
+        heatmap = F.pixel_shuffle(prob, CELL)[:, 0]
+
+        desc = self.convDb(F.relu(self.convDa(x)))
+        return heatmap, F.normalize(desc, p=2, dim=1)
+
+
+def nms(heatmap: torch.Tensor, radius: int) -> torch.Tensor:
+    """Keep local maxima in a (2r+1)^2 window, zero elsewhere.
+
+    Like the official code, two extra rounds recover maxima that were only suppressed by a
+    neighbour which was itself suppressed, so dense textures keep more than one point per window.
+    """
+
+    def window_max(t: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)
+
+    h = heatmap[:, None]
+    is_max = h == window_max(h)
+    for _ in range(2):
+        suppressed = window_max(is_max.float()) > 0
+        remaining = torch.where(suppressed, torch.zeros_like(h), h)
+        new_max = (remaining == window_max(remaining)) & ~suppressed
+        is_max = is_max | new_max
+    return torch.where(is_max, h, torch.zeros_like(h))[:, 0]
+
+
+def sample_descriptors(keypoints: torch.Tensor, desc_map: torch.Tensor) -> torch.Tensor:
+    """Bilinear descriptors at pixel ``keypoints`` (N, 2) x,y from one (D, h, w) map -> (N, D).
+
+    The pixel-to-grid mapping is the official one (cell centres at 8k + 3.5, normalised by
+    8w - 4.5): the released weights were trained and evaluated with it.
+    """
+    _, h, w = desc_map.shape
+    scale = keypoints.new_tensor([CELL * w - CELL / 2 - 0.5, CELL * h - CELL / 2 - 0.5])
+    grid = (keypoints - CELL / 2 + 0.5) / scale * 2 - 1
+    sampled = F.grid_sample(
+        desc_map[None], grid[None, None], mode="bilinear", align_corners=True
+    )  # (1, D, 1, N)
+    return F.normalize(sampled[0, :, 0].T, p=2, dim=1)
+
+
+# --- weights: user-supplied files, loaded strictly -------------------------------------------
+
+
+def resolve_weights(path: str | os.PathLike | None, env_var: str, filename: str) -> Path:
+    """The checkpoint to load: the ``weights`` option, else ``env_var``; refuse clearly if none."""
+    given = path or os.environ.get(env_var)
+    where = (
+        f"download {filename} from {OFFICIAL_WEIGHTS_URL} (models/weights/); Magic Leap's "
+        "licence (non-commercial use) does not allow featureloc to ship it"
+    )
+    if not given:
+        raise InputError(
+            f"no {filename} given: set the 'weights' option or the environment variable "
+            f"{env_var} to its path; {where}"
+        )
+    resolved = Path(given).expanduser()
+    if not resolved.is_file():
+        raise InputError(f"weights file {str(resolved)!r} does not exist; {where}")
+    return resolved
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_official_checkpoint(model: nn.Module, path: Path, what: str) -> None:
+    """Load a plain state dict (the official files' format) with every key accounted for.
+
+    BatchNorm's ``num_batches_tracked`` counters are tolerated when absent (checkpoints saved by
+    torch < 0.4.1 lack them; they do nothing at inference); any other difference is refused.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or hostile file
+        raise InputError(f"cannot read {what} weights {str(path)!r}: {exc}") from exc
+    if not isinstance(state, Mapping):
+        raise InputError(f"{what} weights {str(path)!r} hold {type(state).__name__}, not a dict")
+    state = dict(state)
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"{str(path)!r} is not an official {what} checkpoint: "
+            f"missing keys {_preview(missing)}; unexpected keys {_preview(unexpected)}"
+        )
+    wrong_shape = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong_shape:
+        details = ", ".join(
+            f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape[:5]
+        )
+        raise InputError(f"{str(path)!r} does not fit {what}: shapes differ: {details}")
+    model.load_state_dict(state, strict=True)
+
+
+def _preview(keys: list[str], n: int = 6) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{f', ... {len(keys) - n} more' if len(keys) > n else ''}]"
+
+
+# --- the plug-in ------------------------------------------------------------------------------
+
+
+class SuperPointExtractor(Extractor):
+    """SuperPoint keypoints and 256-d unit descriptors on the grayscale image in [0, 1].
+
+    ``weights``: path to ``superpoint_v1.pth`` (default: ``$FEATURELOC_SUPERPOINT_WEIGHTS``).
+    ``weights_sha256``: when set (maps record it), the file must have this digest, so a map is
+    never queried with descriptors from another checkpoint.
+    """
+
+    name = "superpoint"
+    env_var = "FEATURELOC_SUPERPOINT_WEIGHTS"
+    descriptor_dim = 256
+    default_conf = {
+        "weights": None,
+        "weights_sha256": None,
+        "nms_radius": 4,
+        "keypoint_threshold": 0.005,
+        "max_keypoints": 1024,  # -1 keeps all
+        "remove_borders": 4,
+    }
+
+    def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
+        super().__init__(conf, device)
+        mk = int(self.conf["max_keypoints"])
+        if mk == 0 or mk < -1:
+            raise InputError("superpoint max_keypoints must be positive or -1 (all)")
+        path = resolve_weights(self.conf["weights"], self.env_var, "superpoint_v1.pth")
+        self.weights_sha256 = file_sha256(path)
+        pinned = self.conf["weights_sha256"]
+        if pinned and pinned != self.weights_sha256:
+            raise InputError(
+                f"{str(path)!r} is not the SuperPoint checkpoint these features were made with "
+                f"(sha256 {self.weights_sha256[:12]}..., expected {pinned[:12]}...)"
+            )
+        self.net = SuperPointNet(self.descriptor_dim)
+        load_official_checkpoint(self.net, path, "SuperPoint")
+        self.net.eval().to(device)
+
+    def identity(self) -> dict[str, Any]:
+        # The digest, not the path, is what makes two maps' descriptors comparable.
+        conf = {**self.conf, "weights_sha256": self.weights_sha256}
+        return {"name": self.name, "conf": conf}
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray) -> Features:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        h, w = gray.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32) / 255.0)
+        # Pad right/bottom to whole cells; points in the padding are removed with the borders.
+        x = F.pad(x[None, None], (0, -w % CELL, 0, -h % CELL)).to(self.device)
+        heatmap, desc_map = self.net(x)
+        heatmap = nms(heatmap, int(self.conf["nms_radius"]))[0]
+
+        ys, xs = torch.nonzero(heatmap > float(self.conf["keypoint_threshold"]), as_tuple=True)
+        scores = heatmap[ys, xs]
+        b = int(self.conf["remove_borders"])
+        inside = (xs >= b) & (xs < w - b) & (ys >= b) & (ys < h - b)
+        xs, ys, scores = xs[inside], ys[inside], scores[inside]
+        mk = int(self.conf["max_keypoints"])
+        if 0 < mk < len(scores):
+            scores, top = scores.topk(mk)
+            xs, ys = xs[top], ys[top]
+
+        keypoints = torch.stack([xs, ys], dim=1).float()
+        if len(keypoints):
+            descriptors = sample_descriptors(keypoints, desc_map[0])
+        else:
+            descriptors = keypoints.new_zeros((0, self.descriptor_dim))
+        return Features(
+            keypoints.cpu().numpy().astype(np.float32),
+            descriptors.cpu().numpy().astype(np.float32),
+            scores.cpu().numpy().astype(np.float32),
+            (w, h),
+        )
