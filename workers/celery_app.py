@@ -24,13 +24,14 @@ def broker_options(settings: Settings) -> tuple[str, dict]:
         # The embedded broker: a directory shared by the client and worker processes, so the
         # demo runs with no server installed. Not for production (no remote control, polling).
         folder = Path(settings.data_dir, "broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return url, {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            "control_folder": str(folder / "control"),  # kombu's default is ./control
         }
     # Redis redelivers unacknowledged messages after the visibility timeout: keep it above the
     # hard time limit so a long-running task is not delivered twice.

