@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from cli.common import console, fail, fmt, parse_options
+from cli.evaluate import evaluate_command
 from core.defaults import DEFAULT_EXTRACTOR, DEFAULT_RETRIEVER
 from core.errors import InputError
 from core.settings import get_settings
@@ -268,6 +269,9 @@ def worker(
     if not settings.broker_url.get_secret_value().startswith("filesystem://"):
         argv.append("--task-events")
     celery.worker_main(argv)
+
+
+app.command("evaluate")(evaluate_command)
 
 
 @app.command()

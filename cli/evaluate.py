@@ -1,0 +1,180 @@
+"""``featureloc evaluate``: accuracy of a map on queries with known positions.
+
+The command line is a stable contract (issue 4):
+
+    featureloc evaluate --map NAME --queries CSV --images DIR [--matcher M] [--top-k K]
+                        [--via-queue] --report OUT.json
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from cli.common import console, fail, parse_options
+from core.errors import InputError
+from core.evaluation import EvaluationReport, Query, evaluate, score_result, summarise
+from core.settings import get_settings
+from core.types import CandidateResult, Estimate, LocalisationResult
+
+
+def evaluate_command(
+    map_name: Annotated[str, typer.Option("--map", help="Map to localise against.")],
+    queries: Annotated[Path, typer.Option(help="CSV id,x,y of the query photos (the truth).")],
+    images: Annotated[Path, typer.Option(help="Folder holding the query photos.")],
+    report: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    matcher: Annotated[str | None, typer.Option(help="Matcher (default: the job default).")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Shortlist size (default: job default).")
+    ] = None,
+    via_queue: Annotated[
+        bool, typer.Option(help="Send the queries through Redis to the running workers.")
+    ] = False,
+    option: Annotated[list[str] | None, typer.Option(help="Other job option key=value.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N queries.")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait per query with --via-queue.")
+    ] = 600,
+) -> None:
+    """Localise every query, print MAE / median / p90 / within-N, write per-query rows."""
+    from core.mapbuild import read_positions_csv
+
+    opts = parse_options(option, None)
+    if matcher:
+        opts["matcher"] = matcher
+    if top_k:
+        opts["top_k"] = top_k
+    try:
+        entries = read_positions_csv(queries, images)
+    except InputError as exc:
+        fail(str(exc))
+    qs: list[Query] = [(e.reference.id, e.image, e.reference.x, e.reference.y) for e in entries]
+    qs = qs[:limit] if limit else qs
+    try:
+        result = (
+            _via_queue(map_name, qs, opts, timeout)
+            if via_queue
+            else _in_process(map_name, qs, opts)
+        )
+    except InputError as exc:
+        fail(str(exc))
+    result.config.update(map=map_name, options=opts, via_queue=via_queue, queries=str(queries))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(result.to_json())
+    _print_summary(result.summary)
+    console.print(f"report written to {report}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        "{task.fields[mae]}",
+        console=console,
+    )
+
+
+def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> EvaluationReport:
+    from core.images import read_image
+    from core.localiser import LocaliseOptions, Localiser
+    from core.mapstore import MapStore
+
+    settings = get_settings()
+    options = LocaliseOptions.parse(opts)
+    ref_map = MapStore(settings.maps_dir).open(map_name)
+    loc = Localiser(ref_map, device=settings.resolved_device())
+    errors: list[float] = []
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=len(qs), mae="")
+
+        def on_row(row) -> None:
+            errors.append(row.error)
+            progress.update(task, advance=1, mae=f"MAE {sum(errors) / len(errors):.2f}")
+
+        return evaluate(
+            lambda path: loc.localise(read_image(path), options),
+            qs,
+            fallback_position=tuple(ref_map.positions.mean(axis=0)),
+            on_row=on_row,
+        )
+
+
+def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: float):
+    from workers.client import Client
+
+    client = Client()
+    t0 = time.perf_counter()
+    ids = [client.submit(Path(path), map_name, opts) for _, path, _, _ in qs]
+    rows = []
+    with _progress() as progress:
+        task = progress.add_task("waiting for workers", total=len(qs), mae="")
+        for (qid, _, tx, ty), job_id in zip(qs, ids, strict=True):
+            res = client.wait(job_id, timeout)
+            if res.status == "failed":
+                raise InputError(f"query {qid} failed: {res.error}")
+            seconds = sum(v for k, v in (res.timings or {}).items() if k == "total")
+            rows.append(score_result(qid, (tx, ty), _as_result(res), seconds))
+            progress.advance(task)
+    summary = summarise(rows)
+    # Through the queue, wall time per query (with all workers) is what a client sees.
+    summary["wall_seconds_per_query"] = (time.perf_counter() - t0) / max(len(qs), 1)
+    return EvaluationReport(rows, summary, {})
+
+
+def _as_result(res) -> LocalisationResult:
+    """A stored job as the LocalisationResult the scorer reads."""
+    cands = [
+        CandidateResult(
+            reference_id=c.reference_id,
+            position=(c.x, c.y),
+            retrieval_rank=c.rank,
+            retrieval_score=c.retrieval_score,
+            query_keypoints=c.query_keypoints,
+            reference_keypoints=c.reference_keypoints,
+            tentative_matches=c.tentative_matches,
+            inliers=c.inliers,
+            mean_match_score=c.mean_match_score,
+            match_seconds=0.0,
+            verify_seconds=0.0,
+        )
+        for c in res.candidates
+    ]
+    est = Estimate(res.x, res.y, res.confidence or 0.0, bool(res.localised), "stored")
+    return LocalisationResult(est, cands, res.timings or {}, res.options)
+
+
+def _print_summary(s: dict) -> None:
+    table = Table(
+        "queries",
+        "MAE",
+        "median",
+        "p90",
+        "<1",
+        "<2",
+        "<5",
+        "<10",
+        "not localised",
+        "s/query",
+        title="evaluation",
+    )
+    pct = "{:.0%}".format
+    table.add_row(
+        str(s["queries"]),
+        f"{s['mae']:.2f}",
+        f"{s['median']:.2f}",
+        f"{s['p90']:.2f}",
+        pct(s["within_1"]),
+        pct(s["within_2"]),
+        pct(s["within_5"]),
+        pct(s["within_10"]),
+        str(s["not_localised"]),
+        f"{s['seconds_per_query']:.2f}",
+    )
+    console.print(table)
