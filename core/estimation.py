@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from core.types import CandidateResult, Estimate
 
 Estimator = Callable[[list[CandidateResult], dict[str, Any]], Estimate]
@@ -36,3 +38,70 @@ def best_candidate(candidates: list[CandidateResult], conf: dict[str, Any]) -> E
 
 
 ESTIMATORS: dict[str, Estimator] = {"best": best_candidate}
+
+
+def position_evidence(
+    candidates: list[CandidateResult], inlier_floor: float
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Evidence pooled per reference position: the views of one place add up.
+
+    A candidate's evidence is its inliers above ``inlier_floor`` (a wrong place still gets a
+    few dozen inliers from learned features, see MATCHERS.md), so noise does not accumulate.
+    Returns unique positions (P, 2), their evidence (P,) and the supporting reference ids.
+    """
+    by_pos: dict[tuple[float, float], tuple[float, list[str]]] = {}
+    for c in candidates:
+        e = max(c.inliers - inlier_floor, 0.0)
+        if e <= 0:
+            continue
+        key = (round(c.position[0], 6), round(c.position[1], 6))
+        total, ids = by_pos.get(key, (0.0, []))
+        by_pos[key] = (total + e, [*ids, c.reference_id])
+    if not by_pos:
+        return np.zeros((0, 2)), np.zeros(0), []
+    keys = list(by_pos)
+    return (
+        np.array(keys, np.float64),
+        np.array([by_pos[k][0] for k in keys], np.float64),
+        [by_pos[k][1] for k in keys],
+    )
+
+
+def cluster_candidates(candidates: list[CandidateResult], conf: dict[str, Any]) -> Estimate:
+    """Group reference positions within ``radius``, keep the place with the most evidence and
+    place the query at the evidence-weighted mean of that group.
+
+    Evidence of a place = the inliers above ``inlier_floor`` of every view at every position
+    within ``radius`` (L1, the score's metric) of its strongest position. The confidence grows
+    with that evidence (half at ``confidence_scale``) and with its share against the best place
+    farther than ``2 * radius`` away (``margin``): two strong, distant places mean ambiguity.
+    Not localised when the winning place has less than ``min_evidence``.
+    """
+    radius = float(conf.get("radius", 6.0))
+    floor = float(conf.get("inlier_floor", 15.0))
+    min_evidence = float(conf.get("min_evidence", 10.0))
+    scale = float(conf.get("confidence_scale", 60.0))
+    power = float(conf.get("weight_power", 1.0))
+    pos, ev, ids = position_evidence(candidates, floor)
+    if len(pos) == 0:
+        return Estimate(None, None, 0.0, False, "cluster", [])
+    dist = np.abs(pos[:, None, :] - pos[None, :, :]).sum(-1)  # L1 between positions
+    near = dist <= radius
+    place = near @ ev  # evidence of the place around each position
+    # Ties: the place whose own position is strongest.
+    seed = int(np.lexsort((-ev, -place))[0])
+    members = np.flatnonzero(near[seed])
+    w = ev[members] ** power
+    x, y = (w[:, None] * pos[members]).sum(0) / w.sum()
+    best = float(place[seed])
+    far = dist[seed] > 2 * radius
+    second = float(place[far].max()) if far.any() else 0.0
+    share = best / (best + second)
+    confidence = inlier_confidence(best, scale) * share
+    support = [rid for m in members for rid in ids[m]]
+    if best < min_evidence:
+        return Estimate(None, None, confidence, False, "cluster", support)
+    return Estimate(float(x), float(y), confidence, True, "cluster", support)
+
+
+ESTIMATORS["cluster"] = cluster_candidates

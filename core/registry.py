@@ -25,6 +25,7 @@ MATCHERS: dict[str, str] = {
 }
 RETRIEVERS: dict[str, str] = {
     "exhaustive": "core.retrieval.exhaustive:ExhaustiveRetriever",
+    "vlad": "core.retrieval.vlad:VladRetriever",
 }
 
 
