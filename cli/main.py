@@ -156,12 +156,17 @@ def jobs_list(
         str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")
     ] = None,
     limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Recent jobs, newest first."""
     from workers.client import Client
 
     _database()
     rows = Client().list_jobs(map_name, status, _parse_since(since), limit)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r.to_dict()))
+        return
     table = Table("job", "map", "status", "x", "y", "confidence", "created", "error")
     for r in rows:
         table.add_row(
@@ -233,6 +238,32 @@ def jobs_show(
                 fmt(c.mean_match_score),
             )
         console.print(table)
+
+
+@jobs_app.command("recover")
+def jobs_recover(
+    older_than: Annotated[
+        float | None,
+        typer.Option(help="Seconds a job must be stale; default: the hard task time limit."),
+    ] = None,
+) -> None:
+    """Re-queue jobs stuck running (worker lost) or pending without a message (broker lost)."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from workers.celery_app import make_celery
+    from workers.recovery import recover_jobs
+
+    _database()
+    age = timedelta(seconds=older_than) if older_than is not None else None
+    try:
+        report = recover_jobs(get_settings(), age, make_celery(get_settings()))
+    except (BrokerError, OSError) as exc:
+        fail(f"recovery failed, the broker or database is unavailable: {exc}")
+    console.print(
+        f"re-queued {len(report.requeued_running)} stale running job(s), re-sent "
+        f"{len(report.resent_pending)} pending job(s) without a message; "
+        f"{report.still_queued} old pending job(s) still queued"
+    )
 
 
 @app.command()

@@ -1,0 +1,157 @@
+"""The featureloc command as a user runs it: real processes, real Redis, a SQLite file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.services import WorkerProcess, require_redis, service_env
+
+pytestmark = pytest.mark.services
+
+
+def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"featureloc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory, scene):
+    """A data dir with map 'small' built through the CLI from 6 positions of the scene."""
+    require_redis()
+    data = tmp_path_factory.mktemp("cli")
+    env = service_env(data, f"sqlite:///{data / 'fl.db'}", uuid.uuid4().hex[:8])
+    env["COLUMNS"] = "200"  # rich wraps tables at the terminal width
+    with (scene / "references.csv").open() as f:
+        rows = list(csv.DictReader(f))[:24]
+    positions = data / "refs.csv"
+    with positions.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "x", "y"])
+        w.writeheader()
+        w.writerows(rows)
+    out = _cli(
+        env,
+        "map",
+        "build",
+        "small",
+        "--images",
+        str(scene / "images"),
+        "--positions",
+        str(positions),
+        "--extractor",
+        "sift",
+        "--retriever",
+        "exhaustive",
+    )
+    assert "24 added" in out.stdout
+    return env, data, rows
+
+
+def test_map_build_again_adds_nothing_and_lists(cli_env, scene):
+    env, data, _ = cli_env
+    out = _cli(
+        env,
+        "map",
+        "build",
+        "small",
+        "--images",
+        str(scene / "images"),
+        "--positions",
+        str(data / "refs.csv"),
+        "--extractor",
+        "sift",
+        "--retriever",
+        "exhaustive",
+    )
+    assert "0 added, 24 already there" in out.stdout
+    listing = _cli(env, "map", "list").stdout
+    assert "small" in listing and "24" in listing and "sift" in listing
+
+
+def test_map_build_refuses_a_bad_csv_and_creates_nothing(cli_env, scene, tmp_path):
+    env, data, _ = cli_env
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,x,y\nref_0000_0,1,nan\nghost,1,2\n")
+    out = _cli(
+        env,
+        "map",
+        "build",
+        "broken",
+        "--images",
+        str(scene / "images"),
+        "--positions",
+        str(bad),
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "non-finite" in out.stderr and "no image for id 'ghost'" in out.stderr
+    assert not (data / "maps" / "broken").exists()
+
+
+def test_localise_wait_and_inspect_jobs(cli_env, scene):
+    env, data, rows = cli_env
+    worker = WorkerProcess(env, data / "worker.log").start()
+    try:
+        image = scene / "images" / f"{rows[9]['id']}.jpg"
+        out = _cli(env, "localise", str(image), "--map", "small", "--wait", "--timeout", "120")
+        assert "done" in out.stdout
+        bad = _cli(env, "localise", str(image), "--map", "small", "--option", "nope=1", check=False)
+        assert bad.returncode != 0 and "bad options" in bad.stderr
+    finally:
+        worker.stop()
+    listed = _cli(
+        env, "jobs", "list", "--map", "small", "--status", "done", "--since", "1h", "--json"
+    ).stdout
+    jobs = [json.loads(line) for line in listed.splitlines()]
+    assert len(jobs) == 1 and jobs[0]["map_name"] == "small"
+    job_id = jobs[0]["id"]
+    shown = json.loads(_cli(env, "jobs", "show", job_id, "--json").stdout)
+    assert shown["status"] == "done" and shown["localised"]
+    assert (shown["x"], shown["y"]) == (float(rows[9]["x"]), float(rows[9]["y"]))
+    assert shown["candidates"][0]["reference_id"] == rows[9]["id"]
+
+
+def test_evaluate_writes_a_report(cli_env, scene):
+    env, data, rows = cli_env
+    # The map's own views as queries: each must be found exactly at its own position.
+    queries = data / "queries.csv"
+    with queries.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "x", "y"])
+        w.writeheader()
+        w.writerows(rows[:3])
+    report = data / "eval.json"
+    out = _cli(
+        env,
+        "evaluate",
+        "--map",
+        "small",
+        "--queries",
+        str(queries),
+        "--images",
+        str(scene / "images"),
+        "--report",
+        str(report),
+        "--top-k",
+        "24",
+    )
+    assert "MAE" in out.stdout
+    result = json.loads(report.read_text())
+    assert result["summary"]["queries"] == 3 and result["summary"]["mae"] == 0.0
+    assert [r["id"] for r in result["rows"]] == [r["id"] for r in rows[:3]]
+    assert all(r["candidates"] > 0 and r["error"] == 0.0 for r in result["rows"])
+    assert result["config"]["map"] == "small"
