@@ -171,3 +171,74 @@ CANDIDATE_FIELDS = (
     "inlier_ratio",
     "mean_match_score",
 )
+
+
+class BuildStatus(enum.StrEnum):
+    RUNNING = "running"  # chunks queued or being extracted
+    FINALISING = "finalising"  # every chunk finished; retrieval being fitted
+    DONE = "done"
+    FAILED = "failed"  # finalising failed; the parts written so far stay usable
+
+
+class ChunkStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # the whole chunk failed (its images listed in the build's ``failed``)
+
+
+BUILD_ID_LENGTH = 32
+BUILD_STATUS_CHECK_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in BuildStatus))
+CHUNK_STATUS_CHECK_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in ChunkStatus))
+
+
+class MapBuild(Base):
+    """A map build (or extension) split into chunks that workers extract in parallel.
+
+    The chunk that finishes last (counted under this row's lock) moves the build to
+    ``finalising`` and queues the one finalise step, so it runs exactly once.
+    """
+
+    __tablename__ = "map_builds"
+    __table_args__ = (CheckConstraint(BUILD_STATUS_CHECK_SQL, name="status"),)
+
+    id: Mapped[str] = mapped_column(String(BUILD_ID_LENGTH), primary_key=True)
+    map_name: Mapped[str] = mapped_column(String(MAP_NAME_LENGTH), index=True)
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH), default=BuildStatus.RUNNING.value)
+    extractor: Mapped[dict[str, Any]]  # {"name": ..., "conf": {...}}
+    retriever: Mapped[dict[str, Any]]
+    total: Mapped[int] = mapped_column(Integer)  # images planned
+    processed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    added: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # {image id: reason} of every image that could not be added.
+    failed: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    chunks: Mapped[list[MapBuildChunk]] = relationship(
+        back_populates="build",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="MapBuildChunk.index",
+    )
+
+
+class MapBuildChunk(Base):
+    __tablename__ = "map_build_chunks"
+    __table_args__ = (CheckConstraint(CHUNK_STATUS_CHECK_SQL, name="status"),)
+
+    build_id: Mapped[str] = mapped_column(
+        ForeignKey("map_builds.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(STATUS_LENGTH), default=ChunkStatus.PENDING.value)
+    added: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]
+
+    build: Mapped[MapBuild] = relationship(back_populates="chunks")
