@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     task_time_limit: int = 360
     torch_threads: int = 0  # 0: leave torch's default
     worker_max_tasks_per_child: int = 1000
+    # Seconds between stale job checks in each worker (0: only at start); see workers/recovery.py.
+    stale_check_interval: int = 60
 
     # Queue names: map builds have their own queue so they never starve queries.
     localise_queue: str = "localise"

@@ -11,11 +11,17 @@ import re
 import uuid
 from pathlib import Path
 
+from core.errors import InputError
+
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BlobNotFound(KeyError):
     pass
+
+
+class InvalidBlobKey(InputError):
+    """A key that is not a SHA-256 hex digest (e.g. a path sent by a hostile client)."""
 
 
 def blob_key(data: bytes) -> str:
@@ -27,8 +33,9 @@ class BlobStore:
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
-            raise ValueError(f"invalid blob key {key!r}")
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            shown = str(key)[:80]
+            raise InvalidBlobKey(f"invalid blob key {shown!r}: not a SHA-256 hex digest")
         return self.root / key[:2] / key
 
     def put(self, data: bytes) -> str:

@@ -41,7 +41,7 @@ def broker_options(settings: Settings) -> tuple[str, dict]:
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, transport_options = broker_options(settings)
-    app = Celery("featureloc", broker=url, include=["workers.tasks"])
+    app = Celery("featureloc", broker=url, include=["workers.tasks", "workers.recovery"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -15,6 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.utils.url import maybe_sanitize_url
+from redis.exceptions import RedisError
+
 from core.errors import InputError
 from core.localiser import LocaliseOptions
 from core.mapstore import validate_map_name
@@ -22,13 +26,18 @@ from core.settings import Settings, get_settings
 from db import queries
 from db.session import Database
 from workers.blobstore import BlobStore, blob_key
-from workers.celery_app import LOCALISE_TASK, make_celery
+from workers.celery_app import make_celery
+from workers.recovery import send_job
 
 FINISHED = ("done", "failed")
 
 
 class JobTimeout(TimeoutError):
     pass
+
+
+class BrokerUnavailable(ConnectionError):
+    """The job could not be queued; nothing was recorded, submitting again is safe."""
 
 
 @dataclass
@@ -118,13 +127,22 @@ class Client:
                     f"image too large: {len(data)} bytes > limit {self.settings.max_image_bytes}",
                     None,
                 )
-        if created and not too_big:
-            self.app.send_task(
-                LOCALISE_TASK,
-                args=[job_id, map_name, key, options],
-                queue=self.settings.localise_queue,
-            )
+            elif created:
+                # Sent before the row commits: if the broker is down the row is rolled back, so
+                # no pending job is left without a message. If the commit fails after the send,
+                # the worker creates the row itself from the message.
+                self._send(job)
         return job_id
+
+    def _send(self, job) -> None:
+        try:
+            send_job(self.app, self.settings, job)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            url = maybe_sanitize_url(self.settings.broker_url.get_secret_value())
+            raise BrokerUnavailable(
+                f"cannot queue the job: broker {url} is unavailable ({exc}); nothing was "
+                "recorded, submit again when it is back"
+            ) from None
 
     def submit_many(
         self, images: list[bytes | Path], map_name: str, options: dict[str, Any] | None = None

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core.errors import InputError
 from core.images import decode_image
@@ -24,9 +24,20 @@ from workers.maps import build_and_register, image_limits
 
 log = logging.getLogger(__name__)
 
-# Faults worth retrying: the database or the network was away for a while.
-TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+# Faults worth retrying: the database or the network was away for a while. SQLAlchemy wraps
+# psycopg's connection loss and SQLite's "database is locked" as OperationalError; a connection
+# that died mid-statement can also surface as InterfaceError or any DBAPIError flagged invalidated.
+TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 MAX_RETRIES = 6
+# Deliveries of one job (worker deaths and retries together) before it is failed for good: a photo
+# that kills its worker every time must not be redelivered forever.
+MAX_ATTEMPTS = MAX_RETRIES + 4
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 def _retry_delay(retries: int) -> int:
@@ -45,8 +56,15 @@ def localise(
             job = queries.claim_job(s, job_id, worker)
             if job is not None and job.status == "done":
                 return {"job_id": job_id, "status": "done", "skipped": True}
+            attempts = job.attempts if job is not None else 0
+        if attempts > MAX_ATTEMPTS:
+            return _fail(job_id, f"gave up after {attempts - 1} attempts (worker lost?)", worker)
         return _run(job_id, map_name, image_key, options or {}, worker)
-    except TRANSIENT as exc:
+    except Exception as exc:
+        if not _is_transient(exc):
+            # A bug or a constraint violation: record it rather than leave the job running.
+            _fail_quietly(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
+            raise
         if self.request.retries >= MAX_RETRIES:
             _fail_quietly(job_id, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
             raise
@@ -69,10 +87,8 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
         return _fail(job_id, f"query image {image_key} is not in the blob store", worker)
     except SoftTimeLimitExceeded:
         return _fail(job_id, f"time limit of {settings.task_soft_time_limit} s exceeded", worker)
-    except TRANSIENT:
-        raise
     except DBAPIError:
-        raise
+        raise  # localise() retries it when transient
     except Exception as exc:  # a bug, not bad input: record it so the job does not hang
         log.exception("job %s failed", job_id)
         return _fail(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
