@@ -320,3 +320,9 @@ def kill_tree(pid: int) -> None:
             os.kill(child, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def submit_share(settings: Settings, images: list[bytes], map_name: str, options: dict) -> list:
+    """Submit ``images`` from a fresh Client: the body of one load-test client process."""
+    client = Client(settings)
+    return [client.submit(img, map_name, options) for img in images]
