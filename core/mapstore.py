@@ -17,6 +17,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,22 +107,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def existing_reference_ids(map_path: Path) -> set[str]:
+def existing_reference_ids(map_path: Path, exclude: Iterable[str] = ()) -> set[str]:
+    """Ids stored in the map's parts, except in the part files named in ``exclude``."""
     ids: set[str] = set()
+    skip = set(exclude)
     for part in sorted((Path(map_path) / "parts").glob("part-*.h5")):
+        if part.name in skip:
+            continue
         with h5py.File(part, "r") as f:
             ids.update(f["refs"].keys())
     return ids
 
 
-def write_part(map_path: Path, items: list[tuple[Reference, Features]]) -> Path | None:
-    """Write one part atomically; returns its path (None when there is nothing to write)."""
+def write_part(
+    map_path: Path, items: list[tuple[Reference, Features]], name: str | None = None
+) -> Path | None:
+    """Write one part atomically; returns its path (None when there is nothing to write).
+
+    ``name`` (``part-<something>.h5``) makes the write idempotent: writing the same chunk again
+    replaces its part instead of adding a second copy of its references.
+    """
     if not items:
         return None
     parts = Path(map_path) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    final = parts / f"part-{uuid.uuid4().hex}.h5"
-    tmp = parts / f".{final.name}.tmp"
+    if name is not None and not re.fullmatch(r"part-[A-Za-z0-9_-]+\.h5", name):
+        raise MapError(f"invalid part name {name!r}")
+    final = parts / (name or f"part-{uuid.uuid4().hex}.h5")
+    tmp = parts / f".{final.name}.{uuid.uuid4().hex}.tmp"  # concurrent writers of one name
     with h5py.File(tmp, "w") as f:
         refs = f.create_group("refs")
         for ref, feats in items:

@@ -16,6 +16,8 @@ from core.settings import Settings, get_settings
 
 LOCALISE_TASK = "featureloc.localise"
 BUILD_TASK = "featureloc.build_map"
+BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py
+FINALISE_BUILD_TASK = "featureloc.finalise_build"
 
 
 def broker_options(settings: Settings) -> tuple[str, dict]:
@@ -41,7 +43,9 @@ def broker_options(settings: Settings) -> tuple[str, dict]:
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, transport_options = broker_options(settings)
-    app = Celery("featureloc", broker=url, include=["workers.tasks", "workers.recovery"])
+    app = Celery(
+        "featureloc", broker=url, include=["workers.tasks", "workers.recovery", "workers.build"]
+    )
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -62,6 +66,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_routes={
             LOCALISE_TASK: {"queue": settings.localise_queue},
             BUILD_TASK: {"queue": settings.build_queue},
+            BUILD_CHUNK_TASK: {"queue": settings.build_queue},
+            FINALISE_BUILD_TASK: {"queue": settings.build_queue},
         },
         worker_hijack_root_logger=False,
         # Recycle a process now and then so a slow leak cannot grow without bound.
