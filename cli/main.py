@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from cli.common import console, fail, fmt, parse_options
+from cli.draw import draw_command
 from cli.evaluate import evaluate_command
+from cli.flower import flower_command
+from cli.jobs_export import jobs_export_command
+from cli.map_build import map_add_command
 from core.defaults import DEFAULT_EXTRACTOR, DEFAULT_RETRIEVER
 from core.errors import InputError
 from core.settings import get_settings
@@ -50,38 +53,28 @@ def map_build(
     positions: Annotated[Path, typer.Option(help="CSV with columns id,x,y (id = file stem).")],
     extractor: Annotated[str, typer.Option(help="Local feature extractor.")] = DEFAULT_EXTRACTOR,
     retriever: Annotated[str, typer.Option(help="Shortlisting method.")] = DEFAULT_RETRIEVER,
+    via_queue: Annotated[
+        bool,
+        typer.Option(
+            "--via-queue", help="Extract on workers, one task per chunk (paths must be shared)."
+        ),
+    ] = False,
+    chunk_size: Annotated[int, typer.Option(help="Photos per task with --via-queue.")] = 50,
+    restart: Annotated[
+        bool, typer.Option(help="With --via-queue: abandon a build of this map still running.")
+    ] = False,
 ) -> None:
-    """Build a map (or add the photos a map does not have yet) in this process."""
-    from workers.maps import build_and_register
+    """Build a map (or add the photos a map does not have yet); re-running resumes."""
+    from cli.map_build import build_in_process, build_via_queue
 
     _database()
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(f"map {name}", total=None)
-        try:
-            report = build_and_register(
-                get_settings(),
-                name,
-                images,
-                positions,
-                extractor,
-                retriever=retriever,
-                on_start=lambda n: progress.update(task, total=n),
-                on_done=lambda _id: progress.advance(task),
-            )
-        except InputError as exc:
-            fail(str(exc))
-    console.print(
-        f"map [bold]{name}[/]: {len(report.added)} added, {len(report.skipped)} already there, "
-        f"{len(report.failed)} failed"
-    )
-    for rid, reason in list(report.failed.items())[:20]:
-        console.print(f"  [red]failed[/] {rid}: {reason}")
+    if via_queue:
+        build_via_queue(name, images, positions, extractor, retriever, chunk_size, restart)
+    else:
+        build_in_process(name, images, positions, extractor, retriever)
+
+
+map_app.command("add")(map_add_command)
 
 
 @map_app.command("list")
@@ -303,6 +296,9 @@ def worker(
 
 
 app.command("evaluate")(evaluate_command)
+app.command("draw")(draw_command)
+app.command("flower")(flower_command)
+jobs_app.command("export")(jobs_export_command)
 
 
 @app.command()
