@@ -105,3 +105,22 @@ def cluster_candidates(candidates: list[CandidateResult], conf: dict[str, Any]) 
 
 
 ESTIMATORS["cluster"] = cluster_candidates
+
+
+def most_matches(candidates: list[CandidateResult], conf: dict[str, Any]) -> Estimate:
+    """The original method as published: the reference with the most raw (unverified) matches."""
+    scale = float(conf.get("confidence_scale", 50.0))
+    if not candidates:
+        return Estimate(None, None, 0.0, False, "most_matches", [])
+    best = max(candidates, key=lambda c: (c.tentative_matches, c.inliers))
+    return Estimate(
+        best.position[0],
+        best.position[1],
+        inlier_confidence(best.tentative_matches, scale),
+        True,
+        "most_matches",
+        [best.reference_id],
+    )
+
+
+ESTIMATORS["most_matches"] = most_matches

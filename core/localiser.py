@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core import registry
+from core import defaults, registry
 from core.errors import InputError, MapError
 from core.estimation import ESTIMATORS
 from core.mapstore import ReferenceMap
@@ -21,14 +21,21 @@ class LocaliseOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    matcher: str = "mnn"
-    matcher_conf: dict[str, Any] = Field(default_factory=dict)
-    top_k: int | None = Field(default=None, ge=1, description="shortlist size; None: all")
+    # Defaults: core/defaults.py (measured with bench/accuracy.py).
+    matcher: str = defaults.MATCHER
+    matcher_conf: dict[str, Any] = Field(
+        default_factory=dict,
+        description="merged over core.defaults.MATCHER_CONF for the matcher and map extractor",
+    )
+    top_k: int | None = Field(default=defaults.TOP_K, ge=1, description="shortlist; None: all")
     verify_model: str = "fundamental"
     verify_method: str = "magsac"
-    verify_threshold_px: float = Field(default=1.0, gt=0, le=50)
-    estimator: str = "best"
-    estimator_conf: dict[str, Any] = Field(default_factory=dict)
+    verify_threshold_px: float = Field(default=defaults.VERIFY_THRESHOLD_PX, gt=0, le=50)
+    estimator: str = defaults.ESTIMATOR
+    estimator_conf: dict[str, Any] = Field(
+        default_factory=dict,
+        description="merged over core.defaults.ESTIMATOR_CONF for the default estimator",
+    )
 
     @field_validator("estimator")
     @classmethod
@@ -46,6 +53,14 @@ class LocaliseOptions(BaseModel):
                 f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
             )
             raise InputError(f"bad options: {msgs}") from None
+
+    def effective_matcher_conf(self, extractor: str) -> dict[str, Any]:
+        """The job's matcher_conf over the measured defaults for this matcher and extractor."""
+        return {**defaults.MATCHER_CONF.get((self.matcher, extractor), {}), **self.matcher_conf}
+
+    def effective_estimator_conf(self) -> dict[str, Any]:
+        base = defaults.ESTIMATOR_CONF if self.estimator == defaults.ESTIMATOR else {}
+        return {**base, **self.estimator_conf}
 
     def verify_config(self) -> VerifyConfig:
         try:
@@ -88,7 +103,8 @@ class Localiser:
     ) -> LocalisationResult:
         opts = options or LocaliseOptions()
         vconf = opts.verify_config()
-        matcher = self.matcher(opts.matcher, opts.matcher_conf)
+        mconf = opts.effective_matcher_conf(self.map.extractor["name"])
+        matcher = self.matcher(opts.matcher, mconf)
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -133,7 +149,7 @@ class Localiser:
         timings["verify"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        estimate = ESTIMATORS[opts.estimator](candidates, opts.estimator_conf)
+        estimate = ESTIMATORS[opts.estimator](candidates, opts.effective_estimator_conf())
         timings["estimate"] = time.perf_counter() - t0
         return LocalisationResult(estimate, candidates, timings, opts.model_dump())
 
