@@ -1,0 +1,331 @@
+"""Throughput through the real queue with 1 and then 2 worker processes.
+
+Real services: Redis (``--redis``, unique queue names per run), SQLite (default) or PostgreSQL
+(``--database postgres``, a fresh schema dropped afterwards), and real ``featureloc worker``
+processes, each ``--concurrency 1`` with ``FEATURELOC_TORCH_THREADS=1``. For each worker count the
+script warms the workers up (models and map loaded), submits ``--queries`` photos at once through
+``workers.client.Client`` and waits for all of them, then reads the job rows:
+
+- queries/s over the whole drain (first submission to last finish, database timestamps);
+- latency per job (``finished_at - created_at``: queueing included) p50 / p95, and service time
+  (``finished_at - started_at``) p50 / p95;
+- the speed-up of 2 workers over 1.
+
+Configuration: the defaults (``core/defaults.py`` extractor and retriever, default job options)
+unless ``--extractor`` / ``--retriever`` / ``--option`` say otherwise. The map holds
+``--references`` Getty references (whole positions, spread over the site; 0 = all 3000); its timed
+build also gives the build time per reference. Without the Getty set (../shared/getty) the script
+falls back to the synthetic scene (core.synthetic) and says so.
+
+Reproduce:
+
+    python -m bench.throughput                       # Getty, 20 queries, 150 references, SQLite
+    python -m bench.throughput --database postgres --queries 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.common import (
+    DEFAULT_OUT,
+    GETTY,
+    REPO,
+    machine_info,
+    percentile,
+    print_table,
+    spread_subset,
+    write_json,
+)
+from cli.common import parse_options
+from core import defaults
+from core.mapbuild import RefEntry, build_map, read_positions_csv
+from core.mapstore import MapStore
+from core.settings import Settings
+
+POSTGRES_URL = os.environ.get(
+    "FEATURELOC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+class Worker:
+    """One ``featureloc worker --concurrency 1`` process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> Worker:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "worker",
+                "--concurrency=1",
+                "--loglevel=info",
+                f"--hostname=bench{uuid.uuid4().hex[:6]}@%h",
+            ],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # warm shutdown
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@contextmanager
+def database_url(kind: str, data_dir: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{(data_dir / 'featureloc.db').resolve()}"
+        return
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def latency_figures(jobs) -> dict:
+    """Drain rate and latency from the stored jobs (``workers.client.JobResult``)."""
+    created = [j.created_at for j in jobs]
+    finished = [j.finished_at for j in jobs]
+    drain = (max(finished) - min(created)).total_seconds()
+    latency = [(j.finished_at - j.created_at).total_seconds() for j in jobs]
+    service = [(j.finished_at - j.started_at).total_seconds() for j in jobs if j.started_at]
+    return {
+        "jobs": len(jobs),
+        "failed": sum(j.status != "done" for j in jobs),
+        "drain_seconds": drain,
+        "queries_per_second": len(jobs) / drain if drain > 0 else None,
+        "latency_p50": percentile(latency, 50),
+        "latency_p95": percentile(latency, 95),
+        "service_p50": percentile(service, 50),
+        "service_p95": percentile(service, 95),
+        "map_load_seconds_max": max((j.timings or {}).get("load", 0.0) for j in jobs),
+    }
+
+
+def run_with_workers(
+    n_workers: int,
+    args,
+    maps_dir: Path,
+    map_name: str,
+    warmups: list[Path],
+    queries: list[Path],
+    options: dict,
+) -> dict:
+    from workers.client import Client
+
+    tag = uuid.uuid4().hex[:8]
+    data_dir = (args.out / "throughput" / f"run-{n_workers}w-{tag}").resolve()
+    data_dir.mkdir(parents=True)
+    with database_url(args.database, data_dir) as db_url:
+        env = os.environ.copy()
+        env.update(
+            FEATURELOC_DATA_DIR=str(data_dir),
+            FEATURELOC_MAPS_DIR=str(maps_dir),
+            FEATURELOC_DATABASE_URL=db_url,
+            FEATURELOC_BROKER_URL=args.redis,
+            FEATURELOC_LOCALISE_QUEUE=f"bench-{tag}-localise",
+            FEATURELOC_BUILD_QUEUE=f"bench-{tag}-build",
+            FEATURELOC_TORCH_THREADS="1",
+            FEATURELOC_DEVICE=args.device,
+        )
+        settings = Settings(
+            data_dir=data_dir,
+            maps_dir=maps_dir,
+            database_url=db_url,
+            broker_url=args.redis,
+            localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
+            build_queue=env["FEATURELOC_BUILD_QUEUE"],
+        )
+        workers: list[Worker] = []
+        try:
+            for i in range(n_workers):  # one after the other: the first migrates the database
+                workers.append(Worker(env, data_dir / f"worker-{i}.log").start())
+            client = Client(settings)
+            # Warm-up: every worker loads its models and the map before the clock starts.
+            warm = [client.submit(p, map_name, options) for p in warmups[: 2 * n_workers]]
+            client.wait_many(warm, timeout=args.timeout)
+            t0 = time.perf_counter()
+            ids = [client.submit(p, map_name, options) for p in queries]
+            submit_s = time.perf_counter() - t0
+            jobs = client.wait_many(ids, timeout=args.timeout)
+            wall = time.perf_counter() - t0
+        finally:
+            for w in workers:
+                w.stop()
+    figures = latency_figures(jobs)
+    figures.update(workers=n_workers, wall_seconds=wall, submit_seconds=submit_s)
+    errors = sorted({j.error for j in jobs if j.error})
+    if errors:
+        figures["errors"] = errors[:5]
+    return figures
+
+
+def getty_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
+    refs = read_positions_csv(args.getty / "references.csv", args.getty / "images")
+    if args.references:
+        import numpy as np
+
+        keep = set(
+            spread_subset(
+                [e.reference.id for e in refs],
+                np.array([(e.reference.x, e.reference.y) for e in refs]),
+                args.references,
+            )
+        )
+        refs = [e for e in refs if e.reference.id in keep]
+    qs = read_positions_csv(args.getty / "queries.csv", args.getty / "images")
+    return refs, [e.image for e in qs], f"getty ({len(refs)} references)"
+
+
+def synthetic_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
+    from core.synthetic import generate_dataset
+
+    root = args.out / "throughput" / f"synthetic-{args.queries + 8}"
+    if not (root / "queries.csv").is_file():
+        generate_dataset(root, num_queries=args.queries + 8)
+    refs = read_positions_csv(root / "references.csv", root / "images")
+    qs = read_positions_csv(root / "queries.csv", root / "images")
+    return refs, [e.image for e in qs], f"synthetic scene ({len(refs)} references)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--getty", type=Path, default=GETTY)
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic scene")
+    p.add_argument("--queries", type=int, default=20, help="photos submitted at once")
+    p.add_argument("--references", type=int, default=150, help="map size on Getty (0: all)")
+    p.add_argument("--workers", default="1,2", help="worker counts to run, in order")
+    p.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--extractor", default=defaults.EXTRACTOR)
+    p.add_argument("--retriever", default=defaults.RETRIEVER)
+    p.add_argument("--option", action="append", default=[], help="job option key=value")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for a batch")
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    options = parse_options(args.option, None)
+
+    if args.synthetic or not args.getty.is_dir():
+        if not args.synthetic:
+            print(f"Getty set not found at {args.getty}: falling back to the synthetic scene")
+        refs, query_paths, dataset = synthetic_inputs(args)
+    else:
+        refs, query_paths, dataset = getty_inputs(args)
+    # Warm-up photos are references (the timed queries stay unseen); queries repeat if too few.
+    warmups = [e.image for e in refs[:4]]
+    queries = [query_paths[i % len(query_paths)] for i in range(args.queries)]
+    if len(query_paths) < args.queries:
+        print(f"only {len(query_paths)} distinct query photos: identical photos share one job")
+
+    maps_dir = (args.out / "throughput" / "maps").resolve()
+    map_name = f"tp-{args.extractor}-{args.retriever}-{len(refs)}-{dataset.split()[0]}"
+    store = MapStore(maps_dir)
+    print(f"building map {map_name}: {dataset}, {args.extractor} + {args.retriever} ...")
+    if store.path(map_name).exists():
+        import shutil
+
+        shutil.rmtree(store.path(map_name))
+    t0 = time.perf_counter()
+    build_map(
+        store,
+        map_name,
+        refs,
+        args.extractor,
+        defaults.EXTRACTOR_CONF if args.extractor == defaults.EXTRACTOR else None,
+        args.retriever,
+        defaults.RETRIEVER_CONF if args.retriever == defaults.RETRIEVER else None,
+    )
+    build_s = time.perf_counter() - t0
+
+    runs = []
+    for n in [int(x) for x in args.workers.split(",")]:
+        print(f"running {args.queries} queries through {n} worker(s) ...")
+        runs.append(run_with_workers(n, args, maps_dir, map_name, warmups, queries, options))
+    base = runs[0]["queries_per_second"]
+    for r in runs:
+        qps = r["queries_per_second"]
+        r["speedup"] = qps / base if qps and base else None
+
+    print(f"\ndata: {dataset}; map build {1000 * build_s / len(refs):.0f} ms/reference")
+    print_table(
+        f"throughput, {args.queries} queries at once, {args.database}, options {options or '{}'}",
+        ["workers", "queries/s", "speed-up", "latency p50", "p95", "service p50", "p95", "failed"],
+        [
+            (
+                r["workers"],
+                r["queries_per_second"],
+                r["speedup"],
+                r["latency_p50"],
+                r["latency_p95"],
+                r["service_p50"],
+                r["service_p95"],
+                r["failed"],
+            )
+            for r in runs
+        ],
+    )
+    out = write_json(
+        args.out,
+        "throughput.json",
+        {
+            "dataset": dataset,
+            "map": map_name,
+            "extractor": args.extractor,
+            "retriever": args.retriever,
+            "options": options,
+            "database": args.database,
+            "queries": args.queries,
+            "build_seconds": build_s,
+            "build_ms_per_reference": 1000 * build_s / len(refs),
+            "runs": runs,
+            "machine": machine_info(),
+        },
+    )
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark scripts' building blocks (not their timings)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench.calibration import calibration_figures, plot_calibration
+from bench.common import spread_subset, write_subset_map
+from bench.scale import chimera_distractors
+from bench.throughput import latency_figures
+
+
+def test_calibration_figures_rank_by_confidence(tmp_path: Path) -> None:
+    # The 5 most confident are right (error 1), the next 3 wrong (20), the last 2 very wrong.
+    conf = [0.9, 0.95, 0.8, 0.85, 0.99, 0.5, 0.4, 0.45, 0.1, 0.2]
+    err = [1, 1, 1, 1, 1, 20, 20, 20, 100, 100]
+    figs = {f["fraction"]: f for f in calibration_figures(err, conf)}
+    assert figs[0.5]["queries"] == 5 and figs[0.5]["within_5"] == 1.0
+    assert figs[0.5]["mae"] == 1.0 and figs[0.5]["min_confidence"] == 0.8
+    assert figs[0.8]["within_5"] == pytest.approx(5 / 8)
+    assert figs[0.8]["mae"] == pytest.approx((5 + 60) / 8)
+    assert figs[1.0]["mae"] == pytest.approx(26.5)
+    png = plot_calibration(err, conf, [c > 0.3 for c in conf], tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spread_subset_keeps_whole_positions_across_the_map() -> None:
+    ids = [f"p{p:03d}_{v}" for p in range(100) for v in range(5)]
+    pos = np.array([(p, 2 * p) for p in range(100) for _ in range(5)], float)
+    chosen = spread_subset(ids, pos, 50)
+    assert len(chosen) == 50
+    places = {c.split("_")[0] for c in chosen}
+    assert len(places) == 10  # 10 whole positions of 5 views
+    assert "p000" in places and "p099" in places  # spread from one end to the other
+
+
+def test_subset_map_holds_the_chosen_references_and_localises(scene: Path, tmp_path) -> None:
+    from core.images import read_image
+    from core.localiser import LocaliseOptions, Localiser
+    from core.mapbuild import build_map, read_positions_csv
+    from core.mapstore import MapStore
+
+    entries = read_positions_csv(scene / "references.csv", scene / "images")[:16]
+    store = MapStore(tmp_path / "maps")
+    build_map(store, "full", entries, "sift", retriever_name="vlad",
+              retriever_conf={"num_clusters": 8})  # fmt: skip
+    full = store.open("full")
+    keep = full.ids[4:12]
+    write_subset_map(full, store, "part", keep)
+    sub = store.open("part")
+    assert sub.ids == sorted(keep)
+    assert sub.manifest["extractor"] == full.manifest["extractor"]
+    for rid in keep:
+        a, b = sub.features[sub.index[rid]], full.features[full.index[rid]]
+        assert np.array_equal(a.keypoints, b.keypoints)
+        assert np.array_equal(sub.positions[sub.index[rid]], full.positions[full.index[rid]])
+    # The copied VLAD state serves the subset: a kept reference finds itself first.
+    image = read_image(next(e.image for e in entries if e.reference.id == keep[3]))
+    res = Localiser(sub).localise(image, LocaliseOptions(top_k=3))
+    assert {c.reference_id for c in res.candidates} <= set(keep)
+    assert res.candidates[0].reference_id == keep[3]
+
+
+def test_chimera_distractors_are_unit_mixes_of_two_places() -> None:
+    rng = np.random.default_rng(1)
+    words, d = 4, 3
+    real = rng.normal(size=(6, words * d)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    pos = np.repeat(np.arange(3), 2)[:, None] * np.ones((1, 2))
+    fake = chimera_distractors(real, pos, words, 20, seed=3)
+    assert fake.shape == (20, words * d)
+    assert np.allclose(np.linalg.norm(fake, axis=1), 1, atol=1e-5)
+    # Every word block is (up to the common scale) a block of some real reference.
+    blocks = real.reshape(6, words, d)
+    for v in fake:
+        for w, blk in enumerate(v.reshape(words, d)):
+            cos = blocks[:, w] @ blk / np.linalg.norm(blocks[:, w], axis=1) / np.linalg.norm(blk)
+            assert cos.max() == pytest.approx(1, abs=1e-5)
+
+
+def test_latency_figures_from_job_timestamps() -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    jobs = [
+        SimpleNamespace(
+            created_at=t0,
+            started_at=t0 + timedelta(seconds=i),
+            finished_at=t0 + timedelta(seconds=i + 1),
+            status="done",
+            timings={"load": 0.0},
+        )
+        for i in range(10)
+    ]
+    f = latency_figures(jobs)
+    assert f["drain_seconds"] == 10 and f["queries_per_second"] == 1.0
+    assert f["latency_p50"] == pytest.approx(5.5) and f["service_p95"] == pytest.approx(1.0)
+    assert f["failed"] == 0
