@@ -130,7 +130,7 @@ def test_bad_input_fails_its_job_and_the_worker_serves_on(service, scene, tmp_pa
         assert res.status == "failed", name
         assert reason in res.error, (name, res.error)
 
-    refused = client.wait(bad_options_job, timeout=120)
+    refused = _wait_for_job_created_by_worker(client, bad_options_job, timeout=120)
     assert refused.status == "failed" and "top_k" in refused.error
 
     # A photo nobody submitted before (a reference view), so the worker really runs it.
@@ -139,3 +139,19 @@ def test_bad_input_fails_its_job_and_the_worker_serves_on(service, scene, tmp_pa
     assert after.status == "done" and after.candidates
     assert after.worker == client.result(ids["empty"]).worker, "the same worker process served it"
     assert worker.proc.poll() is None, "the worker process survived"
+
+
+def _wait_for_job_created_by_worker(client: Client, job_id: str, timeout: float):
+    """A task sent by name has no job row until a worker takes it."""
+    import time
+
+    from core.errors import InputError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.wait(job_id, max(deadline - time.monotonic(), 0.0))
+        except InputError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
