@@ -31,7 +31,7 @@ def run_demo(workdir: Path, broker: str | None) -> int:
     get_settings.cache_clear()
     settings = get_settings()
 
-    from core.defaults import DEFAULT_EXTRACTOR, DEFAULT_RETRIEVER
+    from core import defaults
     from core.synthetic import generate_dataset
     from db.session import init_db
     from workers.client import Client
@@ -43,14 +43,14 @@ def run_demo(workdir: Path, broker: str | None) -> int:
         console.print(f"rendering a synthetic scene into {scene} ...")
         generate_dataset(scene, seed=0)
     init_db(settings.database_url.get_secret_value())
-    console.print(f"building map 'demo' ({DEFAULT_EXTRACTOR}, {DEFAULT_RETRIEVER}) ...")
+    console.print(f"building map 'demo' ({defaults.EXTRACTOR}, {defaults.RETRIEVER}) ...")
     report = build_and_register(
         settings,
         "demo",
         scene / "images",
         scene / "references.csv",
-        DEFAULT_EXTRACTOR,
-        retriever=DEFAULT_RETRIEVER,
+        defaults.EXTRACTOR,
+        retriever=defaults.RETRIEVER,
     )
     console.print(
         f"  {len(report.added)} references added, {len(report.skipped)} already there "

@@ -18,7 +18,7 @@ from cli.evaluate import evaluate_command
 from cli.flower import flower_command
 from cli.jobs_export import jobs_export_command
 from cli.map_build import map_add_command
-from core.defaults import DEFAULT_EXTRACTOR, DEFAULT_RETRIEVER
+from core import defaults
 from core.errors import InputError
 from core.settings import get_settings
 
@@ -51,8 +51,8 @@ def map_build(
     name: str,
     images: Annotated[Path, typer.Option(help="Folder of reference photos.")],
     positions: Annotated[Path, typer.Option(help="CSV with columns id,x,y (id = file stem).")],
-    extractor: Annotated[str, typer.Option(help="Local feature extractor.")] = DEFAULT_EXTRACTOR,
-    retriever: Annotated[str, typer.Option(help="Shortlisting method.")] = DEFAULT_RETRIEVER,
+    extractor: Annotated[str, typer.Option(help="Local feature extractor.")] = defaults.EXTRACTOR,
+    retriever: Annotated[str, typer.Option(help="Shortlisting method.")] = defaults.RETRIEVER,
     via_queue: Annotated[
         bool,
         typer.Option(
