@@ -14,19 +14,22 @@ script warms the workers up (models and map loaded), submits ``--queries`` photo
 Configuration: the defaults (``core/defaults.py`` extractor and retriever, default job options)
 unless ``--extractor`` / ``--retriever`` / ``--option`` say otherwise. The map holds
 ``--references`` Getty references (whole positions, spread over the site; 0 = all 3000); its timed
-build also gives the build time per reference. Without the Getty set (../shared/getty) the script
-falls back to the synthetic scene (core.synthetic) and says so.
+build also gives the build time per reference; ``--map-from DIR`` serves an already built map
+instead (e.g. the full 3000-reference ``bench/out/maps/getty-xfeat``). Without the Getty set
+(../shared/getty) the script falls back to the synthetic scene (core.synthetic) and says so.
 
 Reproduce:
 
     python -m bench.throughput                       # Getty, 20 queries, 150 references, SQLite
-    python -m bench.throughput --database postgres --queries 40
+    python -m bench.throughput --map-from bench/out/maps/getty-xfeat --queries 40
+    python -m bench.throughput --database postgres
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,7 +51,7 @@ from bench.common import (
 from cli.common import parse_options
 from core import defaults
 from core.mapbuild import RefEntry, build_map, read_positions_csv
-from core.mapstore import MapStore
+from core.mapstore import MapStore, existing_reference_ids
 from core.settings import Settings
 
 POSTGRES_URL = os.environ.get(
@@ -235,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", action="store_true", help="use the synthetic scene")
     p.add_argument("--queries", type=int, default=20, help="photos submitted at once")
     p.add_argument("--references", type=int, default=150, help="map size on Getty (0: all)")
+    p.add_argument(
+        "--map-from", type=Path, help="serve this built map (e.g. bench/out/maps/getty-xfeat)"
+    )
     p.add_argument("--workers", default="1,2", help="worker counts to run, in order")
     p.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -260,24 +266,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"only {len(query_paths)} distinct query photos: identical photos share one job")
 
     maps_dir = (args.out / "throughput" / "maps").resolve()
-    map_name = f"tp-{args.extractor}-{args.retriever}-{len(refs)}-{dataset.split()[0]}"
     store = MapStore(maps_dir)
-    print(f"building map {map_name}: {dataset}, {args.extractor} + {args.retriever} ...")
-    if store.path(map_name).exists():
-        import shutil
-
-        shutil.rmtree(store.path(map_name))
-    t0 = time.perf_counter()
-    build_map(
-        store,
-        map_name,
-        refs,
-        args.extractor,
-        defaults.EXTRACTOR_CONF if args.extractor == defaults.EXTRACTOR else None,
-        args.retriever,
-        defaults.RETRIEVER_CONF if args.retriever == defaults.RETRIEVER else None,
-    )
-    build_s = time.perf_counter() - t0
+    build_s = None
+    if args.map_from:
+        map_name = args.map_from.name
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        link = store.path(map_name)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(args.map_from.resolve())
+        dataset = (
+            f"{dataset.split()[0]} ({len(existing_reference_ids(link))} references, {map_name})"
+        )
+    else:
+        map_name = f"tp-{args.extractor}-{args.retriever}-{len(refs)}-{dataset.split()[0]}"
+        print(f"building map {map_name}: {dataset}, {args.extractor} + {args.retriever} ...")
+        if store.path(map_name).exists():
+            shutil.rmtree(store.path(map_name))
+        t0 = time.perf_counter()
+        build_map(
+            store,
+            map_name,
+            refs,
+            args.extractor,
+            defaults.EXTRACTOR_CONF if args.extractor == defaults.EXTRACTOR else None,
+            args.retriever,
+            defaults.RETRIEVER_CONF if args.retriever == defaults.RETRIEVER else None,
+        )
+        build_s = time.perf_counter() - t0
 
     runs = []
     for n in [int(x) for x in args.workers.split(",")]:
@@ -288,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         qps = r["queries_per_second"]
         r["speedup"] = qps / base if qps and base else None
 
-    print(f"\ndata: {dataset}; map build {1000 * build_s / len(refs):.0f} ms/reference")
+    built = f"; map build {1000 * build_s / len(refs):.0f} ms/reference" if build_s else ""
+    print(f"\ndata: {dataset}{built}")
     print_table(
         f"throughput, {args.queries} queries at once, {args.database}, options {options or '{}'}",
         ["workers", "queries/s", "speed-up", "latency p50", "p95", "service p50", "p95", "failed"],
@@ -318,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "database": args.database,
             "queries": args.queries,
             "build_seconds": build_s,
-            "build_ms_per_reference": 1000 * build_s / len(refs),
+            "build_ms_per_reference": 1000 * build_s / len(refs) if build_s else None,
             "runs": runs,
             "machine": machine_info(),
         },
