@@ -100,11 +100,19 @@ def run_evaluation(args) -> dict:
     qs = [(e.reference.id, e.image, e.reference.x, e.reference.y) for e in entries]
     qs = qs[: args.queries] if args.queries else qs
     print(f"evaluating {len(qs)} queries on {name} with options {options.model_dump()} ...")
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        if done[0] % 25 == 0:
+            print(f"  {done[0]}/{len(qs)}", flush=True)
+
     report = evaluate(
         lambda p: loc.localise(read_image(p), options),
         qs,
         fallback_position=tuple(ref_map.positions.mean(axis=0)),
         config={"map": name, "options": options.model_dump()},
+        on_row=lambda _row: progress(),
     )
     data = json.loads(report.to_json())
     (args.out / f"eval-{name}.json").write_text(json.dumps(data, indent=2))
