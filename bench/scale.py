@@ -57,8 +57,19 @@ RECALL_AT = (1, 5, 20)
 # --- 1. one map size, in a child process ---------------------------------------------------
 
 
-def measure_map(maps_dir: Path, name: str, query_images: list[Path], options: dict) -> dict:
-    """Load a map and localise the queries; run in a fresh process for clean memory figures."""
+def measure_map(
+    maps_dir: Path, name: str, query_images: list[Path], options: dict, threads: int = 1
+) -> dict:
+    """Load a map and localise the queries; run in a fresh process for clean memory figures.
+
+    ``threads``: torch and OpenCV threads, 1 like a CPU worker process (0: library defaults).
+    """
+    if threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
     from core.images import read_image
     from core.localiser import LocaliseOptions, Localiser
     from core.mapstore import MapStore
@@ -112,6 +123,7 @@ def map_size_rows(args, src, query_images: list[Path], options: dict) -> list[di
                     "name": f"scale-{n}",
                     "images": [str(p) for p in query_images],
                     "options": options,
+                    "threads": args.threads,
                 }
             ),
         ]
@@ -271,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=10)
     p.add_argument("--top-k", type=int, default=0, help="job option top_k (0: the job default)")
     p.add_argument("--option", action="append", default=[], help="other job option key=value")
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (0: default)")
     p.add_argument("--build-refs", type=int, default=100, help="timed build size (0: skip)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         row = measure_map(
-            Path(spec["maps_dir"]), spec["name"], [Path(i) for i in spec["images"]], spec["options"]
+            Path(spec["maps_dir"]),
+            spec["name"],
+            [Path(i) for i in spec["images"]],
+            spec["options"],
+            spec["threads"],
         )
         print(json.dumps(row))
         return 0
@@ -304,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     images = [q.image for q in queries]
 
     print(f"1. time and memory per query, {len(images)} queries, options {options}")
+    if args.threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(args.threads)  # the same for distractors and the timed build
+        cv2.setNumThreads(args.threads)
     sizes = map_size_rows(args, src, images, options)
 
     print("2. retrieval with chimera distractors")
@@ -374,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "extractor": src.extractor,
             "retriever": src.retriever,
             "options": options,
+            "threads": args.threads,
             "map_sizes": sizes,
             "distractors": {
                 "method": "chimera: each VLAD word block from one of two real references at "

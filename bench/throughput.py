@@ -9,7 +9,9 @@ script warms the workers up (models and map loaded), submits ``--queries`` photo
 - queries/s over the whole drain (first submission to last finish, database timestamps);
 - latency per job (``finished_at - created_at``: queueing included) p50 / p95, and service time
   (``finished_at - started_at``) p50 / p95;
-- the speed-up of 2 workers over 1.
+- the speed-up of 2 workers over 1;
+
+and writes them to ``<out>/throughput-<database>.json`` (default out: bench/out).
 
 Configuration: the defaults (``core/defaults.py`` extractor and retriever, default job options)
 unless ``--extractor`` / ``--retriever`` / ``--option`` say otherwise. The map holds
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = write_json(
         args.out,
-        "throughput.json",
+        f"throughput-{args.database}.json",
         {
             "dataset": dataset,
             "map": map_name,
