@@ -30,6 +30,23 @@ def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+def _build_small(env: dict, scene: Path, positions: Path) -> subprocess.CompletedProcess:
+    return _cli(
+        env,
+        "map",
+        "build",
+        "small",
+        "--images",
+        str(scene / "images"),
+        "--positions",
+        str(positions),
+        "--extractor",
+        "sift",
+        "--retriever",
+        "exhaustive",
+    )
+
+
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory, scene):
     """A data dir with map 'small' built through the CLI from 6 positions of the scene."""
@@ -44,40 +61,14 @@ def cli_env(tmp_path_factory, scene):
         w = csv.DictWriter(f, ["id", "x", "y"])
         w.writeheader()
         w.writerows(rows)
-    out = _cli(
-        env,
-        "map",
-        "build",
-        "small",
-        "--images",
-        str(scene / "images"),
-        "--positions",
-        str(positions),
-        "--extractor",
-        "sift",
-        "--retriever",
-        "exhaustive",
-    )
+    out = _build_small(env, scene, positions)
     assert "24 added" in out.stdout
     return env, data, rows
 
 
 def test_map_build_again_adds_nothing_and_lists(cli_env, scene):
     env, data, _ = cli_env
-    out = _cli(
-        env,
-        "map",
-        "build",
-        "small",
-        "--images",
-        str(scene / "images"),
-        "--positions",
-        str(data / "refs.csv"),
-        "--extractor",
-        "sift",
-        "--retriever",
-        "exhaustive",
-    )
+    out = _build_small(env, scene, data / "refs.csv")
     assert "0 added, 24 already there" in out.stdout
     listing = _cli(env, "map", "list").stdout
     assert "small" in listing and "24" in listing and "sift" in listing
