@@ -7,7 +7,7 @@ Reproduce (from the repository root, venv active; the first run builds the map, 
     python -m bench.accuracy --configs default --limit 30
 
 Prints one table row per configuration (MAE, median, p90, within 5, recall@K, pairs matched per
-query, seconds per query in-process with the map loaded, peak memory) and writes
+query, wall and CPU seconds per query in-process with the map loaded, peak memory) and writes
 ``<out>/accuracy.json`` with per-query rows. Maps are cached under ``<out>/maps`` (default
 bench/out, git-ignored). Peak memory is the process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), so it only grows from one row to the next:
@@ -73,6 +73,7 @@ def retrieval_recall(loc: Localiser, queries, depth: int = max(RECALL_KS)) -> di
 def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport:
     opts = LocaliseOptions.parse(options)
     loc.localise(read_image(queries[0][1]), opts)  # warm-up: lazy model and matcher set-up
+    cpu0 = time.process_time()
     report = evaluate(
         lambda path: loc.localise(read_image(path), opts),
         queries,
@@ -81,6 +82,8 @@ def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport
         config={"name": name, "options": opts.model_dump()},
     )
     report.summary["peak_rss_mib"] = peak_rss_mib()
+    # CPU seconds (all threads) per query: comparable across runs when others load the box.
+    report.summary["cpu_seconds_per_query"] = (time.process_time() - cpu0) / len(queries)
     log(format_row(name, report.summary))
     return report
 
@@ -88,7 +91,7 @@ def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport
 HEADER = (
     f"{'configuration':22s} {'n':>4s} {'MAE':>6s} {'median':>6s} {'p90':>6s} {'<5':>5s} "
     f"{'R@5':>5s} {'R@10':>5s} {'R@20':>5s} {'R@30':>5s} {'R@50':>5s} {'pairs':>6s} "
-    f"{'s/q':>5s} {'notloc':>6s} {'top50%':>6s} {'MiB':>6s}"
+    f"{'s/q':>5s} {'cpu/q':>5s} {'notloc':>6s} {'top50%':>6s} {'MiB':>6s}"
 )
 
 
@@ -101,6 +104,7 @@ def format_row(name: str, s: dict) -> str:
         f"{name:22s} {s['queries']:4d} {s['mae']:6.2f} {s['median']:6.2f} {s['p90']:6.2f} "
         f"{s['within_5']:5.2f} {r(5)} {r(10)} {r(20)} {r(30)} {r(50)} "
         f"{s['candidates_per_query']:6.0f} {s['seconds_per_query']:5.2f} "
+        f"{s['cpu_seconds_per_query']:5.2f} "
         f"{s['not_localised']:6d} {s['mae_top50_confident']:6.2f} {s['peak_rss_mib']:6.0f}"
     )
 
