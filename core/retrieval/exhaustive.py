@@ -8,9 +8,11 @@ from core.retrieval.base import Retriever
 
 
 class ExhaustiveRetriever(Retriever):
+    """No ranking at all, so ``top_k`` is ignored: truncating an unranked list would drop
+    arbitrary references (those late in id order), never the unlikely ones."""
+
     name = "exhaustive"
 
     def shortlist(self, query, ref_map, top_k):
         n = len(ref_map.ids)
-        k = n if top_k is None else min(top_k, n)
-        return np.arange(k), np.zeros(k, np.float32)
+        return np.arange(n), np.zeros(n, np.float32)
