@@ -43,7 +43,7 @@ def draw_command(
     from core.mapstore import MapStore
     from core.settings import get_settings
     from db import queries
-    from workers.blobstore import BlobNotFound, BlobStore
+    from workers.blobstore import BlobNotFound, make_blob_store
     from workers.client import Client
     from workers.maps import image_limits
 
@@ -58,7 +58,7 @@ def draw_command(
         job = client.result(job_id)
         with client.db.session() as s:
             image_key = queries.get_job(s, job_id).image_key
-        query = decode_image(BlobStore(settings.blob_dir).get(image_key), image_limits(settings))
+        query = decode_image(make_blob_store(settings).get(image_key), image_limits(settings))
         best = job.candidates[:top]  # most inliers first
         refs = [read_image(find_image(images, c.reference_id)) for c in best]
         localiser = Localiser(

@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     )
     blob_dir: Path | None = Field(default=None, description="Query images; default data_dir/blobs.")
     maps_dir: Path | None = Field(default=None, description="Maps; default data_dir/maps.")
+    # Where query photos go: blob_dir, or an S3-compatible bucket (needs the "s3" extra).
+    blob_backend: Literal["dir", "s3"] = "dir"
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs"
+    s3_endpoint_url: str | None = Field(default=None, description="e.g. MinIO; None: AWS.")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # Input limits: an upload larger than this is refused before decoding.

@@ -119,9 +119,9 @@ def test_bad_input_fails_its_job_and_the_worker_serves_on(service, scene, tmp_pa
     ids = {name: client.submit(data, m) for name, (data, m, _) in cases.items()}
 
     # A sender in another language could send any options: the worker must refuse them.
-    from workers.blobstore import BlobStore
+    from workers.blobstore import make_blob_store
 
-    key = BlobStore(settings.blob_dir).put(good)
+    key = make_blob_store(settings).put(good)
     bad_options_job = "bad-options-" + uuid.uuid4().hex[:8]
     client.app.send_task(
         LOCALISE_TASK,

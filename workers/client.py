@@ -25,7 +25,7 @@ from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
 from db import queries
 from db.session import Database
-from workers.blobstore import BlobStore, blob_key
+from workers.blobstore import blob_key, make_blob_store
 from workers.celery_app import make_celery
 from workers.recovery import send_job
 
@@ -98,7 +98,7 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.db = Database(self.settings.database_url.get_secret_value())
-        self.blobs = BlobStore(self.settings.blob_dir)
+        self.blobs = make_blob_store(self.settings)
         self.app = make_celery(self.settings)
 
     def submit(

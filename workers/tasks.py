@@ -18,7 +18,7 @@ from core.images import decode_image
 from core.localiser import LocaliseOptions
 from db import queries
 from workers import runtime
-from workers.blobstore import BlobNotFound, BlobStore
+from workers.blobstore import BlobNotFound
 from workers.celery_app import BUILD_TASK, LOCALISE_TASK, app
 from workers.maps import build_and_register, image_limits
 
@@ -77,7 +77,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
     t0 = time.perf_counter()
     try:
         opts = LocaliseOptions.parse(options)
-        image = decode_image(BlobStore(settings.blob_dir).get(image_key), image_limits(settings))
+        image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
         loc = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
         result = loc.localise(image, opts)

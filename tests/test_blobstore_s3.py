@@ -1,0 +1,158 @@
+"""The S3 blob store against a real S3 protocol server (moto's, on loopback), not a mocked boto3.
+
+One job also goes end to end through a real worker process that reads its photo from the bucket.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from core.settings import Settings
+from workers.blobstore import BlobNotFound, InvalidBlobKey, S3BlobStore, blob_key, make_blob_store
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+# moto accepts any credentials; passing them explicitly keeps the host's AWS config out of it.
+ACCESS_KEY = "testing-key"
+SECRET_KEY = "testing-secret"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    name = f"featureloc-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    ).create_bucket(Bucket=name)
+    return name
+
+
+def _settings(s3_endpoint: str, bucket: str, **extra) -> Settings:
+    return Settings(
+        blob_backend="s3",
+        s3_bucket=bucket,
+        s3_prefix="q",
+        s3_endpoint_url=s3_endpoint,
+        s3_access_key_id=SecretStr(ACCESS_KEY),
+        s3_secret_access_key=SecretStr(SECRET_KEY),
+        **extra,
+    )
+
+
+def _objects(store: S3BlobStore) -> list[str]:
+    listing = store.client.list_objects_v2(Bucket=store.bucket)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_round_trip_and_layout(s3_endpoint, bucket):
+    store = make_blob_store(_settings(s3_endpoint, bucket))
+    assert isinstance(store, S3BlobStore)
+    data = b"\xff\xd8 not really a jpeg " + uuid.uuid4().bytes
+    key = blob_key(data)
+
+    assert not store.exists(key)
+    assert store.put(data) == key
+    assert store.exists(key)
+    assert store.get(key) == data
+    assert _objects(store) == [f"q/{key[:2]}/{key}"]
+
+
+def test_put_is_idempotent(s3_endpoint, bucket):
+    store = make_blob_store(_settings(s3_endpoint, bucket))
+    data = b"the same bytes twice"
+    first = store.put(data)
+    # Overwrite the object behind the store's back: a second put must skip, not rewrite it.
+    store.client.put_object(Bucket=bucket, Key=f"q/{first[:2]}/{first}", Body=b"marker")
+    assert store.put(data) == first
+    assert store.get(first) == b"marker"
+    assert len(_objects(store)) == 1
+
+
+def test_missing_key_raises_blob_not_found(s3_endpoint, bucket):
+    store = make_blob_store(_settings(s3_endpoint, bucket))
+    missing = blob_key(b"never stored")
+    with pytest.raises(BlobNotFound):
+        store.get(missing)
+    assert not store.exists(missing)
+
+
+@pytest.mark.parametrize(
+    "key", ["../../etc/passwd", "ab/cd", "A" * 64, "0" * 63, "", "0" * 64 + "/x", None]
+)
+def test_bad_keys_are_refused_before_any_request(s3_endpoint, bucket, key):
+    store = make_blob_store(_settings(s3_endpoint, bucket))
+    with pytest.raises(InvalidBlobKey):
+        store.get(key)
+    with pytest.raises(InvalidBlobKey):
+        store.exists(key)
+
+
+def test_an_s3_backend_without_a_bucket_is_refused():
+    with pytest.raises(ValueError, match="s3_bucket"):
+        make_blob_store(Settings(blob_backend="s3"))
+
+
+@pytest.mark.services
+def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp_path):
+    from db.session import init_db
+    from tests.services import WorkerProcess, require_redis, service_env
+    from workers.client import Client
+    from workers.maps import build_and_register
+
+    require_redis()
+    db_url = f"sqlite:///{tmp_path / 'featureloc.db'}"
+    env = service_env(tmp_path, db_url, uuid.uuid4().hex[:8])
+    env.update(
+        FEATURELOC_BLOB_BACKEND="s3",
+        FEATURELOC_S3_BUCKET=bucket,
+        FEATURELOC_S3_PREFIX="q",
+        FEATURELOC_S3_ENDPOINT_URL=s3_endpoint,
+        FEATURELOC_S3_ACCESS_KEY_ID=ACCESS_KEY,
+        FEATURELOC_S3_SECRET_ACCESS_KEY=SECRET_KEY,
+    )
+    settings = _settings(
+        s3_endpoint,
+        bucket,
+        data_dir=tmp_path,
+        database_url=db_url,
+        broker_url=env["FEATURELOC_BROKER_URL"],
+        localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
+        build_queue=env["FEATURELOC_BUILD_QUEUE"],
+    )
+    init_db(db_url)
+    build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
+    with (scene / "queries.csv").open() as f:
+        query_id = next(csv.DictReader(f))["id"]
+    photo = (scene / "images" / f"{query_id}.jpg").read_bytes()
+
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        client = Client(settings)
+        result = client.wait(client.submit(photo, "scene"), timeout=120)
+        assert result.status == "done", (result.error, worker.log()[-2000:])
+        assert result.candidates
+    finally:
+        worker.stop()
+    key = blob_key(photo)
+    assert make_blob_store(settings).get(key) == photo  # the photo went to the bucket...
+    assert not (tmp_path / "blobs" / key[:2] / key).exists()  # ...and not to the local directory
