@@ -112,19 +112,10 @@ def database_url(kind: str, data_dir: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{(data_dir / 'featureloc.db').resolve()}"
         return
-    from sqlalchemy import create_engine, text
+    from db.schemas import temporary_schema
 
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with temporary_schema(POSTGRES_URL, prefix="bench") as url:
+        yield url
 
 
 def latency_figures(jobs) -> dict:

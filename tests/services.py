@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from db.schemas import temporary_schema
+
 REDIS_URL = os.environ.get("FEATURELOC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "FEATURELOC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -38,19 +40,8 @@ def postgres_schema() -> Iterator[str]:
     """A fresh schema, dropped afterwards; yields a URL whose search_path points at it."""
     if not reachable("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    from sqlalchemy import create_engine, text
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with temporary_schema(POSTGRES_URL) as url:
+        yield url
 
 
 def service_env(data_dir: Path, database_url: str, tag: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ from kombu import Queue
 from core.settings import Settings, get_settings
 
 LOCALISE_TASK = "featureloc.localise"
-BUILD_TASK = "featureloc.build_map"
 BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py
 FINALISE_BUILD_TASK = "featureloc.finalise_build"
 
@@ -65,7 +64,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(settings.localise_queue), Queue(settings.build_queue)],
         task_routes={
             LOCALISE_TASK: {"queue": settings.localise_queue},
-            BUILD_TASK: {"queue": settings.build_queue},
             BUILD_CHUNK_TASK: {"queue": settings.build_queue},
             FINALISE_BUILD_TASK: {"queue": settings.build_queue},
         },

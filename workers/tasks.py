@@ -19,8 +19,8 @@ from core.localiser import LocaliseOptions
 from db import queries
 from workers import runtime
 from workers.blobstore import BlobNotFound
-from workers.celery_app import BUILD_TASK, LOCALISE_TASK, app
-from workers.maps import build_and_register, image_limits
+from workers.celery_app import LOCALISE_TASK, app
+from workers.maps import image_limits
 
 log = logging.getLogger(__name__)
 
@@ -138,37 +138,3 @@ def _fail_quietly(job_id: str, reason: str, worker: str) -> None:
         _fail(job_id, reason, worker)
     except Exception:  # the database is what failed; the job stays for stale detection
         log.exception("job %s: could not record failure", job_id)
-
-
-@app.task(name=BUILD_TASK, bind=True)
-def build_map(
-    self,
-    name: str,
-    images_dir: str,
-    positions_csv: str,
-    extractor: str,
-    extractor_conf: dict | None = None,
-    retriever: str = "exhaustive",
-    retriever_conf: dict | None = None,
-) -> dict[str, Any]:
-    """Build or extend a map from paths the worker can read (shared storage)."""
-    try:
-        report = build_and_register(
-            runtime.settings(),
-            name,
-            images_dir,
-            positions_csv,
-            extractor,
-            extractor_conf,
-            retriever,
-            retriever_conf,
-        )
-    except InputError as exc:
-        return {"map": name, "status": "failed", "error": str(exc)}
-    return {
-        "map": name,
-        "status": "done",
-        "added": len(report.added),
-        "skipped": len(report.skipped),
-        "failed": report.failed,
-    }
