@@ -6,7 +6,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
+from sqlalchemy.schema import CreateSchema, DropSchema
 
 
 @contextmanager
@@ -15,11 +16,11 @@ def temporary_schema(admin_url: str, prefix: str = "t") -> Iterator[str]:
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url)
     with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))  # a generated name, not user input
+        conn.execute(CreateSchema(schema))
     sep = "&" if "?" in admin_url else "?"
     try:
         yield f"{admin_url}{sep}options=-csearch_path%3D{schema}"
     finally:
         with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(DropSchema(schema, cascade=True))
         admin.dispose()
