@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -43,7 +42,6 @@ from pathlib import Path
 from bench.common import (
     DEFAULT_OUT,
     GETTY,
-    REPO,
     machine_info,
     percentile,
     print_table,
@@ -55,56 +53,11 @@ from core import defaults
 from core.mapbuild import RefEntry, build_map, read_positions_csv
 from core.mapstore import MapStore, existing_reference_ids
 from core.settings import Settings
+from workers.process import WorkerProcess
 
 POSTGRES_URL = os.environ.get(
     "FEATURELOC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-class Worker:
-    """One ``featureloc worker --concurrency 1`` process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env, self.log_path = env, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> Worker:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "worker",
-                "--concurrency=1",
-                "--loglevel=info",
-                f"--hostname=bench{uuid.uuid4().hex[:6]}@%h",
-            ],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.log_path.read_text(errors="replace"):
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # warm shutdown
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 @contextmanager
@@ -172,10 +125,14 @@ def run_with_workers(
             localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
             build_queue=env["FEATURELOC_BUILD_QUEUE"],
         )
-        workers: list[Worker] = []
+        workers: list[WorkerProcess] = []
         try:
             for i in range(n_workers):  # one after the other: the first migrates the database
-                workers.append(Worker(env, data_dir / f"worker-{i}.log").start())
+                workers.append(
+                    WorkerProcess(
+                        env, data_dir / f"worker-{i}.log", name=f"bench{uuid.uuid4().hex[:6]}@%h"
+                    ).start(timeout=120.0)
+                )
             client = Client(settings)
             # Warm-up: every worker loads its models and the map before the clock starts.
             warm = [client.submit(p, map_name, options) for p in warmups[: 2 * n_workers]]
@@ -187,7 +144,7 @@ def run_with_workers(
             wall = time.perf_counter() - t0
         finally:
             for w in workers:
-                w.stop()
+                w.stop(timeout=60.0)
     figures = latency_figures(jobs)
     figures.update(workers=n_workers, wall_seconds=wall, submit_seconds=submit_s)
     errors = sorted({j.error for j in jobs if j.error})
