@@ -10,10 +10,13 @@ import json
 import time
 from pathlib import Path
 
+from core.camera import Camera
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
 
 GETTY = Path(__file__).resolve().parents[1].parent / "shared" / "getty"
+# From the set's README: 680x490 pinhole, 73.7 x 53.1 degrees, principal point at the centre.
+GETTY_CAMERA = Camera(fov_x_deg=73.7, fov_y_deg=53.1)
 
 
 def ensure_map(
@@ -30,6 +33,7 @@ def ensure_map(
     store = MapStore(out / "maps")
     stats_path = out / "maps" / f"{name}.build.json"
     if store.exists(name) and stats_path.is_file():
+        store.set_camera(name, GETTY_CAMERA)  # maps cached before cameras were recorded
         return store, json.loads(stats_path.read_text())
     entries = read_positions_csv(getty / "references.csv", getty / "images")
     log(f"building map {name!r}: {len(entries)} references with {extractor} + {retriever} ...")
@@ -52,6 +56,7 @@ def ensure_map(
         on_done=progress,
     )
     seconds = time.perf_counter() - t0
+    store.set_camera(name, GETTY_CAMERA)
     stats = {
         "references": len(entries),
         "added": len(report.added),

@@ -77,6 +77,60 @@ def map_build(
 map_app.command("add")(map_add_command)
 
 
+@map_app.command("camera")
+def map_camera(
+    name: str,
+    fov_x: Annotated[float | None, typer.Option(help="Horizontal field of view, degrees.")] = None,
+    fov_y: Annotated[
+        float | None, typer.Option(help="Vertical field of view; default: square pixels.")
+    ] = None,
+    fx: Annotated[float | None, typer.Option(help="Focal length in pixels (x).")] = None,
+    fy: Annotated[float | None, typer.Option(help="Focal length in pixels (y).")] = None,
+    cx: Annotated[float | None, typer.Option(help="Principal point x; default: centre.")] = None,
+    cy: Annotated[float | None, typer.Option(help="Principal point y; default: centre.")] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Image width the focal lengths are for.")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Image height the focal lengths are for.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the map's camera.")] = False,
+) -> None:
+    """Record the camera of a map's photos, so that queries are placed between references by
+    geometry (no rebuild; workers pick it up). Without options, show it."""
+    from pydantic import ValidationError
+
+    from core.camera import Camera
+    from core.errors import MapError
+    from core.mapstore import MapStore
+
+    store = MapStore(get_settings().maps_dir)
+    fields = {
+        "fov_x_deg": fov_x,
+        "fov_y_deg": fov_y,
+        "fx": fx,
+        "fy": fy,
+        "cx": cx,
+        "cy": cy,
+        "width": width,
+        "height": height,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        if clear or given:
+            camera = None if clear else Camera(**given)
+            store.set_camera(name, camera)
+        camera = store.open(name).camera
+    except ValidationError as exc:
+        fail(f"bad camera: {'; '.join(e['msg'] for e in exc.errors())}")
+    except MapError as exc:
+        fail(str(exc))
+    if camera is None:
+        console.print(f"map {name!r} has no camera: queries are not placed by geometry")
+    else:
+        console.print(f"map {name!r} camera: {camera.model_dump_json(exclude_none=True)}")
+
+
 @map_app.command("list")
 def map_list() -> None:
     """Maps in the database, with their extractor and size."""

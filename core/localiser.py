@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -9,10 +10,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core import defaults, registry
+from core.camera import Camera
 from core.errors import InputError, MapError
 from core.estimation import ESTIMATORS
 from core.mapstore import ReferenceMap
-from core.types import CandidateResult, Features, LocalisationResult
+from core.placement import Link, PlacementConfig, place_query
+from core.types import CandidateResult, Estimate, Features, LocalisationResult
 from core.verify import VerifyConfig, verify
 
 
@@ -36,12 +39,32 @@ class LocaliseOptions(BaseModel):
         default_factory=dict,
         description="merged over core.defaults.ESTIMATOR_CONF for the default estimator",
     )
+    placement: bool = Field(
+        default=True,
+        description="place the query between references by two-view geometry (core.placement)"
+        " when the map records its camera",
+    )
+    placement_conf: dict[str, Any] = Field(
+        default_factory=dict, description="core.placement.PlacementConfig fields"
+    )
+    query_camera: Camera | None = Field(
+        default=None, description="the query photo's intrinsics; default: the map's camera"
+    )
 
     @field_validator("estimator")
     @classmethod
     def _known_estimator(cls, v: str) -> str:
         if v not in ESTIMATORS:
             raise ValueError(f"unknown estimator {v!r}; available: {', '.join(sorted(ESTIMATORS))}")
+        return v
+
+    @field_validator("placement_conf")
+    @classmethod
+    def _known_placement_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            PlacementConfig(**v)
+        except TypeError as exc:
+            raise ValueError(str(exc).replace("PlacementConfig.__init__()", "")) from None
         return v
 
     @classmethod
@@ -61,6 +84,9 @@ class LocaliseOptions(BaseModel):
     def effective_estimator_conf(self) -> dict[str, Any]:
         base = defaults.ESTIMATOR_CONF if self.estimator == defaults.ESTIMATOR else {}
         return {**base, **self.estimator_conf}
+
+    def placement_config(self) -> PlacementConfig:
+        return PlacementConfig(**self.placement_conf)  # fields checked at validation
 
     def verify_config(self) -> VerifyConfig:
         try:
@@ -103,6 +129,7 @@ class Localiser:
     ) -> LocalisationResult:
         opts = options or LocaliseOptions()
         vconf = opts.verify_config()
+        pconf = opts.placement_config()
         mconf = opts.effective_matcher_conf(self.map.extractor["name"])
         matcher = self.matcher(opts.matcher, mconf)
         timings: dict[str, float] = {}
@@ -123,6 +150,7 @@ class Localiser:
 
         t0 = time.perf_counter()
         candidates = []
+        links: dict[str, Link] = {}  # verified inliers per reference id, for placement
         for rank, (i, score, ref, matches) in enumerate(
             zip(order, scores, refs, all_matches, strict=True)
         ):
@@ -132,6 +160,8 @@ class Localiser:
                 ref.keypoints[matches.indices[:, 1]],
                 vconf,
             )
+            inl = matches.indices[ver.inliers]
+            links[self.map.ids[i]] = Link(int(i), inl[:, 0], inl[:, 1])
             candidates.append(
                 _candidate(
                     self.map,
@@ -151,7 +181,44 @@ class Localiser:
         t0 = time.perf_counter()
         estimate = ESTIMATORS[opts.estimator](candidates, opts.effective_estimator_conf())
         timings["estimate"] = time.perf_counter() - t0
+
+        if opts.placement and estimate.localised and self.map.camera is not None:
+            t0 = time.perf_counter()
+            estimate = self._place(query, estimate, links, matcher, opts, pconf)
+            timings["place"] = time.perf_counter() - t0
         return LocalisationResult(estimate, candidates, timings, opts.model_dump())
+
+    def _place(
+        self,
+        query: Features,
+        estimate: Estimate,
+        links: dict[str, Link],
+        matcher: Any,
+        opts: LocaliseOptions,
+        conf: PlacementConfig,
+    ) -> Estimate:
+        """The estimate moved to where the geometry of its supporting views puts the query."""
+        ref_camera = self.map.camera
+        query_camera = opts.query_camera or ref_camera
+        assert ref_camera is not None and query_camera is not None and estimate.x is not None
+        feats = self.map.features
+        placed = place_query(
+            query,
+            query_camera.matrix(query.image_size),
+            [links[rid] for rid in dict.fromkeys(estimate.support) if rid in links],
+            feats,
+            self.map.positions,
+            lambda i: ref_camera.matrix(feats[i].image_size),
+            matcher.match,
+            (estimate.x, estimate.y),
+            conf,
+            similar=self.retriever.reference_similarity,
+        )
+        if placed is None:
+            return estimate
+        return dataclasses.replace(
+            estimate, x=placed.x, y=placed.y, method=f"{estimate.method}+placement"
+        )
 
 
 def _candidate(

@@ -25,6 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from core.camera import Camera
 from core.errors import MapError
 from core.types import Features
 
@@ -85,6 +86,18 @@ class MapStore:
         (path / "parts").mkdir(parents=True, exist_ok=True)
         _atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2))
         return path
+
+    def set_camera(self, name: str, camera: Camera | None) -> None:
+        """Record (or with None, forget) the camera of a map's references; no rebuild needed."""
+        path = self.path(name)
+        if not (path / "manifest.json").is_file():
+            raise MapError(f"unknown map {name!r}")
+        manifest = read_manifest(path)
+        if camera is None:
+            manifest.pop("camera", None)
+        else:
+            manifest["camera"] = camera.model_dump(exclude_none=True)
+        write_manifest(path, manifest)
 
     def open(self, name: str) -> ReferenceMap:
         path = self.path(name)
@@ -182,6 +195,12 @@ class ReferenceMap:
     @property
     def retrieval_dir(self) -> Path:
         return self.path / "retrieval"
+
+    @property
+    def camera(self) -> Camera | None:
+        """The references' camera intrinsics, when the map records them."""
+        cam = self.manifest.get("camera")
+        return Camera.model_validate(cam) if cam else None
 
     def __len__(self) -> int:
         return len(self.ids)

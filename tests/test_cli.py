@@ -74,6 +74,22 @@ def test_map_build_again_adds_nothing_and_lists(cli_env, scene):
     assert "small" in listing and "24" in listing and "sift" in listing
 
 
+def test_map_camera_records_shows_refuses_and_clears(cli_env):
+    env, _, _ = cli_env
+    try:
+        out = _cli(env, "map", "camera", "small", "--fov-x", "73.7", "--fov-y", "53.1").stdout
+        assert '"fov_x_deg":73.7' in out and '"fov_y_deg":53.1' in out
+        assert '"fov_x_deg":73.7' in _cli(env, "map", "camera", "small").stdout
+        bad = _cli(env, "map", "camera", "small", "--fx", "500", check=False)
+        assert bad.returncode == 1 and "width and height" in bad.stderr
+        assert '"fov_x_deg":73.7' in _cli(env, "map", "camera", "small").stdout  # unchanged
+        unknown = _cli(env, "map", "camera", "nope", "--fov-x", "60", check=False)
+        assert unknown.returncode == 1 and "unknown map" in unknown.stderr
+    finally:
+        out = _cli(env, "map", "camera", "small", "--clear").stdout
+    assert "has no camera" in out
+
+
 def test_map_build_refuses_a_bad_csv_and_creates_nothing(cli_env, scene, tmp_path):
     env, data, _ = cli_env
     bad = tmp_path / "bad.csv"

@@ -39,3 +39,9 @@ class Retriever(ABC):
         self, query: Features, ref_map: ReferenceMap, top_k: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Indices into ``ref_map.ids`` (best first) and their scores; ``top_k=None``: all."""
+
+    def reference_similarity(self, index: int) -> np.ndarray | None:
+        """Every reference's global similarity to reference ``index`` (map order), or None
+        when this retriever has no global descriptors. Used to pick views that face the same
+        way (core.placement)."""
+        return None

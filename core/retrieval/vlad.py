@@ -162,6 +162,11 @@ class VladRetriever(Retriever):
             sims = sims + w * best[groups]
         return sims
 
+    def reference_similarity(self, index: int) -> np.ndarray | None:
+        if self.descriptors is None:
+            return None
+        return self.descriptors @ self.descriptors[index]
+
     def describe(self, feats: Features) -> np.ndarray:
         """The VLAD vector (k*d,) of one image's local features, unit length (zeros if none)."""
         c = self.centroids

@@ -1,0 +1,237 @@
+"""Place a query between references by two-view geometry, not at a reference's position.
+
+Copying (or averaging) reference positions cannot do better than the reference spacing. With
+the camera intrinsics known, two references A and B at different known positions fix a metric
+frame: their relative pose (essential matrix) scaled by the distance between their positions
+triangulates the points they share; the query's 2D matches to those points give its pose in A's
+frame (PnP); and the known vector from A to B maps that frame onto the map.
+
+Assumptions, stated where they matter: cameras are roughly upright (the ground plane is A's x-z
+plane) and at about the same height; the map's (x, y) is a right-handed frame seen from above
+(x east, y north), or ``left_handed`` when its y axis points the other way (image-like maps).
+Each placement is checked against the cluster estimate it refines; placements that disagree
+are dropped, and the result is the median of the survivors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from core.types import Features, Matches
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    max_pairs: int = 12  # reference pairs tried in all
+    anchors: int = 4  # the references with most inliers that may serve as A
+    partners: int = 4  # references tried as B for each A
+    enough: int = 3  # stop after this many placements agree with the estimate
+    min_points: int = 12  # triangulated points, and PnP inliers, for a placement to count
+    min_baseline: float = 0.3  # map units between A and B: too short cannot scale the frame
+    max_baseline: float = 15.0
+    max_shift: float = 9.0  # L1 from the estimate being refined; farther means a bad pose
+    essential_px: float = 2.0  # MAGSAC threshold for the A-B essential matrix
+    pnp_px: float = 4.0  # PnP RANSAC reprojection threshold
+    left_handed: bool = False
+
+
+@dataclass(frozen=True)
+class Link:
+    """The verified matches between the query and one reference of the winning place."""
+
+    index: int  # the reference's row in the map
+    query_idx: np.ndarray  # (M,) query keypoint indices of the inliers
+    ref_idx: np.ndarray  # (M,) reference keypoint indices of the inliers
+
+    @property
+    def inliers(self) -> int:
+        return len(self.query_idx)
+
+
+@dataclass
+class Placement:
+    x: float
+    y: float
+    placements: list[tuple[float, float, int]] = field(default_factory=list)  # x, y, PnP inliers
+    pairs_tried: int = 0
+
+
+MatchFn = Callable[[Features, Features], Matches]
+
+
+def place_query(
+    query: Features,
+    query_k: np.ndarray,
+    links: Sequence[Link],
+    features: Sequence[Features],
+    positions: np.ndarray,
+    ref_k: Callable[[int], np.ndarray],
+    match: MatchFn,
+    around: tuple[float, float],
+    conf: PlacementConfig | None = None,
+    similar: Callable[[int], np.ndarray | None] | None = None,
+) -> Placement | None:
+    """The query's (x, y) from pairs of linked references, or None when no pair gives one.
+
+    ``features``/``positions`` are the map's, indexed by ``Link.index``; ``ref_k(i)`` is the
+    intrinsic matrix of reference ``i``, ``query_k`` the query's; ``match`` matches two
+    references with the job's matcher; ``around`` is the estimate being refined; ``similar(i)``
+    optionally gives every reference's global similarity to reference ``i``.
+    """
+    conf = conf or PlacementConfig()
+    pairs = _pairs(links, positions, similar or (lambda _i: None), conf)
+    found: list[tuple[float, float, int]] = []
+    for a, b in pairs:
+        got = _place_from_pair(query, query_k, a, b, features, positions, ref_k, match, conf)
+        if got is None:
+            continue
+        x, y, support = got
+        if abs(x - around[0]) + abs(y - around[1]) <= conf.max_shift:
+            found.append((x, y, support))
+            if len(found) >= conf.enough:
+                break
+    if not found:
+        return None
+    xs, ys = np.array([f[0] for f in found]), np.array([f[1] for f in found])
+    return Placement(float(np.median(xs)), float(np.median(ys)), found, len(pairs))
+
+
+def _pairs(
+    links: Sequence[Link],
+    positions: np.ndarray,
+    similar: Callable[[int], np.ndarray | None],
+    conf: PlacementConfig,
+) -> list[tuple[Link, Link]]:
+    """(A, B) to try: A among the strongest links; B first among the other linked references,
+    then any map reference near A, most similar to A first (B must share points with A, not
+    necessarily with the query; of the views at a nearby position, the one facing A's way)."""
+    by_strength = sorted(links, key=lambda lk: -lk.inliers)
+    linked = {lk.index for lk in links}
+    pairs = []
+    for a in by_strength[: conf.anchors]:
+        baseline = np.hypot(*(positions - positions[a.index]).T)
+        in_range = (baseline >= conf.min_baseline) & (baseline <= conf.max_baseline)
+        partners = [b for b in by_strength if b is not a and in_range[b.index]]
+        sim = similar(a.index)
+        rank = np.argsort(-sim) if sim is not None else np.argsort(baseline)
+        near = [int(j) for j in rank if in_range[j] and int(j) not in linked]
+        empty = np.zeros(0, np.int64)
+        partners += [Link(j, empty, empty) for j in near]
+        pairs += [(a, b) for b in partners[: conf.partners]]
+    return pairs[: conf.max_pairs]
+
+
+def _place_from_pair(
+    query: Features,
+    query_k: np.ndarray,
+    a: Link,
+    b: Link,
+    features: Sequence[Features],
+    positions: np.ndarray,
+    ref_k: Callable[[int], np.ndarray],
+    match: MatchFn,
+    conf: PlacementConfig,
+) -> tuple[float, float, int] | None:
+    fa, fb = features[a.index], features[b.index]
+    pos_a, pos_b = positions[a.index].astype(np.float64), positions[b.index].astype(np.float64)
+    baseline = float(np.hypot(*(pos_b - pos_a)))
+    ab = match(fa, fb).indices
+    if len(ab) < conf.min_points:
+        return None
+    ka, kb = ref_k(a.index), ref_k(b.index)
+    # Normalised image coordinates, so A and B may come from different cameras.
+    pa = _normalise(fa.keypoints[ab[:, 0]], ka)
+    pb = _normalise(fb.keypoints[ab[:, 1]], kb)
+    focal = float(np.mean([ka[0, 0], ka[1, 1], kb[0, 0], kb[1, 1]]))
+    pose = _relative_pose(pa, pb, conf.essential_px / focal)
+    if pose is None:
+        return None
+    rot, t, good = pose
+    if good.sum() < conf.min_points:
+        return None
+    # A's frame in map units: x_B = R x_A + t * baseline.
+    t = t * baseline
+    xh = cv2.triangulatePoints(
+        np.hstack([np.eye(3), np.zeros((3, 1))]),
+        np.hstack([rot, t[:, None]]),
+        pa[good].T,
+        pb[good].T,
+    )
+    pts = (xh[:3] / xh[3]).T
+    depth_a, depth_b = pts[:, 2], (pts @ rot.T + t)[:, 2]
+    ok = (depth_a > 0) & (depth_b > 0) & (depth_a < 500 * baseline)
+    if ok.sum() < conf.min_points:
+        return None
+    # 3D point per keypoint of A and of B (-1: none).
+    a_to_pt = np.full(len(fa), -1, np.int64)
+    b_to_pt = np.full(len(fb), -1, np.int64)
+    a_to_pt[ab[good][ok][:, 0]] = np.arange(ok.sum())
+    b_to_pt[ab[good][ok][:, 1]] = np.arange(ok.sum())
+    pts = pts[ok]
+    # The query's 2D-3D correspondences through A and through B, one per query keypoint.
+    q_to_pt: dict[int, int] = {}
+    for link, lookup in ((a, a_to_pt), (b, b_to_pt)):
+        for qi, ri in zip(link.query_idx, link.ref_idx, strict=True):
+            if lookup[ri] >= 0:
+                q_to_pt.setdefault(int(qi), int(lookup[ri]))
+    if len(q_to_pt) < conf.min_points:
+        return None
+    q_idx = np.fromiter(q_to_pt.keys(), np.int64)
+    obj = pts[np.fromiter(q_to_pt.values(), np.int64)]
+    img = query.keypoints[q_idx].astype(np.float64)
+    ok_pnp, rvec, tvec, inl = cv2.solvePnPRansac(
+        obj,
+        img,
+        query_k,
+        None,
+        reprojectionError=conf.pnp_px,
+        iterationsCount=1000,
+        flags=cv2.SOLVEPNP_SQPNP,
+    )
+    if not ok_pnp or inl is None or len(inl) < conf.min_points:
+        return None
+    rq, _ = cv2.Rodrigues(rvec)
+    centre_q = -rq.T @ tvec.ravel()
+    centre_b = -rot.T @ t
+    # Ground-plane coordinates in A's frame: (x right, z forward).
+    u = np.array([centre_b[0], centre_b[2]])
+    c = np.array([centre_q[0], centre_q[2]])
+    uu = float(u @ u)
+    if uu < 1e-12:
+        return None
+    along = float(c @ u) / uu
+    across = float(u[0] * c[1] - u[1] * c[0]) / uu
+    v = pos_b - pos_a
+    perp = np.array([-v[1], v[0]]) * (-1.0 if conf.left_handed else 1.0)
+    xy = pos_a + along * v + across * perp
+    return float(xy[0]), float(xy[1]), len(inl)
+
+
+def _normalise(points: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Pixels (N, 2) to normalised image coordinates (K^-1 applied)."""
+    return cv2.undistortPoints(points.reshape(-1, 1, 2).astype(np.float64), k, None).reshape(-1, 2)
+
+
+def _relative_pose(
+    pa: np.ndarray, pb: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """From normalised points: R, unit t (x_B = R x_A + t) and the inlier mask of points in
+    front of both cameras. ``threshold`` is in normalised units (pixels / focal length)."""
+    eye = np.eye(3)
+    try:
+        e, mask = cv2.findEssentialMat(
+            pa, pb, eye, method=cv2.USAC_MAGSAC, prob=0.999, threshold=threshold
+        )
+    except cv2.error:
+        return None
+    if e is None or mask is None or e.shape[0] < 3:
+        return None
+    try:
+        _, rot, t, good = cv2.recoverPose(e[:3], pa, pb, eye, mask=mask.copy())
+    except cv2.error:
+        return None
+    return rot, t.ravel(), good.ravel() > 0

@@ -1,0 +1,134 @@
+"""Placing a query between references by two-view geometry (core.placement, core.camera)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from core.camera import Camera
+from core.errors import InputError
+from core.images import read_image
+from core.localiser import LocaliseOptions, Localiser
+from core.mapbuild import build_map, read_positions_csv
+from core.mapstore import MapStore
+
+SCENE_FOV_DEG = 74.0  # core.synthetic.generate_dataset's default; square pixels
+
+
+def test_camera_from_field_of_view_is_size_independent() -> None:
+    cam = Camera(fov_x_deg=90.0)
+    k = cam.matrix((640, 480))
+    assert k[0, 0] == pytest.approx(320.0) and k[1, 1] == pytest.approx(320.0)
+    assert (k[0, 2], k[1, 2]) == (319.5, 239.5)
+    assert cam.matrix((320, 240))[0, 0] == pytest.approx(160.0)
+    getty = Camera(fov_x_deg=73.7, fov_y_deg=53.1).matrix((680, 490))
+    assert getty[0, 0] == pytest.approx(340 / math.tan(math.radians(36.85)))
+    assert getty[1, 1] == pytest.approx(245 / math.tan(math.radians(26.55)))
+
+
+def test_camera_from_focal_lengths_scales_with_the_image() -> None:
+    cam = Camera(fx=500.0, fy=510.0, cx=300.0, cy=200.0, width=640, height=480)
+    assert np.allclose(cam.matrix((640, 480)), [[500, 0, 300], [0, 510, 200], [0, 0, 1]])
+    half = cam.matrix((320, 240))
+    assert half[0, 0] == 250.0 and half[1, 1] == 255.0
+    assert half[0, 2] == pytest.approx((300 + 0.5) / 2 - 0.5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"fov_x_deg": 70.0, "fx": 500.0, "width": 10, "height": 10},
+        {"fx": 500.0},  # no calibration size
+        {"fov_x_deg": 70.0, "cx": 3.0},
+        {"fov_x_deg": 190.0},
+        {"fov_x_deg": 70.0, "k1": 0.1},
+    ],
+)
+def test_camera_refuses_incomplete_or_mixed_intrinsics(fields) -> None:
+    with pytest.raises(ValidationError):
+        Camera(**fields)
+
+
+def test_placement_options_are_validated() -> None:
+    with pytest.raises(InputError, match="placement_conf"):
+        LocaliseOptions.parse({"placement_conf": {"max_pairz": 3}})
+    with pytest.raises(InputError, match="query_camera"):
+        LocaliseOptions.parse({"query_camera": {"fov_x_deg": -1}})
+    opts = LocaliseOptions.parse(
+        {"placement_conf": {"max_pairs": 3}, "query_camera": {"fov_x_deg": 60}}
+    )
+    assert opts.placement_config().max_pairs == 3 and opts.query_camera == Camera(fov_x_deg=60)
+
+
+@pytest.fixture(scope="module")
+def scene_map(scene: Path, tmp_path_factory) -> MapStore:
+    store = MapStore(tmp_path_factory.mktemp("placement") / "maps")
+    entries = read_positions_csv(scene / "references.csv", scene / "images")
+    build_map(store, "scene", entries, "xfeat", retriever_name="vlad")
+    return store
+
+
+def _queries(scene: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    with (scene / "queries.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return [
+        (read_image(scene / "images" / f"{r['id']}.jpg"), np.array([float(r["x"]), float(r["y"])]))
+        for r in rows
+    ]
+
+
+def _error(estimate, truth: np.ndarray) -> float:
+    return float(np.abs(np.array([estimate.x, estimate.y]) - truth).sum())
+
+
+def test_a_map_records_its_camera(scene_map: MapStore) -> None:
+    assert scene_map.open("scene").camera is None
+    scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
+    assert scene_map.open("scene").camera == Camera(fov_x_deg=SCENE_FOV_DEG)
+    scene_map.set_camera("scene", None)
+    assert scene_map.open("scene").camera is None
+
+
+def test_placement_puts_queries_between_references(scene_map: MapStore, scene: Path) -> None:
+    """The synthetic references stand on a ~10-unit grid, so copying or averaging their
+    positions leaves errors of a few units; geometry must do clearly better where it applies."""
+    scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
+    loc = Localiser(scene_map.open("scene"))
+    plain, placed = [], []
+    for image, truth in _queries(scene):
+        before = loc.localise(image, LocaliseOptions(placement=False)).estimate
+        after = loc.localise(image).estimate
+        assert before.method == "cluster"
+        if after.method == "cluster+placement":
+            plain.append(_error(before, truth))
+            placed.append(_error(after, truth))
+    assert len(placed) >= len(_queries(scene)) // 2
+    assert np.median(placed) < 0.5 * np.median(plain)
+    assert np.median(placed) < 1.5
+
+
+def test_no_camera_no_placement(scene_map: MapStore, scene: Path) -> None:
+    scene_map.set_camera("scene", None)
+    loc = Localiser(scene_map.open("scene"))
+    image, _ = _queries(scene)[0]
+    result = loc.localise(image)
+    assert result.estimate.method == "cluster" and "place" not in result.timings
+
+
+def test_a_wrong_camera_is_caught_by_the_sanity_check(scene_map: MapStore, scene: Path) -> None:
+    """A badly wrong focal length gives poses that disagree with the cluster estimate; they
+    are dropped (or stay near it), never thrown far away."""
+    scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
+    loc = Localiser(scene_map.open("scene"))
+    opts = LocaliseOptions(query_camera=Camera(fov_x_deg=150.0))
+    for image, _ in _queries(scene)[:4]:
+        plain = loc.localise(image, LocaliseOptions(placement=False)).estimate
+        est = loc.localise(image, opts).estimate
+        if plain.localised:
+            assert abs(est.x - plain.x) + abs(est.y - plain.y) <= opts.placement_config().max_shift
