@@ -2,8 +2,8 @@
 
 Reproduce (from the repository root, venv active; the first run builds the map, ~5-10 min):
 
-    python -m bench.accuracy                      # every configuration, 10 exhaustive queries
-    python -m bench.accuracy --exhaustive-queries 150   # the original method on every query (slow)
+    python -m bench.accuracy                      # every configuration, every query (~35 min)
+    python -m bench.accuracy --exhaustive-queries 15    # the original method on 15 queries only
     python -m bench.accuracy --configs default --limit 30
 
 Prints one table row per configuration (MAE, median, p90, within 5, recall@K, pairs matched per
@@ -14,8 +14,9 @@ bench/out, git-ignored). Peak memory is the process's peak resident set size
 the map, the models and the largest configuration so far. Skips when ../shared/getty is absent.
 
 "original" is the published method with our best affordable matcher: XFeat + mutual NN against
-every reference, position of the reference with the most raw matches. It matches 3000 pairs per
-query (~30 s each here), so by default it runs on every 15th query only; its row says how many.
+every reference (batched, no verification), position of the reference with the most raw
+matches. It matches 3000 pairs per query (~10 s each on 2 cores); ``--exhaustive-queries`` runs
+it on fewer queries, and its row says how many.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CONFIGS: dict[str, dict] = {
     "top20-cluster": {"top_k": 20},
     "top50-best": {"estimator": "best", "verify_threshold_px": 1.0},
     "top50-most-matches": {"estimator": "most_matches"},
-    "original": {"top_k": None, "estimator": "most_matches"},
+    "original": {"top_k": None, "estimator": "most_matches", "verify": False},
 }
 
 
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--exhaustive-queries",
         type=int,
-        default=10,
-        help="queries (evenly spaced) for the exhaustive original method",
+        default=None,
+        help="run the exhaustive original method on this many queries (evenly spaced); "
+        "default: all of them",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch threads (this box: 2 cores)")
     args = ap.parse_args(argv)
@@ -146,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         qs = queries
         if name == "original":
-            step = max(1, len(queries) // max(args.exhaustive_queries, 1))
-            qs = queries[::step][: args.exhaustive_queries]
+            n = args.exhaustive_queries or len(queries)
+            qs = queries[:: max(1, len(queries) // max(n, 1))][:n]
         results[name] = run_config(loc, name, CONFIGS[name], qs, shortlists, print)
     if "original" in results and "default" in results:
         # Compare on the same queries: the default's rows for the original's subset.

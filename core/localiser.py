@@ -7,7 +7,14 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core import defaults, registry
 from core.camera import Camera
@@ -15,7 +22,7 @@ from core.errors import InputError, MapError
 from core.estimation import ESTIMATORS
 from core.mapstore import ReferenceMap
 from core.placement import Link, PlacementConfig, place_query
-from core.types import CandidateResult, Estimate, Features, LocalisationResult
+from core.types import CandidateResult, Estimate, Features, LocalisationResult, Verification
 from core.verify import VerifyConfig, verify
 
 
@@ -31,6 +38,11 @@ class LocaliseOptions(BaseModel):
         description="merged over core.defaults.MATCHER_CONF for the matcher and map extractor",
     )
     top_k: int | None = Field(default=defaults.TOP_K, ge=1, description="shortlist; None: all")
+    verify: bool = Field(
+        default=True,
+        description="False skips geometric verification (0 inliers everywhere): only for the"
+        " raw-count estimator most_matches, the original method",
+    )
     verify_model: str = "fundamental"
     verify_method: str = "magsac"
     verify_threshold_px: float = Field(default=defaults.VERIFY_THRESHOLD_PX, gt=0, le=50)
@@ -57,6 +69,12 @@ class LocaliseOptions(BaseModel):
         if v not in ESTIMATORS:
             raise ValueError(f"unknown estimator {v!r}; available: {', '.join(sorted(ESTIMATORS))}")
         return v
+
+    @model_validator(mode="after")
+    def _verification_needed(self) -> LocaliseOptions:
+        if not self.verify and self.estimator != "most_matches":
+            raise ValueError(f"estimator {self.estimator!r} needs verify=true")
+        return self
 
     @field_validator("placement_conf")
     @classmethod
@@ -155,10 +173,14 @@ class Localiser:
             zip(order, scores, refs, all_matches, strict=True)
         ):
             tv = time.perf_counter()
-            ver = verify(
-                query.keypoints[matches.indices[:, 0]],
-                ref.keypoints[matches.indices[:, 1]],
-                vconf,
+            ver = (
+                verify(
+                    query.keypoints[matches.indices[:, 0]],
+                    ref.keypoints[matches.indices[:, 1]],
+                    vconf,
+                )
+                if opts.verify
+                else Verification(np.zeros(len(matches), bool))
             )
             inl = matches.indices[ver.inliers]
             links[self.map.ids[i]] = Link(int(i), inl[:, 0], inl[:, 1])

@@ -136,3 +136,6 @@ def test_options_are_validated():
     with pytest.raises(InputError, match="unknown estimator"):
         LocaliseOptions.parse({"estimator": "magic"})
     assert LocaliseOptions.parse({"top_k": 3}).top_k == 3
+    with pytest.raises(InputError, match="needs verify=true"):
+        LocaliseOptions.parse({"verify": False})
+    assert not LocaliseOptions.parse({"verify": False, "estimator": "most_matches"}).verify
