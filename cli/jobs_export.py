@@ -26,6 +26,7 @@ CSV_COLUMNS = (
     "best_inliers",
     "candidates",
     "matcher",
+    "method",
     "worker",
     "error",
     "created_at",

@@ -265,6 +265,7 @@ def jobs_show(
         verdict = "localised" if r.localised else "NOT localised"
         console.print(
             f"estimate ({fmt(r.x)}, {fmt(r.y)})  confidence {fmt(r.confidence)}  {verdict}"
+            + (f"  by {r.method}" if r.method else "")
         )
     if r.timings:
         console.print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items()))

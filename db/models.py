@@ -41,6 +41,7 @@ IMAGE_KEY_LENGTH = 128
 REF_ID_LENGTH = 255
 WORKER_LENGTH = 255
 MATCHER_LENGTH = 64
+METHOD_LENGTH = 64
 STATUS_LENGTH = 16
 
 
@@ -119,6 +120,8 @@ class Job(Base):
     timings: Mapped[dict[str, Any] | None]
     worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
     matcher: Mapped[str | None] = mapped_column(String(MATCHER_LENGTH))
+    # How the estimate was made: the estimator, "+placement" when geometry placed it.
+    method: Mapped[str | None] = mapped_column(String(METHOD_LENGTH))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

@@ -116,6 +116,7 @@ def save_result(
     matcher: str | None,
     worker: str | None,
     candidates: Sequence[Mapping[str, Any]],
+    method: str | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -137,6 +138,7 @@ def save_result(
     job.localised = localised
     job.timings = dict(timings)
     job.matcher = matcher
+    job.method = method
     if worker is not None:
         job.worker = worker
     job.error = None

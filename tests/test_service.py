@@ -76,6 +76,7 @@ def test_queries_are_localised_and_stored(service, scene):
     near = 0
     for q, r in zip(queries_, results, strict=True):
         assert r.worker and r.matcher == "mnn"
+        assert r.method == "best"  # the map records no camera: no placement
         assert {"extract", "retrieve", "match", "verify", "estimate", "total"} <= set(r.timings)
         assert r.candidates, "every candidate with tentative matches is stored"
         # An exhaustive map is matched in full, whatever the default shortlist size.

@@ -68,6 +68,7 @@ class JobResult:
     timings: dict[str, float] | None
     worker: str | None
     matcher: str | None
+    method: str | None  # how the estimate was made, e.g. "cluster+placement"
     options: dict[str, Any]
     created_at: datetime | None
     started_at: datetime | None
@@ -195,6 +196,7 @@ def _to_result(job, candidates) -> JobResult:
         timings=job.timings,
         worker=job.worker,
         matcher=job.matcher,
+        method=job.method,
         options=job.options or {},
         created_at=job.created_at,
         started_at=job.started_at,

@@ -105,6 +105,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             localised=est.localised,
             timings=timings,
             matcher=opts.matcher,
+            method=est.method,
             worker=worker,
             candidates=[
                 {
