@@ -32,7 +32,9 @@ def run_demo(workdir: Path, broker: str | None) -> int:
     settings = get_settings()
 
     from core import defaults
-    from core.synthetic import generate_dataset
+    from core.camera import Camera
+    from core.mapstore import MapStore
+    from core.synthetic import FOV_DEG, generate_dataset
     from db.session import init_db
     from workers.client import Client
     from workers.maps import build_and_register
@@ -52,6 +54,8 @@ def run_demo(workdir: Path, broker: str | None) -> int:
         defaults.EXTRACTOR,
         retriever=defaults.RETRIEVER,
     )
+    # The renderer's pinhole camera: lets the worker place queries between references.
+    MapStore(settings.maps_dir).set_camera("demo", Camera(fov_x_deg=FOV_DEG))
     console.print(
         f"  {len(report.added)} references added, {len(report.skipped)} already there "
         f"({time.perf_counter() - t0:.1f} s)"
@@ -95,7 +99,9 @@ def _localise_queries(client, scene: Path) -> int:
     results = client.wait_many(ids, timeout=600)
     elapsed = time.perf_counter() - t0
 
-    table = Table("query", "truth", "estimate", "error", "confidence", "inliers", "status")
+    table = Table(
+        "query", "truth", "estimate", "error", "confidence", "inliers", "method", "status"
+    )
     errors = []
     for row, res in zip(rows, results, strict=True):
         tx, ty = float(row["x"]), float(row["y"])
@@ -111,6 +117,7 @@ def _localise_queries(client, scene: Path) -> int:
             fmt(err),
             fmt(res.confidence),
             str(best),
+            res.method or "",
             res.error or res.status,
         )
     console.print(table)

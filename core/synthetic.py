@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 CAMERA_HEIGHT = 1.6
+FOV_DEG = 74.0  # horizontal field of view of every rendered view; square pixels
 TEXELS_PER_UNIT = 64  # wall texture resolution at mip level 0
 FLOOR_TEXELS_PER_UNIT = 32
 MIN_CLEARANCE = 2.5  # closest a camera may stand to a wall face: nearer, textures blow up
@@ -380,7 +381,7 @@ def render_view(
     y: float,
     yaw_deg: float,
     size: tuple[int, int] = (480, 360),
-    fov_deg: float = 74.0,
+    fov_deg: float = FOV_DEG,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Render what a pinhole camera at (x, y), ``CAMERA_HEIGHT`` up, looking ``yaw_deg``, sees.
@@ -495,7 +496,7 @@ def generate_dataset(
     views_per_position: int = 4,
     num_queries: int = 8,
     size: tuple[int, int] = (480, 360),
-    fov_deg: float = 74.0,
+    fov_deg: float = FOV_DEG,
     world: World | None = None,
 ) -> SyntheticDataset:
     """Render references on a grid and random queries, and write them in the Getty layout.

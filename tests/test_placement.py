@@ -16,8 +16,7 @@ from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
-
-SCENE_FOV_DEG = 74.0  # core.synthetic.generate_dataset's default; square pixels
+from core.synthetic import FOV_DEG as SCENE_FOV_DEG
 
 
 def test_camera_from_field_of_view_is_size_independent() -> None:
