@@ -57,6 +57,8 @@ def create_extractor(
 ) -> Extractor:
     try:
         return extractor_class(name)(conf, device=device)
+    except InputError:
+        raise  # already says what is wrong (e.g. WeightsError)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
 
@@ -64,5 +66,7 @@ def create_extractor(
 def create_matcher(name: str, conf: dict[str, Any] | None = None, device: str = "cpu") -> Matcher:
     try:
         return matcher_class(name)(conf, device=device)
+    except InputError:
+        raise
     except ValueError as exc:
         raise InputError(str(exc)) from exc

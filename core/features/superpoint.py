@@ -12,10 +12,6 @@ and bilinear sampling of the coarse descriptor map with the official coordinate 
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -27,8 +23,19 @@ from torch import nn
 from core.errors import InputError
 from core.features.base import Extractor
 from core.types import Features
+from core.weights import file_sha256, load_official_checkpoint, resolve_user_weights
 
 OFFICIAL_WEIGHTS_URL = "https://github.com/magicleap/SuperGluePretrainedNetwork"
+
+
+def where_from(filename: str) -> str:
+    """How a user obtains the official file (we may not ship it)."""
+    return (
+        f"download {filename} from {OFFICIAL_WEIGHTS_URL} (models/weights/); Magic Leap's "
+        "licence (non-commercial use) does not allow featureloc to ship it"
+    )
+
+
 CELL = 8  # the encoder downsamples by 2**3
 
 
@@ -112,75 +119,6 @@ def sample_descriptors(keypoints: torch.Tensor, desc_map: torch.Tensor) -> torch
     return F.normalize(sampled[0, :, 0].T, p=2, dim=1)
 
 
-# --- weights: user-supplied files, loaded strictly -------------------------------------------
-
-
-def resolve_weights(path: str | os.PathLike | None, env_var: str, filename: str) -> Path:
-    """The checkpoint to load: the ``weights`` option, else ``env_var``; refuse clearly if none."""
-    given = path or os.environ.get(env_var)
-    where = (
-        f"download {filename} from {OFFICIAL_WEIGHTS_URL} (models/weights/); Magic Leap's "
-        "licence (non-commercial use) does not allow featureloc to ship it"
-    )
-    if not given:
-        raise InputError(
-            f"no {filename} given: set the 'weights' option or the environment variable "
-            f"{env_var} to its path; {where}"
-        )
-    resolved = Path(given).expanduser()
-    if not resolved.is_file():
-        raise InputError(f"weights file {str(resolved)!r} does not exist; {where}")
-    return resolved
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_official_checkpoint(model: nn.Module, path: Path, what: str) -> None:
-    """Load a plain state dict (the official files' format) with every key accounted for.
-
-    BatchNorm's ``num_batches_tracked`` counters are tolerated when absent (checkpoints saved by
-    torch < 0.4.1 lack them; they do nothing at inference); any other difference is refused.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or hostile file
-        raise InputError(f"cannot read {what} weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise InputError(f"{what} weights {str(path)!r} hold {type(state).__name__}, not a dict")
-    state = dict(state)
-    expected = model.state_dict()
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise InputError(
-            f"{str(path)!r} is not an official {what} checkpoint: "
-            f"missing keys {_preview(missing)}; unexpected keys {_preview(unexpected)}"
-        )
-    wrong_shape = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if wrong_shape:
-        details = ", ".join(
-            f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape[:5]
-        )
-        raise InputError(f"{str(path)!r} does not fit {what}: shapes differ: {details}")
-    model.load_state_dict(state, strict=True)
-
-
-def _preview(keys: list[str], n: int = 6) -> str:
-    if not keys:
-        return "none"
-    shown = ", ".join(keys[:n])
-    return f"[{shown}{f', ... {len(keys) - n} more' if len(keys) > n else ''}]"
-
-
 # --- the plug-in ------------------------------------------------------------------------------
 
 
@@ -209,7 +147,9 @@ class SuperPointExtractor(Extractor):
         mk = int(self.conf["max_keypoints"])
         if mk == 0 or mk < -1:
             raise InputError("superpoint max_keypoints must be positive or -1 (all)")
-        path = resolve_weights(self.conf["weights"], self.env_var, "superpoint_v1.pth")
+        path = resolve_user_weights(
+            self.conf["weights"], self.env_var, "superpoint_v1.pth", where_from("superpoint_v1.pth")
+        )
         self.weights_sha256 = file_sha256(path)
         pinned = self.conf["weights_sha256"]
         if pinned and pinned != self.weights_sha256:

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import InputError
-from core.features.superpoint import file_sha256, load_official_checkpoint, resolve_weights
+from core.features.superpoint import where_from
 from core.matching.base import Matcher
 from core.types import Features, Matches
+from core.weights import file_sha256, load_official_checkpoint, resolve_user_weights
 
 NUM_HEADS = 4
 LAYER_TYPES = ("self", "cross") * 9
@@ -235,8 +236,9 @@ class SuperGlueMatcher(Matcher):
         super().__init__(conf, device)
         if int(self.conf["sinkhorn_iterations"]) < 1 or int(self.conf["batch_size"]) < 1:
             raise InputError("superglue sinkhorn_iterations and batch_size must be >= 1")
-        path = resolve_weights(
-            self.conf["weights"], self.env_var, "superglue_indoor.pth or superglue_outdoor.pth"
+        filename = "superglue_indoor.pth or superglue_outdoor.pth"
+        path = resolve_user_weights(
+            self.conf["weights"], self.env_var, filename, where_from(filename)
         )
         self.weights_sha256 = file_sha256(path)
         self.net = SuperGlueNet()
