@@ -204,7 +204,8 @@ class Localiser:
         estimate = ESTIMATORS[opts.estimator](candidates, opts.effective_estimator_conf())
         timings["estimate"] = time.perf_counter() - t0
 
-        if opts.placement and estimate.localised and self.map.camera is not None:
+        # Placement builds on verified inliers, so it needs verification.
+        if opts.placement and opts.verify and estimate.localised and self.map.camera is not None:
             t0 = time.perf_counter()
             estimate = self._place(query, estimate, links, matcher, opts, pconf)
             timings["place"] = time.perf_counter() - t0

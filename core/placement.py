@@ -183,15 +183,18 @@ def _place_from_pair(
     q_idx = np.fromiter(q_to_pt.keys(), np.int64)
     obj = pts[np.fromiter(q_to_pt.values(), np.int64)]
     img = query.keypoints[q_idx].astype(np.float64)
-    ok_pnp, rvec, tvec, inl = cv2.solvePnPRansac(
-        obj,
-        img,
-        query_k,
-        None,
-        reprojectionError=conf.pnp_px,
-        iterationsCount=1000,
-        flags=cv2.SOLVEPNP_SQPNP,
-    )
+    try:
+        ok_pnp, rvec, tvec, inl = cv2.solvePnPRansac(
+            obj,
+            img,
+            query_k,
+            None,
+            reprojectionError=conf.pnp_px,
+            iterationsCount=1000,
+            flags=cv2.SOLVEPNP_SQPNP,
+        )
+    except cv2.error:  # degenerate point sets
+        return None
     if not ok_pnp or inl is None or len(inl) < conf.min_points:
         return None
     rq, _ = cv2.Rodrigues(rvec)
