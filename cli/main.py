@@ -77,6 +77,37 @@ def map_build(
 map_app.command("add")(map_add_command)
 
 
+@map_app.command("builds")
+def map_builds(
+    map_name: Annotated[str | None, typer.Option("--map", help="Only this map's builds.")] = None,
+    limit: Annotated[int, typer.Option(help="Newest first, at most this many.")] = 20,
+    failures: Annotated[bool, typer.Option(help="List each failed photo with its reason.")] = False,
+) -> None:
+    """Builds run on the workers (--via-queue): status, progress, failed photos."""
+    from db import build_queries
+
+    with _database().session() as s:
+        builds = build_queries.list_builds(s, map_name, limit)
+        table = Table("build", "map", "status", "done", "added", "failed", "started", "finished")
+        for b in builds:
+            table.add_row(
+                b.id,
+                b.map_name,
+                b.status,
+                f"{b.processed}/{b.total}",
+                str(b.added),
+                str(len(b.failed or {})),
+                f"{b.created_at:%Y-%m-%d %H:%M:%S}",
+                f"{b.finished_at:%Y-%m-%d %H:%M:%S}" if b.finished_at else "",
+            )
+        console.print(table)
+        for b in builds if failures else []:
+            for ref_id, reason in (b.failed or {}).items():
+                console.print(f"{b.id} {ref_id}: {reason}")
+            if b.error:
+                console.print(f"{b.id} error: {b.error}")
+
+
 @map_app.command("camera")
 def map_camera(
     name: str,

@@ -70,7 +70,7 @@ def svc(tmp_path_factory, scene):
 def _cli(st, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
-        env=st.env,
+        env={**st.env, "COLUMNS": "200"},  # rich wraps tables at the terminal width
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -199,6 +199,10 @@ def test_a_corrupt_photo_fails_alone_and_the_map_stays_usable(svc, tmp_path):
     assert build.status == "done" and build.added == 15
     assert list(build.failed) == [bad]
     assert "corrupt" in build.failed[bad] or "not an image" in build.failed[bad]
+    listed = _cli(svc, "map", "builds", "--map", "broken", "--failures")
+    assert listed.returncode == 0, listed.stderr
+    assert plan.build_id in listed.stdout and "done" in listed.stdout
+    assert "16/16" in listed.stdout and f"{bad}:" in listed.stdout
 
     client = svc.client()
     res = client.wait(client.submit(query_images(svc.scene)[1], "broken"), timeout=120)
