@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from core import registry
 from core.camera import Camera
 from core.errors import InputError
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
+from core.placement import Link, place_query
 from core.synthetic import FOV_DEG as SCENE_FOV_DEG
+from core.verify import VerifyConfig, verify
+from tests.conftest import GETTY, needs_getty
+
+VERIFY = VerifyConfig(threshold_px=2.0)
 
 
 def test_camera_from_field_of_view_is_size_independent() -> None:
@@ -131,3 +137,51 @@ def test_a_wrong_camera_is_caught_by_the_sanity_check(scene_map: MapStore, scene
         est = loc.localise(image, opts).estimate
         if plain.localised:
             assert abs(est.x - plain.x) + abs(est.y - plain.y) <= opts.placement_config().max_shift
+
+
+@needs_getty
+def test_placement_on_getty_photos_beats_the_nearest_reference() -> None:
+    """Real photos, geometry alone: each of the first 10 Getty queries with every view of the 5
+    reference positions nearest to it. Where placement applies, its error must be below that of
+    copying the nearest reference position (an oracle that knows the answer)."""
+    refs = _getty_rows("references.csv")
+    ref_xy = np.array([[float(r["x"]), float(r["y"])] for r in refs])
+    extractor = registry.create_extractor("xfeat")
+    matcher = registry.create_matcher("mnn", {"min_similarity": 0.82})
+    camera = Camera(fov_x_deg=73.7, fov_y_deg=53.1)
+    placed, oracle = [], []
+    for q in _getty_rows("queries.csv")[:10]:
+        truth = np.array([float(q["x"]), float(q["y"])])
+        spots = np.unique(ref_xy, axis=0)
+        spots = spots[np.argsort(np.abs(spots - truth).sum(1))[:5]]
+        idx = [i for i, xy in enumerate(ref_xy) if (np.abs(spots - xy).sum(1) == 0).any()]
+        query = extractor.extract(read_image(GETTY / "images" / f"{q['id']}.jpg"))
+        feats = [
+            extractor.extract(read_image(GETTY / "images" / f"{refs[i]['id']}.jpg")) for i in idx
+        ]
+        links = []
+        for k, f in enumerate(feats):
+            m = matcher.match(query, f)
+            ver = verify(query.keypoints[m.indices[:, 0]], f.keypoints[m.indices[:, 1]], VERIFY)
+            if ver.num_inliers >= 20:
+                links.append(Link(k, m.indices[ver.inliers, 0], m.indices[ver.inliers, 1]))
+        result = place_query(
+            query,
+            camera.matrix(query.image_size),
+            links,
+            feats,
+            ref_xy[idx],
+            lambda k, feats=feats: camera.matrix(feats[k].image_size),
+            matcher.match,
+            tuple(spots[:2].mean(0)),
+        )
+        if result is not None:
+            placed.append(float(np.abs(np.array([result.x, result.y]) - truth).sum()))
+            oracle.append(float(np.abs(spots[0] - truth).sum()))
+    assert len(placed) >= 4, f"placed {len(placed)} of 10"
+    assert np.mean(placed) < np.mean(oracle), (placed, oracle)
+
+
+def _getty_rows(name: str) -> list[dict]:
+    with (GETTY / name).open() as f:
+        return list(csv.DictReader(f))
