@@ -19,6 +19,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +197,10 @@ class ReferenceMap:
     def retrieval_dir(self) -> Path:
         return self.path / "retrieval"
 
-    @property
+    @cached_property
     def camera(self) -> Camera | None:
-        """The references' camera intrinsics, when the map records them."""
+        """The references' camera intrinsics, when the map records them. Parsed once: the
+        localiser reads it on every query, and a changed manifest means a reloaded map."""
         cam = self.manifest.get("camera")
         return Camera.model_validate(cam) if cam else None
 
