@@ -90,9 +90,7 @@ class MapStore:
 
     def set_camera(self, name: str, camera: Camera | None) -> None:
         """Record (or with None, forget) the camera of a map's references; no rebuild needed."""
-        path = self.path(name)
-        if not (path / "manifest.json").is_file():
-            raise MapError(f"unknown map {name!r}")
+        path = self._existing(name)
         manifest = read_manifest(path)
         if camera is None:
             manifest.pop("camera", None)
@@ -101,10 +99,13 @@ class MapStore:
         write_manifest(path, manifest)
 
     def open(self, name: str) -> ReferenceMap:
+        return ReferenceMap.load(self._existing(name))
+
+    def _existing(self, name: str) -> Path:
         path = self.path(name)
         if not (path / "manifest.json").is_file():
             raise MapError(f"unknown map {name!r}")
-        return ReferenceMap.load(path)
+        return path
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
