@@ -5,13 +5,15 @@ Reproduce (from the repository root, venv active; the first run builds the map, 
     python -m bench.accuracy                      # every configuration, every query (~35 min)
     python -m bench.accuracy --exhaustive-queries 15    # the original method on 15 queries only
     python -m bench.accuracy --configs default --limit 30
+    python -m bench.accuracy --configs default --queries queries_allviews.csv   # all 750 views
 
-Prints one table row per configuration (MAE, median, p90, within 5, recall@K, pairs matched per
-query, wall and CPU seconds per query in-process with the map loaded, peak memory) and writes
-``<out>/accuracy.json`` with per-query rows. Maps are cached under ``<out>/maps`` (default
-bench/out, git-ignored). Peak memory is the process's peak resident set size
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``), so it only grows from one row to the next:
-the map, the models and the largest configuration so far. Skips when ../shared/getty is absent.
+Prints one table row per configuration (MAE with its bootstrap 95 % interval, median, p90,
+within 5, recall@K, pairs matched per query, wall and CPU seconds per query in-process with
+the map loaded, peak memory) and writes ``<out>/accuracy.json`` with per-query rows. Maps are
+cached under ``<out>/maps`` (default bench/out, git-ignored). Peak memory is the process's
+peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), so it only grows from
+one row to the next: the map, the models and the largest configuration so far. Skips when
+../shared/getty is absent.
 
 "original" is the published method with our best affordable matcher: XFeat + mutual NN against
 every reference (batched, no verification), position of the reference with the most raw
@@ -34,7 +36,7 @@ import torch
 
 from bench.getty_maps import GETTY, ensure_map
 from core import defaults
-from core.evaluation import RECALL_KS, EvaluationReport, evaluate
+from core.evaluation import RECALL_KS, EvaluationReport, bootstrap_ci, evaluate
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 
@@ -49,8 +51,10 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def load_queries(getty: Path) -> list[tuple[str, Path, float, float]]:
-    with (getty / "queries.csv").open(newline="") as f:
+def load_queries(
+    getty: Path, csv_name: str = "queries.csv"
+) -> list[tuple[str, Path, float, float]]:
+    with (getty / csv_name).open(newline="") as f:
         return [
             (r["id"], getty / "images" / f"{r['id']}.jpg", float(r["x"]), float(r["y"]))
             for r in csv.DictReader(f)
@@ -90,7 +94,8 @@ def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport
 
 
 HEADER = (
-    f"{'configuration':22s} {'n':>4s} {'MAE':>6s} {'median':>6s} {'p90':>6s} {'<5':>5s} "
+    f"{'configuration':22s} {'n':>4s} {'MAE':>6s} {'95% int.':>11s} {'median':>6s} "
+    f"{'p90':>6s} {'<5':>5s} "
     f"{'R@5':>5s} {'R@10':>5s} {'R@20':>5s} {'R@30':>5s} {'R@50':>5s} {'pairs':>6s} "
     f"{'s/q':>5s} {'cpu/q':>5s} {'notloc':>6s} {'top50%':>6s} {'MiB':>6s}"
 )
@@ -102,7 +107,8 @@ def format_row(name: str, s: dict) -> str:
         return f"{v:5.2f}" if v is not None else f"{'-':>5s}"
 
     return (
-        f"{name:22s} {s['queries']:4d} {s['mae']:6.2f} {s['median']:6.2f} {s['p90']:6.2f} "
+        f"{name:22s} {s['queries']:4d} {s['mae']:6.2f} "
+        f"{s['mae_ci95'][0]:5.1f}-{s['mae_ci95'][1]:<5.1f} {s['median']:6.2f} {s['p90']:6.2f} "
         f"{s['within_5']:5.2f} {r(5)} {r(10)} {r(20)} {r(30)} {r(50)} "
         f"{s['candidates_per_query']:6.0f} {s['seconds_per_query']:5.2f} "
         f"{s['cpu_seconds_per_query']:5.2f} "
@@ -115,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--getty", type=Path, default=GETTY)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
+    ap.add_argument(
+        "--queries",
+        default="queries.csv",
+        help="query list in the Getty folder: queries.csv (150 positions, one view each) or "
+        "queries_allviews.csv (all 5 views of those positions)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries")
     ap.add_argument(
         "--exhaustive-queries",
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2, help="torch threads (this box: 2 cores)")
     args = ap.parse_args(argv)
-    if not (args.getty / "queries.csv").is_file():
+    if not (args.getty / args.queries).is_file():
         print(f"skipped: Getty set not found at {args.getty}")
         return 0
     torch.set_num_threads(args.threads)
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     loc = Localiser(store.open(MAP_NAME))
     print(f"map loaded in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
 
-    queries = load_queries(args.getty)[: args.limit]
+    queries = load_queries(args.getty, args.queries)[: args.limit]
     shortlists = retrieval_recall(loc, queries)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     results = {}
@@ -153,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_config(loc, name, CONFIGS[name], qs, shortlists, print)
     if "original" in results and "default" in results:
         # Compare on the same queries: the default's rows for the original's subset.
-        subset = {r.id for r in results["original"].rows}
-        errs = [r.error for r in results["default"].rows if r.id in subset]
+        original = {r.id: r.error for r in results["original"].rows}
+        errs = [r.error for r in results["default"].rows if r.id in original]
+        diff = [r.error - original[r.id] for r in results["default"].rows if r.id in original]
+        lo, hi = bootstrap_ci(diff)  # paired: the same queries, so the noise largely cancels
         print(
-            f"on the {len(subset)} queries of 'original': default MAE {np.mean(errs):.2f} "
-            f"vs original {results['original'].summary['mae']:.2f}"
+            f"on the {len(original)} queries of 'original': default MAE {np.mean(errs):.2f} "
+            f"vs original {results['original'].summary['mae']:.2f}; "
+            f"difference {np.mean(diff):+.2f} "
+            f"(paired bootstrap 95 % interval {lo:+.2f} to {hi:+.2f})"
         )
     out = args.out / "accuracy.json"
     out.write_text(

@@ -154,6 +154,7 @@ def _print_summary(s: dict) -> None:
     table = Table(
         "queries",
         "MAE",
+        "MAE 95% interval",
         "median",
         "p90",
         "<1",
@@ -168,6 +169,7 @@ def _print_summary(s: dict) -> None:
     table.add_row(
         str(s["queries"]),
         f"{s['mae']:.2f}",
+        "{:.2f}-{:.2f}".format(*s["mae_ci95"]),
         f"{s['median']:.2f}",
         f"{s['p90']:.2f}",
         pct(s["within_1"]),
