@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from core.settings import Settings
 from db.models import CandidateMatch, Job
 from db.session import Database, init_db
-from tests.services import WorkerProcess, postgres_schema, service_env
+from tests.services import WorkerProcess, postgres_schema, service_env, service_settings
 from workers.client import Client
 from workers.maps import build_and_register
 
@@ -251,14 +251,7 @@ def stack(
         if broker_url:
             env["FEATURELOC_BROKER_URL"] = broker_url
         env.update({f"FEATURELOC_{k.upper()}": str(v) for k, v in overrides.items()})
-        settings = Settings(
-            data_dir=tmp,
-            database_url=db_url,
-            broker_url=env["FEATURELOC_BROKER_URL"],
-            localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
-            build_queue=env["FEATURELOC_BUILD_QUEUE"],
-            **overrides,
-        )
+        settings = service_settings(env)
         init_db(db_url)
         build_and_register(settings, "tiny", scene / "images", scene / "references.csv", "sift")
         yield Stack(tmp, db_url, env, settings, scene)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from db.schemas import temporary_schema
 from workers.process import WorkerProcess  # noqa: F401 - re-exported for the tests
 
@@ -53,3 +54,11 @@ def service_env(data_dir: Path, database_url: str, tag: str) -> dict[str, str]:
         FEATURELOC_TORCH_THREADS="1",
     )
     return env
+
+
+def service_settings(env: Mapping[str, str]) -> Settings:
+    """The settings a worker started with ``env`` reads: the same ``FEATURELOC_*`` variables,
+    for the client and the map builds of a test to share its data dir, database and queues."""
+    prefix = "FEATURELOC_"
+    values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    return Settings(**values)

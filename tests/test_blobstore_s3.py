@@ -115,7 +115,7 @@ def test_an_s3_backend_without_a_bucket_is_refused():
 @pytest.mark.services
 def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp_path):
     from db.session import init_db
-    from tests.services import WorkerProcess, require_redis, service_env
+    from tests.services import WorkerProcess, require_redis, service_env, service_settings
     from workers.client import Client
     from workers.maps import build_and_register
 
@@ -130,15 +130,7 @@ def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp
         FEATURELOC_S3_ACCESS_KEY_ID=ACCESS_KEY,
         FEATURELOC_S3_SECRET_ACCESS_KEY=SECRET_KEY,
     )
-    settings = _settings(
-        s3_endpoint,
-        bucket,
-        data_dir=tmp_path,
-        database_url=db_url,
-        broker_url=env["FEATURELOC_BROKER_URL"],
-        localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
-        build_queue=env["FEATURELOC_BUILD_QUEUE"],
-    )
+    settings = service_settings(env)
     init_db(db_url)
     build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
     with (scene / "queries.csv").open() as f:

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from db import queries
 from db.session import Database, init_db
-from tests.services import WorkerProcess, postgres_schema, require_redis, service_env
+from tests.services import (
+    WorkerProcess,
+    postgres_schema,
+    require_redis,
+    service_env,
+    service_settings,
+)
 from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
 from workers.maps import build_and_register
@@ -35,13 +40,7 @@ def service(request, tmp_path_factory, scene):
     data = tmp_path_factory.mktemp(f"svc-{request.param}")
     with _database_url(request.param, data) as db_url:
         env = service_env(data, db_url, uuid.uuid4().hex[:8])
-        settings = Settings(
-            data_dir=data,
-            database_url=db_url,
-            broker_url=env["FEATURELOC_BROKER_URL"],
-            localise_queue=env["FEATURELOC_LOCALISE_QUEUE"],
-            build_queue=env["FEATURELOC_BUILD_QUEUE"],
-        )
+        settings = service_settings(env)
         init_db(db_url)
         build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
         worker = WorkerProcess(env, data / "worker.log").start()
