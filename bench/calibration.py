@@ -10,6 +10,7 @@ writes), or runs the evaluation itself on a Getty map built once under ``<out>/m
 Reproduce:
 
     python -m bench.calibration --report bench/out/eval.json            # an existing report
+    python -m bench.calibration --report bench/out/accuracy.json        # bench/accuracy.py's
     python -m bench.calibration                          # default configuration (core/defaults.py)
     python -m bench.calibration --option estimator=best --option top_k=20
 """
@@ -129,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retriever", default=defaults.RETRIEVER, help="to build the map")
     p.add_argument("--option", action="append", default=[], help="job option key=value")
     p.add_argument("--queries", type=int, default=0, help="only the first N queries (0: all)")
+    p.add_argument(
+        "--config", default="default", help="which configuration of a bench/accuracy.py report"
+    )
     args = p.parse_args(argv)
 
     if args.report:
         data = json.loads(args.report.read_text())
         source = str(args.report)
+        if "results" in data:  # bench/accuracy.py: one report per configuration
+            if args.config not in data["results"]:
+                known = ", ".join(data["results"])
+                print(f"no {args.config!r} in {args.report} (has {known})", file=sys.stderr)
+                return 2
+            data = data["results"][args.config]
+            source += f" ({args.config})"
     else:
         if not args.getty.is_dir():
             print(f"no Getty set at {args.getty}: pass --report or --getty", file=sys.stderr)

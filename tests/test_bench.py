@@ -99,3 +99,27 @@ def test_latency_figures_from_job_timestamps() -> None:
     assert f["drain_seconds"] == 10 and f["queries_per_second"] == 1.0
     assert f["latency_p50"] == pytest.approx(5.5) and f["service_p95"] == pytest.approx(1.0)
     assert f["failed"] == 0
+
+
+def test_calibration_reads_an_accuracy_report(tmp_path: Path, capsys) -> None:
+    """bench/accuracy.py writes one report per configuration; calibration picks one."""
+    import json
+
+    from bench.calibration import main
+
+    def rows(errors):
+        return [{"error": e, "confidence": 1 / (1 + e), "localised": e < 50} for e in errors]
+
+    report = tmp_path / "accuracy.json"
+    report.write_text(
+        json.dumps({"results": {"default": {"rows": rows([1, 2, 90, 3])}, "top20": {"rows": []}}})
+    )
+    assert main(["--report", str(report), "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "calibration.json").read_text())
+    by_fraction = {f["fraction"]: f for f in written["figures"]}
+    assert by_fraction[1.0]["mae"] == pytest.approx(24.0)  # (1 + 2 + 90 + 3) / 4
+    assert by_fraction[0.5]["mae"] == pytest.approx(1.5)  # the two most confident: 1 and 2
+    assert written["source"].endswith("(default)")
+    assert (tmp_path / "calibration.png").is_file()
+    assert main(["--report", str(report), "--out", str(tmp_path), "--config", "nope"]) == 2
+    assert "has default, top20" in capsys.readouterr().err
