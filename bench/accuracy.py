@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (this box: 2 cores)")
     args = ap.parse_args(argv)
     if not (args.getty / args.queries).is_file():
-        print(f"skipped: Getty set not found at {args.getty}")
+        print(f"skipped: {args.getty / args.queries} not found")
         return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
