@@ -166,22 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     if "original" in results and "default" in results:
         # Compare on the same queries: the default's rows for the original's subset.
         original = {r.id: r.error for r in results["original"].rows}
-        errs = [r.error for r in results["default"].rows if r.id in original]
-        diff = [r.error - original[r.id] for r in results["default"].rows if r.id in original]
-        lo, hi = bootstrap_ci(diff)  # paired: the same queries, so the noise largely cancels
+        ours, theirs = np.array(
+            [(r.error, original[r.id]) for r in results["default"].rows if r.id in original]
+        ).T
+        lo, hi = bootstrap_ci(ours - theirs)  # paired: the same queries, so noise largely cancels
         print(
-            f"on the {len(original)} queries of 'original': default MAE {np.mean(errs):.2f} "
-            f"vs original {results['original'].summary['mae']:.2f}; "
-            f"difference {np.mean(diff):+.2f} "
+            f"on the {len(original)} queries of 'original': default MAE {ours.mean():.2f} "
+            f"vs original {theirs.mean():.2f}; difference {(ours - theirs).mean():+.2f} "
             f"(paired bootstrap 95 % interval {lo:+.2f} to {hi:+.2f})"
         )
         # Within 5 is steadier than the MAE, which a few far-off answers decide.
-        hit = [r.error < 5 for r in results["default"].rows if r.id in original]
-        hit_o = [original[r.id] < 5 for r in results["default"].rows if r.id in original]
-        lo, hi = bootstrap_ci(np.array(hit, float) - np.array(hit_o, float))
+        hits = (ours < 5).astype(float) - (theirs < 5).astype(float)
+        lo, hi = bootstrap_ci(hits)
         print(
-            f"within 5: default {np.mean(hit):.0%} vs original {np.mean(hit_o):.0%}; "
-            f"difference {np.mean(hit) - np.mean(hit_o):+.0%} "
+            f"within 5: default {(ours < 5).mean():.0%} vs original {(theirs < 5).mean():.0%}; "
+            f"difference {hits.mean():+.0%} "
             f"(paired bootstrap 95 % interval {lo:+.0%} to {hi:+.0%})"
         )
     out = args.out / "accuracy.json"
