@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from core.mapstore import MapStore, Reference, ReferenceMap, write_manifest, write_part
+from tests.support.paths import GETTY, REPO  # noqa: F401 - re-exported for the scripts
 
-REPO = Path(__file__).resolve().parents[1]
-GETTY = REPO.parent / "shared" / "getty"
 DEFAULT_OUT = REPO / "bench" / "out"
 
 

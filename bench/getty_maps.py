@@ -13,8 +13,8 @@ from pathlib import Path
 from core.camera import Camera
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
+from tests.support.paths import GETTY
 
-GETTY = Path(__file__).resolve().parents[1].parent / "shared" / "getty"
 # From the set's README: 680x490 pinhole, 73.7 x 53.1 degrees, principal point at the centre.
 GETTY_CAMERA = Camera(fov_x_deg=73.7, fov_y_deg=53.1)
 

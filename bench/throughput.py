@@ -53,7 +53,7 @@ from core import defaults
 from core.mapbuild import RefEntry, build_map, read_positions_csv
 from core.mapstore import MapStore, existing_reference_ids
 from core.settings import Settings
-from workers.process import WorkerProcess
+from tests.support.process import WorkerProcess
 
 POSTGRES_URL = os.environ.get(
     "FEATURELOC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,6 +1,6 @@
 """SQLAlchemy 2.0 models. Portable across SQLite and PostgreSQL.
 
-The hand-written migration in ``db/migrations/versions`` must match these; ``tests/test_db.py``
+The hand-written migration in ``db/migrations/versions`` must match these; ``tests/db/test_db.py``
 checks that with alembic's ``compare_metadata`` on both backends.
 """
 

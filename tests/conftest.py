@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the data, a synthetic scene, real services."""
+"""Shared fixtures: the Getty photos, the devices to run models on, a synthetic scene, and the
+database fixtures of tests/support/db.py."""
 
 from __future__ import annotations
 
@@ -6,14 +7,50 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_db"]
+from tests.support.paths import GETTY, getty_present
 
-REPO = Path(__file__).resolve().parents[1]
-GETTY = REPO.parent / "shared" / "getty"
+pytest_plugins = ["tests.support.db"]
 
-needs_getty = pytest.mark.skipif(
-    not (GETTY / "references.csv").is_file(), reason="../shared/getty is absent"
-)
+
+@pytest.fixture(scope="session")
+def getty() -> Path:
+    """The Getty set (``FEATURELOC_GETTY_DIR``, default ../shared/getty); skips when absent."""
+    if not getty_present():
+        pytest.skip(f"no Getty set at {GETTY} (set FEATURELOC_GETTY_DIR)")
+    return GETTY
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # One source of truth: a test that uses the getty fixture (directly or through another
+    # fixture) carries the getty marker, so ``-m "not getty"`` selects exactly the others. Real
+    # photos through real models take seconds each: those tests are integration tests too.
+    for item in items:
+        if "getty" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.getty)
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def device(request) -> str:
+    """The devices model tests run on: the CPU always, CUDA too where a GPU is present."""
+    if request.param == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a shared 2-core machine, 2-thread torch ops stall under load (spin-waiting, up to 20x
+    slower than one thread): model test modules use one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

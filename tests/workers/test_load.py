@@ -12,7 +12,7 @@ import pytest
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore
-from tests.faults import (
+from tests.support.faults import (
     JOB_OPTIONS,
     PrivateRedis,
     duplicate_candidates,
@@ -28,7 +28,7 @@ from tests.faults import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JOBS = 500
 CLIENTS = 4

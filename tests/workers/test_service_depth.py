@@ -29,7 +29,7 @@ from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
 from db import build_queries
 from db.models import Job, MapBuildChunk
-from tests.faults import (
+from tests.support.faults import (
     JOB_OPTIONS,
     free_port,
     make_tiny_scene,
@@ -39,12 +39,12 @@ from tests.faults import (
     variants,
     wait_until,
 )
-from tests.services import reachable, require_redis
+from tests.support.paths import REPO
+from tests.support.services import reachable, require_redis
 from workers.build import build_progress, submit_build
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 BACKEND = "postgres" if reachable("127.0.0.1", 5432) else "sqlite"
 
 

@@ -14,8 +14,11 @@ from core.errors import MapError
 from core.mapbuild import RefEntry, build_map, finalise_map, read_positions_csv
 from core.mapstore import MapStore, Reference, write_part
 from core.retrieval.vlad import STATE_FILE, VladRetriever
+from tests.support.paths import GETTY, getty_present
 
-GETTY = Path(__file__).resolve().parents[1].parent / "shared" / "getty"
+# Builds and searches a VLAD map of 40 photos: tens of seconds on 2 cores.
+pytestmark = pytest.mark.integration
+
 # The default extractor of maps when available (fast, and what VLAD is tuned for), else SIFT.
 EXTRACTOR = "xfeat" if "xfeat" in registry.EXTRACTORS else "sift"
 CONF = {"num_clusters": 32, "train_per_image": 64}  # small map: a small codebook
@@ -39,7 +42,7 @@ def _synthetic_entries(tmp: Path) -> list[RefEntry]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retrieval")
-    if GETTY.is_dir():
+    if getty_present():
         return tmp, _getty_entries()
     return tmp, _synthetic_entries(tmp)
 

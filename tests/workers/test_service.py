@@ -15,7 +15,7 @@ import pytest
 
 from db import queries
 from db.session import Database, init_db
-from tests.services import (
+from tests.support.services import (
     WorkerProcess,
     postgres_schema,
     require_redis,
@@ -26,7 +26,7 @@ from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
 from workers.maps import build_and_register
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def _rows(path: Path) -> list[dict]:

@@ -12,7 +12,7 @@ import pytest
 
 from core.settings import Settings
 from db.schemas import temporary_schema
-from workers.process import WorkerProcess  # noqa: F401 - re-exported for the tests
+from tests.support.process import WorkerProcess  # noqa: F401 - re-exported for the tests
 
 REDIS_URL = os.environ.get("FEATURELOC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

@@ -72,7 +72,7 @@ def sqlite_url(tmp_path) -> Iterator[str]:
     dispose_engines(url)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def db_url(request) -> str:
     """An empty database on each backend (not migrated)."""
     return request.getfixturevalue(f"{request.param}_url")

@@ -112,10 +112,10 @@ def test_an_s3_backend_without_a_bucket_is_refused():
         make_blob_store(Settings(blob_backend="s3"))
 
 
-@pytest.mark.services
+@pytest.mark.integration
 def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp_path):
     from db.session import init_db
-    from tests.services import WorkerProcess, require_redis, service_env, service_settings
+    from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
     from workers.client import Client
     from workers.maps import build_and_register
 

@@ -74,13 +74,7 @@ def synthetic_image(h: int, w: int, seed: int) -> np.ndarray:
     return cv2.cvtColor(cv2.GaussianBlur(img, (3, 3), 0), cv2.COLOR_GRAY2BGR)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a shared 2-core machine, 2-thread torch ops stall (20x slower): use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +95,20 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def extractor(checkpoints) -> SuperPointExtractor:
-    return SuperPointExtractor({"weights": str(checkpoints["superpoint"]), "max_keypoints": 64})
+def extractor(checkpoints, device) -> SuperPointExtractor:
+    conf = {"weights": str(checkpoints["superpoint"]), "max_keypoints": 64}
+    return SuperPointExtractor(conf, device=device)
 
 
 @pytest.fixture(scope="module")
-def matcher(checkpoints) -> SuperGlueMatcher:
+def matcher(checkpoints, device) -> SuperGlueMatcher:
     return SuperGlueMatcher(
         {
             "weights": str(checkpoints["superglue"]),
             "sinkhorn_iterations": FEW_ITERATIONS,
             "match_threshold": 0.0,  # random weights are unconfident; keep every mutual pair
-        }
+        },
+        device=device,
     )
 
 
@@ -355,13 +351,15 @@ def test_matches_are_mutual_and_scored(extractor, matcher):
     matches = matcher.match(q, r)
     assert len(matches) > 0  # threshold 0: at least the globally best pair is mutual
     _check_consistent(matches, len(q), len(r), 0.0)
-    strict = SuperGlueMatcher({**matcher.conf, "match_threshold": 0.2})
+    strict = SuperGlueMatcher({**matcher.conf, "match_threshold": 0.2}, device=matcher.device)
     _check_consistent(strict.match(q, r), len(q), len(r), 0.2)
 
 
 def test_match_many_equals_pairwise(checkpoints, extractor, matcher):
     q = extractor.extract(synthetic_image(120, 160, seed=8))
-    small = SuperPointExtractor({"weights": str(checkpoints["superpoint"]), "max_keypoints": 30})
+    small = SuperPointExtractor(
+        {"weights": str(checkpoints["superpoint"]), "max_keypoints": 30}, device=extractor.device
+    )
     refs = [
         extractor.extract(synthetic_image(120, 160, seed=9)),
         small.extract(synthetic_image(96, 128, seed=10)),  # fewer points, other size: padded
@@ -371,7 +369,8 @@ def test_match_many_equals_pairwise(checkpoints, extractor, matcher):
     # Maps store descriptors as float16.
     refs[3].descriptors = refs[3].descriptors.astype(np.float16)
     assert len(refs[1]) < len(refs[0])
-    batched = SuperGlueMatcher({**matcher.conf, "batch_size": 3}).match_many(q, refs)
+    batched_matcher = SuperGlueMatcher({**matcher.conf, "batch_size": 3}, device=matcher.device)
+    batched = batched_matcher.match_many(q, refs)
     assert len(batched) == 4 and len(batched[2]) == 0
     for ref, got in zip(refs, batched, strict=True):
         want = matcher.match(q, ref)

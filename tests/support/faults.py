@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from core.settings import Settings
 from db.models import CandidateMatch, Job
 from db.session import Database, init_db
-from tests.services import WorkerProcess, postgres_schema, service_env, service_settings
+from tests.support.services import WorkerProcess, postgres_schema, service_env, service_settings
 from workers.client import Client
 from workers.maps import build_and_register
 

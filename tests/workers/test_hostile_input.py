@@ -12,11 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.faults import JOB_OPTIONS, PrivateRedis, make_tiny_scene, query_images, stack
+from tests.support.faults import JOB_OPTIONS, PrivateRedis, make_tiny_scene, query_images, stack
+from tests.support.paths import REPO
 
-pytestmark = pytest.mark.services
-
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
 
 
 def _png_bomb(side: int = 20_000) -> bytes:

@@ -20,7 +20,7 @@ from core.mapstore import MapStore
 from core.placement import Link, place_query
 from core.synthetic import FOV_DEG as SCENE_FOV_DEG
 from core.verify import VerifyConfig, verify
-from tests.conftest import GETTY, needs_getty
+from tests.support.paths import GETTY
 
 VERIFY = VerifyConfig(threshold_px=2.0)
 
@@ -92,6 +92,7 @@ def _error(estimate, truth: np.ndarray) -> float:
     return float(np.abs(np.array([estimate.x, estimate.y]) - truth).sum())
 
 
+@pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
 def test_a_map_records_its_camera(scene_map: MapStore) -> None:
     assert scene_map.open("scene").camera is None
     scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
@@ -100,6 +101,7 @@ def test_a_map_records_its_camera(scene_map: MapStore) -> None:
     assert scene_map.open("scene").camera is None
 
 
+@pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
 def test_placement_puts_queries_between_references(scene_map: MapStore, scene: Path) -> None:
     """The synthetic references stand on a ~10-unit grid, so copying or averaging their
     positions leaves errors of a few units; geometry must do clearly better where it applies."""
@@ -118,6 +120,7 @@ def test_placement_puts_queries_between_references(scene_map: MapStore, scene: P
     assert np.median(placed) < 1.5
 
 
+@pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
 def test_no_camera_no_placement(scene_map: MapStore, scene: Path) -> None:
     scene_map.set_camera("scene", None)
     loc = Localiser(scene_map.open("scene"))
@@ -126,6 +129,7 @@ def test_no_camera_no_placement(scene_map: MapStore, scene: Path) -> None:
     assert result.estimate.method == "cluster" and "place" not in result.timings
 
 
+@pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
 def test_a_wrong_camera_is_caught_by_the_sanity_check(scene_map: MapStore, scene: Path) -> None:
     """A badly wrong focal length gives poses that disagree with the cluster estimate; they
     are dropped (or stay near it), never thrown far away."""
@@ -139,7 +143,7 @@ def test_a_wrong_camera_is_caught_by_the_sanity_check(scene_map: MapStore, scene
             assert abs(est.x - plain.x) + abs(est.y - plain.y) <= opts.placement_config().max_shift
 
 
-@needs_getty
+@pytest.mark.usefixtures("getty")
 def test_placement_on_getty_photos_beats_the_nearest_reference() -> None:
     """Real photos, geometry alone: each of the first 10 Getty queries with every view of the 5
     reference positions nearest to it. Where placement applies, its error must be below that of

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kombu import Queue
 
-from tests.faults import (
+from tests.support.faults import (
     JOB_OPTIONS,
     PrivateRedis,
     make_tiny_scene,
@@ -22,12 +22,12 @@ from tests.faults import (
     stack,
     wait_until,
 )
+from tests.support.paths import REPO
 from workers.blobstore import BlobStore, InvalidBlobKey, blob_key
 from workers.celery_app import LOCALISE_TASK
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
 REDIS_PASSWORD = "redis-S3cret-9f2c"
 DB_PASSWORD = "db-S3cret-71ab"  # the test server trusts loopback, so any password connects
 
@@ -203,7 +203,7 @@ def test_flower_requires_auth(service, tmp_path):
     import urllib.request
 
     from cli.main import app
-    from tests.faults import free_port
+    from tests.support.faults import free_port
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     if "flower" not in names:
