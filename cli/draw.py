@@ -72,8 +72,8 @@ def draw_command(
     except (InputError, ImageError, MapError) as exc:
         fail(str(exc))
     captions = [
-        f"{p.reference_id} at ({c.x:.1f}, {c.y:.1f}): {len(p.confidence)} inliers"
-        f" / {p.tentative} matches"
+        f"{p.reference_id} at ({c.position[0]:.1f}, {c.position[1]:.1f}): "
+        f"{len(p.confidence)} inliers / {p.tentative} matches"
         for c, p in zip(best, pairs, strict=True)
     ]
     figure = draw_matches(query, refs, pairs, captions or [f"job {job_id}: no candidates"])

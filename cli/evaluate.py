@@ -20,7 +20,7 @@ from cli.common import console, fail, parse_options
 from core.errors import InputError
 from core.evaluation import EvaluationReport, Query, evaluate, score_result, summarise
 from core.settings import get_settings
-from core.types import CandidateResult, Estimate, LocalisationResult
+from core.types import Estimate, LocalisationResult
 
 
 def evaluate_command(
@@ -130,24 +130,8 @@ def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: fl
 
 def _as_result(res) -> LocalisationResult:
     """A stored job as the LocalisationResult the scorer reads."""
-    cands = [
-        CandidateResult(
-            reference_id=c.reference_id,
-            position=(c.x, c.y),
-            retrieval_rank=c.rank,
-            retrieval_score=c.retrieval_score,
-            query_keypoints=c.query_keypoints,
-            reference_keypoints=c.reference_keypoints,
-            tentative_matches=c.tentative_matches,
-            inliers=c.inliers,
-            mean_match_score=c.mean_match_score,
-            match_seconds=0.0,
-            verify_seconds=0.0,
-        )
-        for c in res.candidates
-    ]
     est = Estimate(res.x, res.y, res.confidence or 0.0, bool(res.localised), "stored")
-    return LocalisationResult(est, cands, res.timings or {}, res.options)
+    return LocalisationResult(est, res.candidates, res.timings or {}, res.options)
 
 
 def _print_summary(s: dict) -> None:

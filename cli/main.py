@@ -306,10 +306,10 @@ def jobs_show(
         )
         for c in r.candidates[:20]:
             table.add_row(
-                str(c.rank),
+                str(c.retrieval_rank),
                 c.reference_id,
-                fmt(c.x),
-                fmt(c.y),
+                fmt(c.position[0]),
+                fmt(c.position[1]),
                 f"{c.query_keypoints}/{c.reference_keypoints}",
                 str(c.tentative_matches),
                 str(c.inliers),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,7 +54,13 @@ class Verification:
 
 @dataclass
 class CandidateResult:
-    """Everything measured for one (query, reference) pair."""
+    """Everything measured for one (query, reference) pair.
+
+    The one candidate schema: workers store it with :meth:`to_row`, and the database, the client
+    and the evaluation read it back with :meth:`from_row`. A row is flat and holds plain Python
+    values (``position`` becomes ``x, y``; ``retrieval_rank`` is ``rank``) — the columns of
+    ``db/models.CandidateMatch``. The per-pair timings are not stored (the job's timings are).
+    """
 
     reference_id: str
     position: tuple[float, float]
@@ -63,12 +71,61 @@ class CandidateResult:
     tentative_matches: int
     inliers: int
     mean_match_score: float
-    match_seconds: float
-    verify_seconds: float
+    match_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    # The keys of a row, in column order.
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "reference_id",
+        "x",
+        "y",
+        "rank",
+        "retrieval_score",
+        "query_keypoints",
+        "reference_keypoints",
+        "tentative_matches",
+        "inliers",
+        "inlier_ratio",
+        "mean_match_score",
+    )
 
     @property
     def inlier_ratio(self) -> float:
         return self.inliers / self.tentative_matches if self.tentative_matches else 0.0
+
+    def to_row(self) -> dict[str, Any]:
+        """The stored row: plain ``str``/``int``/``float`` (the pipeline hands numpy scalars)."""
+        return {
+            "reference_id": str(self.reference_id),
+            "x": float(self.position[0]),
+            "y": float(self.position[1]),
+            "rank": int(self.retrieval_rank),
+            "retrieval_score": float(self.retrieval_score),
+            "query_keypoints": int(self.query_keypoints),
+            "reference_keypoints": int(self.reference_keypoints),
+            "tentative_matches": int(self.tentative_matches),
+            "inliers": int(self.inliers),
+            "inlier_ratio": float(self.inlier_ratio),
+            "mean_match_score": float(self.mean_match_score),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CandidateResult:
+        """A candidate from a stored row (``inlier_ratio`` is derived, so it is not read back)."""
+        missing = [k for k in cls.ROW_FIELDS if k not in row]
+        if missing:
+            raise KeyError(f"candidate row {row.get('reference_id')!r} lacks {missing}")
+        return cls(
+            reference_id=row["reference_id"],
+            position=(row["x"], row["y"]),
+            retrieval_rank=row["rank"],
+            retrieval_score=row["retrieval_score"],
+            query_keypoints=row["query_keypoints"],
+            reference_keypoints=row["reference_keypoints"],
+            tentative_matches=row["tentative_matches"],
+            inliers=row["inliers"],
+            mean_match_score=row["mean_match_score"],
+        )
 
 
 @dataclass

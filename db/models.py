@@ -139,7 +139,10 @@ class Job(Base):
 
 
 class CandidateMatch(Base):
-    """Evidence for one shortlisted reference of a job: retrieval, matching and geometry."""
+    """Evidence for one shortlisted reference of a job: retrieval, matching and geometry.
+
+    One column per key of ``core.types.CandidateResult.to_row()`` (the one candidate schema).
+    """
 
     __tablename__ = "candidate_matches"
     __table_args__ = (UniqueConstraint("job_id", "reference_id"),)
@@ -159,21 +162,6 @@ class CandidateMatch(Base):
     mean_match_score: Mapped[float] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="candidates")
-
-
-CANDIDATE_FIELDS = (
-    "reference_id",
-    "x",
-    "y",
-    "rank",
-    "retrieval_score",
-    "query_keypoints",
-    "reference_keypoints",
-    "tentative_matches",
-    "inliers",
-    "inlier_ratio",
-    "mean_match_score",
-)
 
 
 class BuildStatus(enum.StrEnum):

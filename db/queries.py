@@ -15,7 +15,8 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import CANDIDATE_FIELDS, CandidateMatch, Job, JobStatus, Map, ReferenceImage
+from core.types import CandidateResult
+from db.models import CandidateMatch, Job, JobStatus, Map, ReferenceImage
 from db.types import utcnow
 
 # Long enough for a traceback's last lines, short enough for a table listing.
@@ -62,14 +63,15 @@ def get_job(s: Session, job_id: str) -> Job | None:
     return s.get(Job, job_id)
 
 
-def get_candidates(s: Session, job_id: str) -> list[CandidateMatch]:
+def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
     """Candidate matches of a job, strongest evidence (most inliers) first."""
+    columns = [CandidateMatch.__table__.c[name] for name in CandidateResult.ROW_FIELDS]
     stmt = (
-        select(CandidateMatch)
+        select(*columns)
         .where(CandidateMatch.job_id == job_id)
         .order_by(CandidateMatch.inliers.desc(), CandidateMatch.rank)
     )
-    return list(s.scalars(stmt))
+    return [CandidateResult.from_row(row) for row in s.execute(stmt).mappings()]
 
 
 def _lock_job(s: Session, job_id: str) -> Job | None:
@@ -115,20 +117,20 @@ def save_result(
     timings: Mapping[str, float],
     matcher: str | None,
     worker: str | None,
-    candidates: Sequence[Mapping[str, Any]],
+    candidates: Sequence[CandidateResult],
     method: str | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
     Everything happens in the caller's transaction, so readers see either the old state or the
-    complete result. Each candidate mapping needs the keys of ``CANDIDATE_FIELDS``.
+    complete result.
     Raises LookupError when the job does not exist.
     """
     job = _lock_job(s, job_id)
     if job is None:
         raise LookupError(f"no job {job_id!r}")
     s.execute(delete(CandidateMatch).where(CandidateMatch.job_id == job_id))
-    rows = [_candidate_row(job_id, c) for c in candidates]
+    rows = [{**c.to_row(), "job_id": job_id} for c in candidates]
     if rows:
         s.execute(insert(CandidateMatch), rows)
     job.status = JobStatus.DONE.value
@@ -147,21 +149,6 @@ def save_result(
     # The relationship may hold rows loaded before the bulk delete/insert.
     s.expire(job, ["candidates"])
     return job
-
-
-def _candidate_row(job_id: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
-    missing = [k for k in CANDIDATE_FIELDS if k not in candidate]
-    if missing:
-        raise KeyError(f"candidate {candidate.get('reference_id')!r} lacks {missing}")
-    row = {k: candidate[k] for k in CANDIDATE_FIELDS}
-    # Callers pass numpy scalars; the drivers want plain Python numbers.
-    for key in ("x", "y", "retrieval_score", "inlier_ratio", "mean_match_score"):
-        row[key] = float(row[key])
-    for key in ("rank", "query_keypoints", "reference_keypoints", "tentative_matches", "inliers"):
-        row[key] = int(row[key])
-    row["reference_id"] = str(row["reference_id"])
-    row["job_id"] = job_id
-    return row
 
 
 def mark_failed(s: Session, job_id: str, reason: str, worker: str | None = None) -> Job | None:

@@ -23,6 +23,7 @@ from core.errors import InputError
 from core.localiser import LocaliseOptions
 from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
+from core.types import CandidateResult
 from db import queries
 from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
@@ -38,21 +39,6 @@ class JobTimeout(TimeoutError):
 
 class BrokerUnavailable(ConnectionError):
     """The job could not be queued; nothing was recorded, submitting again is safe."""
-
-
-@dataclass
-class Candidate:
-    reference_id: str
-    x: float
-    y: float
-    rank: int
-    retrieval_score: float
-    query_keypoints: int
-    reference_keypoints: int
-    tentative_matches: int
-    inliers: int
-    inlier_ratio: float
-    mean_match_score: float
 
 
 @dataclass
@@ -73,7 +59,7 @@ class JobResult:
     created_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateResult] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -83,7 +69,7 @@ class JobResult:
         d = {k: v for k, v in self.__dict__.items() if k != "candidates"}
         for k in ("created_at", "started_at", "finished_at"):
             d[k] = d[k].isoformat() if d[k] else None
-        d["candidates"] = [c.__dict__ for c in self.candidates]
+        d["candidates"] = [c.to_row() for c in self.candidates]
         return d
 
 
@@ -201,20 +187,5 @@ def _to_result(job, candidates) -> JobResult:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        candidates=[
-            Candidate(
-                reference_id=c.reference_id,
-                x=c.x,
-                y=c.y,
-                rank=c.rank,
-                retrieval_score=c.retrieval_score,
-                query_keypoints=c.query_keypoints,
-                reference_keypoints=c.reference_keypoints,
-                tentative_matches=c.tentative_matches,
-                inliers=c.inliers,
-                inlier_ratio=c.inlier_ratio,
-                mean_match_score=c.mean_match_score,
-            )
-            for c in candidates
-        ],
+        candidates=list(candidates),
     )

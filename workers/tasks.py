@@ -107,23 +107,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             matcher=opts.matcher,
             method=est.method,
             worker=worker,
-            candidates=[
-                {
-                    "reference_id": c.reference_id,
-                    "x": c.position[0],
-                    "y": c.position[1],
-                    "rank": c.retrieval_rank,
-                    "retrieval_score": c.retrieval_score,
-                    "query_keypoints": c.query_keypoints,
-                    "reference_keypoints": c.reference_keypoints,
-                    "tentative_matches": c.tentative_matches,
-                    "inliers": c.inliers,
-                    "inlier_ratio": c.inlier_ratio,
-                    "mean_match_score": c.mean_match_score,
-                }
-                for c in result.candidates
-                if c.tentative_matches > 0
-            ],
+            candidates=[c for c in result.candidates if c.tentative_matches > 0],
         )
     return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}
 

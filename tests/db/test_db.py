@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
+from core.types import CandidateResult
 from db import queries
 from db.models import Base, CandidateMatch, Job, ReferenceImage
 from db.session import Database, init_db, make_engine
@@ -21,20 +22,18 @@ from db.session import Database, init_db, make_engine
 TABLES = {"maps", "reference_images", "jobs", "candidate_matches"}
 
 
-def candidate(ref: str, inliers: int, rank: int) -> dict:
-    return {
-        "reference_id": ref,
-        "x": 10.0 * rank,
-        "y": -5.0 * rank,
-        "rank": rank,
-        "retrieval_score": 1.0 / (rank + 1),
-        "query_keypoints": 2048,
-        "reference_keypoints": 1900,
-        "tentative_matches": inliers * 2,
-        "inliers": inliers,
-        "inlier_ratio": 0.5,
-        "mean_match_score": 0.8,
-    }
+def candidate(ref: str, inliers: int, rank: int) -> CandidateResult:
+    return CandidateResult(
+        reference_id=ref,
+        position=(10.0 * rank, -5.0 * rank),
+        retrieval_rank=rank,
+        retrieval_score=1.0 / (rank + 1),
+        query_keypoints=2048,
+        reference_keypoints=1900,
+        tentative_matches=inliers * 2,
+        inliers=inliers,
+        mean_match_score=0.8,
+    )
 
 
 def count(s: Session, model, **where) -> int:
@@ -60,6 +59,23 @@ def test_migrated_schema_matches_models(db_url):
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diffs = compare_metadata(context, Base.metadata)
     assert diffs == []
+
+
+def test_candidate_columns_are_the_candidate_schema():
+    columns = [c.name for c in CandidateMatch.__table__.columns]
+    assert columns == ["id", "job_id", *CandidateResult.ROW_FIELDS]
+
+
+def test_stored_candidates_read_back_as_saved(database):
+    saved = [candidate("r1", 30, 0), candidate("r2", 120, 1)]
+    with database.session() as s:
+        queries.create_job(s, "j1", "m", "img", {})
+        queries.save_result(
+            s, "j1", x=1, y=2, confidence=0.9, localised=True, timings={}, matcher="mnn",
+            worker="w", candidates=saved,
+        )  # fmt: skip
+    with database.session() as s:
+        assert queries.get_candidates(s, "j1") == [saved[1], saved[0]]  # most inliers first
 
 
 def test_status_check_constraint(database):
@@ -225,12 +241,11 @@ def test_save_result_twice_does_not_duplicate_candidates(database):
 def test_save_result_is_all_or_nothing(database):
     with database.session() as s:
         queries.create_job(s, "j1", "getty", "img", {})
-    with pytest.raises(KeyError), database.session() as s:
-        bad = candidate("r2", 1, 1)
-        del bad["inliers"]
+    # The second row breaks the (job, reference) uniqueness after the first was inserted.
+    with pytest.raises(IntegrityError), database.session() as s:
         queries.save_result(
             s, "j1", x=1, y=1, confidence=0.5, localised=True, timings={}, matcher="mnn",
-            worker="w", candidates=[candidate("r1", 10, 0), bad],
+            worker="w", candidates=[candidate("r1", 10, 0), candidate("r1", 5, 1)],
         )  # fmt: skip
     with database.session() as s:
         assert queries.get_job(s, "j1").status == "pending"

@@ -79,13 +79,13 @@ def test_queries_are_localised_and_stored(service, scene):
         assert {"extract", "retrieve", "match", "verify", "estimate", "total"} <= set(r.timings)
         assert r.candidates, "every candidate with tentative matches is stored"
         # An exhaustive map is matched in full, whatever the default shortlist size.
-        assert max(c.rank for c in r.candidates) >= 0.9 * len(refs)
+        assert max(c.retrieval_rank for c in r.candidates) >= 0.9 * len(refs)
         for c in r.candidates:
             assert 0 <= c.inliers <= c.tentative_matches
             assert c.query_keypoints > 0 and c.reference_keypoints > 0
         if r.localised:
             best = max(r.candidates, key=lambda c: c.inliers)
-            assert (r.x, r.y) == (best.x, best.y)
+            assert (r.x, r.y) == best.position
             assert 0 < r.confidence <= 1
             # The estimate must be one of the two reference positions nearest the truth.
             nearest = sorted(positions, key=lambda p: math.dist(p, (q["x"], q["y"])))[:2]

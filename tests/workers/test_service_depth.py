@@ -234,7 +234,7 @@ def test_export_csv_and_json(svc, tmp_path):
     assert {j["id"] for j in jobs} == ids and all(j["status"] == "done" for j in jobs)
     exported = next(j for j in jobs if j["x"] is not None and j["candidates"])
     one = client.result(exported["id"])
-    assert exported["candidates"] == [c.__dict__ for c in one.candidates]
+    assert exported["candidates"] == [c.to_row() for c in one.candidates]
 
     path = tmp_path / "jobs.csv"
     out = _cli(svc, "jobs", "export", "--format", "csv", "--map", "tiny", "--output", str(path))
