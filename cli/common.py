@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from db.session import Database
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,3 +45,28 @@ def fail(message: str, code: int = 1) -> None:
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def database() -> Database:
+    """The configured database, migrated to the newest schema first (every command that reads or
+    writes it calls this, so a fresh install needs no separate migration step)."""
+    from core.settings import get_settings
+    from db.session import Database, init_db
+
+    url = get_settings().database_url.get_secret_value()
+    init_db(url)
+    return Database(url)
+
+
+def parse_since(since: str | None) -> datetime | None:
+    """``--since``: an ISO time (UTC when it names no zone) or an age such as ``90m`` or ``2d``."""
+    if not since:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if since[-1] in units and since[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(since[:-1]) * units[since[-1]])
+    try:
+        t = datetime.fromisoformat(since)
+    except ValueError:
+        raise typer.BadParameter(f"--since: not an ISO time or age: {since!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, fail
+from cli.common import console, database, fail
 from core.errors import ImageError, InputError, MapError
 from core.mapbuild import IMAGE_SUFFIXES
 
@@ -36,7 +36,6 @@ def draw_command(
     """Draw a job's query beside its best references, matches coloured by confidence (jet)."""
     import cv2
 
-    from cli.main import _database
     from core.draw import draw_matches, verified_matches
     from core.images import decode_image, read_image
     from core.localiser import LocaliseOptions, Localiser
@@ -51,7 +50,7 @@ def draw_command(
         fail("--top must be at least 1")
     if output.suffix.lower() != ".png":
         fail(f"--output must be a .png file, got {output.name!r}")
-    _database()
+    database()
     settings = get_settings()
     client = Client(settings)
     try:

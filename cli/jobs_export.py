@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console
+from cli.common import console, database, parse_since
 
 CSV_COLUMNS = (
     "id",
@@ -72,12 +72,11 @@ def jobs_export_command(
     output: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
 ) -> None:
     """Export jobs: CSV one row per job, JSON with every candidate's match statistics."""
-    from cli.main import _database, _parse_since
     from workers.client import Client
 
-    _database()
+    database()
     client = Client()
-    listed = client.list_jobs(map_name, status, _parse_since(since), limit)
+    listed = client.list_jobs(map_name, status, parse_since(since), limit)
     # list_jobs leaves candidates out; fetch each job whole (newest first, like the listing).
     jobs = [client.result(j.id).to_dict() for j in listed]
     text = render(jobs, fmt)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.common import console, fail, fmt, parse_options
+from cli.common import console, database, fail, fmt, parse_options, parse_since
 from cli.draw import draw_command
 from cli.evaluate import evaluate_command
 from cli.flower import flower_command
 from cli.jobs_export import jobs_export_command
-from cli.map_build import map_add_command
+from cli.map_build import build_in_process, build_via_queue, map_add_command
 from core import defaults
 from core.errors import InputError
 from core.settings import get_settings
@@ -31,22 +31,12 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 
 
-def _database():
-    from db.session import Database, init_db
-
-    url = get_settings().database_url.get_secret_value()
-    init_db(url)
-    return Database(url)
-
-
-@db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations up to the newest (also done by every command that needs it)."""
-    _database()
+    database()
     console.print("database is at the newest schema")
 
 
-@map_app.command("build")
 def map_build(
     name: str,
     images: Annotated[Path, typer.Option(help="Folder of reference photos.")],
@@ -65,19 +55,14 @@ def map_build(
     ] = False,
 ) -> None:
     """Build a map (or add the photos a map does not have yet); re-running resumes."""
-    from cli.map_build import build_in_process, build_via_queue
 
-    _database()
+    database()
     if via_queue:
         build_via_queue(name, images, positions, extractor, retriever, chunk_size, restart)
     else:
         build_in_process(name, images, positions, extractor, retriever)
 
 
-map_app.command("add")(map_add_command)
-
-
-@map_app.command("builds")
 def map_builds(
     map_name: Annotated[str | None, typer.Option("--map", help="Only this map's builds.")] = None,
     limit: Annotated[int, typer.Option(help="Newest first, at most this many.")] = 20,
@@ -86,7 +71,7 @@ def map_builds(
     """Builds run on the workers (--via-queue): status, progress, failed photos."""
     from db import build_queries
 
-    with _database().session() as s:
+    with database().session() as s:
         builds = build_queries.list_builds(s, map_name, limit)
         table = Table("build", "map", "status", "done", "added", "failed", "started", "finished")
         for b in builds:
@@ -108,7 +93,6 @@ def map_builds(
                 console.print(f"{b.id} error: {b.error}")
 
 
-@map_app.command("camera")
 def map_camera(
     name: str,
     fov_x: Annotated[float | None, typer.Option(help="Horizontal field of view, degrees.")] = None,
@@ -162,12 +146,11 @@ def map_camera(
         console.print(f"map {name!r} camera: {camera.model_dump_json(exclude_none=True)}")
 
 
-@map_app.command("list")
 def map_list() -> None:
     """Maps in the database, with their extractor and size."""
     from db import queries
 
-    with _database().session() as s:
+    with database().session() as s:
         maps = queries.list_maps(s)
         table = Table("name", "references", "extractor", "retriever", "updated")
         for m in maps:
@@ -181,7 +164,6 @@ def map_list() -> None:
     console.print(table)
 
 
-@app.command()
 def localise(
     images: Annotated[list[Path], typer.Argument(help="Photos to localise.")],
     map_name: Annotated[str, typer.Option("--map", help="Map to localise against.")],
@@ -195,7 +177,7 @@ def localise(
     """Submit photos to the queue; with --wait, print where each was taken."""
     from workers.client import Client, JobTimeout
 
-    _database()
+    database()
     opts = parse_options(option, options)
     client = Client()
     try:
@@ -226,7 +208,6 @@ def localise(
     console.print(table)
 
 
-@jobs_app.command("list")
 def jobs_list(
     map_name: Annotated[str | None, typer.Option("--map")] = None,
     status: Annotated[str | None, typer.Option()] = None,
@@ -239,8 +220,8 @@ def jobs_list(
     """Recent jobs, newest first."""
     from workers.client import Client
 
-    _database()
-    rows = Client().list_jobs(map_name, status, _parse_since(since), limit)
+    database()
+    rows = Client().list_jobs(map_name, status, parse_since(since), limit)
     if as_json:
         for r in rows:
             print(json.dumps(r.to_dict()))
@@ -260,20 +241,6 @@ def jobs_list(
     console.print(table)
 
 
-def _parse_since(since: str | None) -> datetime | None:
-    if not since:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if since[-1] in units and since[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(since[:-1]) * units[since[-1]])
-    try:
-        t = datetime.fromisoformat(since)
-    except ValueError:
-        raise typer.BadParameter(f"--since: not an ISO time or age: {since!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-@jobs_app.command("show")
 def jobs_show(
     job_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
@@ -281,7 +248,7 @@ def jobs_show(
     """One job with its estimate, timings and candidate table."""
     from workers.client import Client
 
-    _database()
+    database()
     try:
         r = Client().result(job_id)
     except InputError as exc:
@@ -319,7 +286,6 @@ def jobs_show(
         console.print(table)
 
 
-@jobs_app.command("recover")
 def jobs_recover(
     older_than: Annotated[
         float | None,
@@ -332,7 +298,7 @@ def jobs_recover(
     from workers.celery_app import make_celery
     from workers.recovery import recover_jobs
 
-    _database()
+    database()
     age = timedelta(seconds=older_than) if older_than is not None else None
     try:
         report = recover_jobs(get_settings(), age, make_celery(get_settings()))
@@ -345,7 +311,6 @@ def jobs_recover(
     )
 
 
-@app.command()
 def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Processes; default: 1 per GPU, else 1 per core.")
@@ -356,7 +321,7 @@ def worker(
 ) -> None:
     """Run a Celery worker that holds the matcher and maps and serves jobs."""
     settings = get_settings()
-    _database()  # migrate once here, not in every worker process
+    database()  # migrate once here, not in every worker process
     on_gpu = settings.resolved_device() == "cuda"
     if concurrency is None:
         concurrency = 1 if on_gpu else (os.cpu_count() or 1)
@@ -381,13 +346,6 @@ def worker(
     celery.worker_main(argv)
 
 
-app.command("evaluate")(evaluate_command)
-app.command("draw")(draw_command)
-app.command("flower")(flower_command)
-jobs_app.command("export")(jobs_export_command)
-
-
-@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(
         "featureloc-data/demo"
@@ -400,6 +358,29 @@ def demo(
     from cli.demo import run_demo
 
     sys.exit(run_demo(workdir, broker))
+
+
+# Every command, in one place: (group, name, function).
+COMMANDS = [
+    (db_app, "upgrade", db_upgrade),
+    (map_app, "build", map_build),
+    (map_app, "add", map_add_command),
+    (map_app, "builds", map_builds),
+    (map_app, "camera", map_camera),
+    (map_app, "list", map_list),
+    (app, "localise", localise),
+    (jobs_app, "list", jobs_list),
+    (jobs_app, "show", jobs_show),
+    (jobs_app, "recover", jobs_recover),
+    (app, "worker", worker),
+    (app, "evaluate", evaluate_command),
+    (app, "draw", draw_command),
+    (app, "flower", flower_command),
+    (jobs_app, "export", jobs_export_command),
+    (app, "demo", demo),
+]
+for group, name, command in COMMANDS:
+    group.command(name)(command)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, fail
+from cli.common import console, database, fail
 from core.errors import InputError, MapError
 from core.settings import get_settings
 
@@ -150,10 +150,9 @@ def map_add_command(
     chunk_size: Annotated[int, typer.Option(help="Photos per task with --via-queue.")] = 50,
 ) -> None:
     """Add photos to an existing map (no rebuild: only new photos are extracted)."""
-    from cli.main import _database  # the migrate-then-connect helper
     from core.mapstore import MapStore, read_manifest
 
-    _database()
+    database()
     store = MapStore(get_settings().maps_dir)
     try:
         if not store.exists(name):
