@@ -5,6 +5,7 @@ path reaches the filesystem), and SQL is only built by the ORM or with bound par
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import subprocess
 import sys
@@ -103,13 +104,14 @@ def test_credentials_never_reach_logs_or_output(service):
     image = str(query_images(st.scene)[1])
     outputs = [
         _cli(st, "localise", image, "--map", "tiny", "--option", "top_k=5", "--wait"),
-        _cli(st, "jobs", "list"),
+        _cli(st, "jobs", "list", "--json"),
         _cli(st, "jobs", "recover"),
         _cli(st, "map", "list"),
     ]
     for out in outputs:
         assert out.returncode == 0, out.stderr
-    assert "done" in outputs[0].stdout
+    listed = [json.loads(line) for line in outputs[1].stdout.splitlines()]
+    assert "done" in {j["status"] for j in listed}, "the job localise --wait waited for"
 
     # The broker is away: the error names it, masked.
     redis.kill()
