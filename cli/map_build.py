@@ -171,8 +171,7 @@ def _add_in_process(name: str, images: Path, positions: Path, manifest: dict) ->
     from core.mapbuild import add_entries, read_positions_csv
     from core.mapstore import MapStore
     from core.registry import create_extractor
-    from workers.build import register_map
-    from workers.maps import image_limits
+    from workers.maps import image_limits, register_map
 
     settings = get_settings()
     ext = manifest["extractor"]

@@ -188,13 +188,27 @@ def list_jobs(
 
 def find_stale_jobs(s: Session, older_than: timedelta) -> list[Job]:
     """Running jobs started more than ``older_than`` ago (their worker probably died)."""
-    cutoff = utcnow() - older_than
+    return _jobs_since(s, JobStatus.RUNNING, Job.started_at, older_than)
+
+
+def find_old_pending_jobs(s: Session, older_than: timedelta) -> list[Job]:
+    """Pending jobs created more than ``older_than`` ago (their message may be lost)."""
+    return _jobs_since(s, JobStatus.PENDING, Job.created_at, older_than)
+
+
+def _jobs_since(s: Session, status: JobStatus, column: Any, older_than: timedelta) -> list[Job]:
+    """Jobs in ``status`` whose ``column`` is more than ``older_than`` ago, oldest first."""
     stmt = (
         select(Job)
-        .where(Job.status == JobStatus.RUNNING.value, Job.started_at < cutoff)
-        .order_by(Job.started_at)
+        .where(Job.status == status.value, column < utcnow() - older_than)
+        .order_by(column)
     )
     return list(s.scalars(stmt))
+
+
+def mark_pending(job: Job) -> None:
+    """Set a stale running job back to pending, for its message to be sent again."""
+    job.status = JobStatus.PENDING.value
 
 
 # ---------------------------------------------------------------------------------------- maps

@@ -2,7 +2,8 @@
 
 Keys are validated hex digests, so nothing a client sends becomes a filesystem path (or an S3
 object name). Two backends behind one interface (put/get/exists): a local directory and an
-S3-compatible bucket; ``make_blob_store(settings)`` picks one.
+S3-compatible bucket (:class:`DirectoryBlobStore`, :class:`S3BlobStore`, both a
+:class:`BlobStore`); ``make_blob_store(settings)`` picks one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from core.errors import InputError
 
@@ -43,7 +44,24 @@ def validate_key(key: str) -> str:
     return key
 
 
-class BlobStore:
+class BlobStore(Protocol):
+    """What the client and the workers need of a blob store."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (a no-op when present); returns its key."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises BlobNotFound when absent, InvalidBlobKey when ``key``
+        is not a SHA-256 hex digest."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+class DirectoryBlobStore:
+    """Blobs as files under ``root/<key[:2]>/<key>``, written atomically."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
@@ -138,7 +156,7 @@ class S3BlobStore:
         return True
 
 
-def make_blob_store(settings: Settings) -> BlobStore | S3BlobStore:
+def make_blob_store(settings: Settings) -> BlobStore:
     """The blob store the settings name (``blob_backend``)."""
     if settings.blob_backend == "s3":
         if not settings.s3_bucket:
@@ -151,4 +169,4 @@ def make_blob_store(settings: Settings) -> BlobStore | S3BlobStore:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
         )
-    return BlobStore(settings.blob_dir)
+    return DirectoryBlobStore(settings.blob_dir)

@@ -26,22 +26,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import InputError, MapError
 from core.features.base import Extractor, merge_conf
-from core.mapbuild import RefEntry, extract_entries, finalise_map, read_positions_csv
+from core.mapbuild import RefEntry, extract_entries, read_positions_csv
 from core.mapstore import MapStore, Reference, existing_reference_ids, read_manifest, write_part
 from core.registry import create_extractor, extractor_class, retriever_class
 from core.settings import Settings
-from db import build_queries, queries
+from db import build_queries
 from db.models import BuildStatus, ChunkStatus, MapBuild
 from db.session import Database
 from workers import runtime
-from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK, app
-from workers.maps import image_limits
-from workers.tasks import MAX_RETRIES, _is_transient, _retry_delay
+from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
+from workers.maps import image_limits, register_map
+from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def part_name(build_id: str, index: int) -> str:
     return f"part-{build_id}-{index:05d}.h5"
 
 
-@app.task(name=BUILD_CHUNK_TASK, bind=True, max_retries=MAX_RETRIES)
+@shared_task(name=BUILD_CHUNK_TASK, bind=True, **RETRY_POLICY)
 def build_chunk(self, build_id: str, index: int, entries: list[list]) -> dict[str, Any]:
     """Extract one chunk of references into its own part and record the outcome."""
     worker = runtime.worker_name()
@@ -204,10 +204,10 @@ def build_chunk(self, build_id: str, index: int, entries: list[list]) -> dict[st
             send_finalise(self.app, runtime.settings(), build_id)
         return {"build": build_id, "chunk": index, "added": added, "failed": len(failed)}
     except Exception as exc:
-        if not _is_transient(exc) or self.request.retries >= MAX_RETRIES:
+        if not is_transient(exc) or last_try(self):
             raise
         log.warning("build %s chunk %d: transient fault, retrying: %s", build_id, index, exc)
-        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from None
+        raise TransientFault(str(exc)) from exc
 
 
 def _extract_chunk(
@@ -238,14 +238,14 @@ def _extract_chunk(
     except (InputError, MapError, OSError) as exc:
         reason = f"chunk {index} failed: {exc}"
     except Exception as exc:
-        if _is_transient(exc):
+        if is_transient(exc):
             raise
         log.exception("build %s chunk %d failed", build_id, index)
         reason = f"chunk {index} failed: internal error: {type(exc).__name__}: {exc}"
     return 0, 0, {e.reference.id: reason for e in refs}, reason
 
 
-@app.task(name=FINALISE_BUILD_TASK, bind=True, max_retries=MAX_RETRIES)
+@shared_task(name=FINALISE_BUILD_TASK, bind=True, **RETRY_POLICY)
 def finalise_build(self, build_id: str) -> dict[str, Any]:
     """Fit retrieval over everything the map holds and register it; idempotent."""
     db = runtime.database()
@@ -264,20 +264,8 @@ def finalise_build(self, build_id: str) -> dict[str, Any]:
             build_queries.finish_build(s, build_id, error)
         return {"build": build_id, "status": "failed" if error else "done"}
     except Exception as exc:
-        if not _is_transient(exc) or self.request.retries >= MAX_RETRIES:
+        if not is_transient(exc) or last_try(self):
             with db.session() as s:
                 build_queries.finish_build(s, build_id, f"internal error: {exc}")
             raise
-        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from None
-
-
-def register_map(settings: Settings, name: str) -> int:
-    """Fit the map's retriever and record the map and its references; returns their number."""
-    store = MapStore(settings.maps_dir)
-    finalise_map(store, name)
-    ref_map = store.open(name)
-    pos = ref_map.positions
-    refs = [(rid, float(x), float(y)) for rid, (x, y) in zip(ref_map.ids, pos, strict=True)]
-    with Database(settings.database_url.get_secret_value()).session() as s:
-        queries.upsert_map(s, name, ref_map.extractor, ref_map.retriever, refs)
-    return len(refs)
+        raise TransientFault(str(exc)) from exc

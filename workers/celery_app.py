@@ -7,7 +7,9 @@ query never holds others hostage, and time limits stay below the broker's visibi
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -76,4 +78,15 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = make_celery()
+@cache
+def _default_app() -> Celery:
+    return make_celery()
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A workers.celery_app`` (Flower, docker-compose) looks up ``app``: built on that
+    # first look-up from the global settings, never on import. The tasks are shared tasks, so
+    # every app made here (the worker's, each client's) carries them.
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
@@ -25,10 +26,10 @@ from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
 from core.types import CandidateResult
 from db import queries
+from db.models import Job
 from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
-from workers.celery_app import make_celery
-from workers.recovery import send_job
+from workers.celery_app import LOCALISE_TASK, make_celery
 
 FINISHED = ("done", "failed")
 
@@ -71,6 +72,17 @@ class JobResult:
             d[k] = d[k].isoformat() if d[k] else None
         d["candidates"] = [c.to_row() for c in self.candidates]
         return d
+
+
+def send_job(celery: Celery, settings: Settings, job: Job) -> None:
+    """Queue ``job``; the task id is the job id so the message can be found in the broker (stale
+    job recovery re-sends through here too)."""
+    celery.send_task(
+        LOCALISE_TASK,
+        args=[job.id, job.map_name, job.image_key, job.options or {}],
+        queue=settings.localise_queue,
+        task_id=job.id,
+    )
 
 
 def job_id_for(map_name: str, image_key: str, options: dict[str, Any]) -> str:
@@ -121,7 +133,7 @@ class Client:
                 self._send(job)
         return job_id
 
-    def _send(self, job) -> None:
+    def _send(self, job: Job) -> None:
         try:
             send_job(self.app, self.settings, job)
         except (KombuOperationalError, RedisError, OSError) as exc:

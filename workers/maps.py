@@ -1,4 +1,5 @@
-"""Build a map on disk and register it in the database: shared by the CLI and the build task."""
+"""Maps on disk registered in the database: the one path by which a map and its references are
+recorded, shared by the CLI, the demo and the build tasks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.images import ImageLimits
-from core.mapbuild import BuildReport, build_map, read_positions_csv
+from core.mapbuild import BuildReport, build_map, finalise_map, read_positions_csv
 from core.mapstore import MapStore
 from core.settings import Settings
 from db import queries
@@ -50,16 +51,23 @@ def build_and_register(
         limits=image_limits(settings),
         on_done=on_done,
     )
+    _record(settings, store, name)
+    return report
+
+
+def register_map(settings: Settings, name: str) -> int:
+    """Fit the map's retriever over every reference it holds and record the map and its
+    references (after parts were added); returns their number."""
+    store = MapStore(settings.maps_dir)
+    finalise_map(store, name)
+    return _record(settings, store, name)
+
+
+def _record(settings: Settings, store: MapStore, name: str) -> int:
+    """Record map ``name`` as it is on disk and the references it does not have yet."""
     ref_map = store.open(name)
     pos = ref_map.positions
     refs = [(rid, float(x), float(y)) for rid, (x, y) in zip(ref_map.ids, pos, strict=True)]
-    db = Database(settings.database_url.get_secret_value())
-    with db.session() as s:
-        queries.upsert_map(
-            s,
-            name,
-            ref_map.extractor,
-            ref_map.retriever,
-            refs,
-        )
-    return report
+    with Database(settings.database_url.get_secret_value()).session() as s:
+        queries.upsert_map(s, name, ref_map.extractor, ref_map.retriever, refs)
+    return len(refs)

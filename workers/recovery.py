@@ -26,15 +26,12 @@ from datetime import timedelta
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
-from sqlalchemy import select
 
 from core.settings import Settings, get_settings
 from db import queries
-from db.models import Job, JobStatus
 from db.session import Database
-from db.types import utcnow
-from workers.celery_app import LOCALISE_TASK
-from workers.celery_app import app as default_app
+from workers.celery_app import make_celery
+from workers.client import send_job
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +48,6 @@ class RecoveryReport:
     @property
     def total(self) -> int:
         return len(self.requeued_running) + len(self.resent_pending)
-
-
-def send_job(celery: Celery, settings: Settings, job: Job) -> None:
-    """Queue ``job``; the task id is the job id so the message can be found in the broker."""
-    celery.send_task(
-        LOCALISE_TASK,
-        args=[job.id, job.map_name, job.image_key, job.options or {}],
-        queue=settings.localise_queue,
-        task_id=job.id,
-    )
 
 
 def _queued_job_ids(celery: Celery, settings: Settings, job_ids: list[str]) -> set[str] | None:
@@ -82,27 +69,20 @@ def recover_jobs(
 ) -> RecoveryReport:
     """Re-send the messages of jobs that lost theirs (see the module docstring)."""
     settings = settings or get_settings()
-    celery = celery or default_app
+    celery = celery or make_celery(settings)
     if older_than is None:
         older_than = timedelta(seconds=settings.task_time_limit)
-    cutoff = utcnow() - older_than
     db = Database(settings.database_url.get_secret_value())
     report = RecoveryReport()
 
     with db.session() as s:
         for job in queries.find_stale_jobs(s, older_than):
-            job.status = JobStatus.PENDING.value  # so the next check sees it queued, not stale
+            queries.mark_pending(job)  # so the next check sees it queued, not stale
             send_job(celery, settings, job)  # inside the transaction: no reset without a message
             report.requeued_running.append(job.id)
 
     with db.session() as s:
-        old_pending = list(
-            s.scalars(
-                select(Job)
-                .where(Job.status == JobStatus.PENDING.value, Job.created_at < cutoff)
-                .order_by(Job.created_at)
-            )
-        )
+        old_pending = queries.find_old_pending_jobs(s, older_than)
         ids = [j.id for j in old_pending if j.id not in report.requeued_running]
         queued = _queued_job_ids(celery, settings, ids) if ids else set()
         for job in old_pending:
@@ -143,7 +123,7 @@ def _recover_logged(settings: Settings, celery: Celery) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
     settings = get_settings()
-    celery = sender.app if sender is not None else default_app
+    celery = sender.app
     _recover_logged(settings, celery)
     if settings.stale_check_interval > 0:
         _stop.clear()

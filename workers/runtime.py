@@ -15,7 +15,7 @@ from core.localiser import Localiser
 from core.mapstore import MapStore
 from core.settings import Settings, get_settings
 from db.session import Database
-from workers.blobstore import BlobStore, S3BlobStore, make_blob_store
+from workers.blobstore import BlobStore, make_blob_store
 
 _localisers: dict[str, tuple[tuple, Localiser]] = {}
 
@@ -38,7 +38,7 @@ def database() -> Database:
 
 
 @lru_cache(maxsize=1)
-def blob_store() -> BlobStore | S3BlobStore:
+def blob_store() -> BlobStore:
     # Per process, created after the fork: an S3 client keeps its connections between tasks.
     return make_blob_store(settings())
 

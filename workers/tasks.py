@@ -10,8 +10,9 @@ import logging
 import time
 from typing import Any
 
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
 from core.images import decode_image
@@ -19,32 +20,18 @@ from core.localiser import LocaliseOptions
 from db import queries
 from workers import runtime
 from workers.blobstore import BlobNotFound
-from workers.celery_app import LOCALISE_TASK, app
+from workers.celery_app import LOCALISE_TASK
 from workers.maps import image_limits
+from workers.retry import MAX_RETRIES, RETRY_POLICY, TransientFault, is_transient, last_try
 
 log = logging.getLogger(__name__)
 
-# Faults worth retrying: the database or the network was away for a while. SQLAlchemy wraps
-# psycopg's connection loss and SQLite's "database is locked" as OperationalError; a connection
-# that died mid-statement can also surface as InterfaceError or any DBAPIError flagged invalidated.
-TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
-MAX_RETRIES = 6
 # Deliveries of one job (worker deaths and retries together) before it is failed for good: a photo
 # that kills its worker every time must not be redelivered forever.
 MAX_ATTEMPTS = MAX_RETRIES + 4
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
-
-
-def _retry_delay(retries: int) -> int:
-    return min(2 ** (retries + 1), 60)
-
-
-@app.task(name=LOCALISE_TASK, bind=True, max_retries=MAX_RETRIES)
+@shared_task(name=LOCALISE_TASK, bind=True, **RETRY_POLICY)
 def localise(
     self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -61,15 +48,15 @@ def localise(
             return _fail(job_id, f"gave up after {attempts - 1} attempts (worker lost?)", worker)
         return _run(job_id, map_name, image_key, options or {}, worker)
     except Exception as exc:
-        if not _is_transient(exc):
+        if not is_transient(exc):
             # A bug or a constraint violation: record it rather than leave the job running.
             _fail_quietly(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
             raise
-        if self.request.retries >= MAX_RETRIES:
+        if last_try(self):
             _fail_quietly(job_id, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
             raise
         log.warning("job %s: transient fault, retrying: %s", job_id, exc)
-        raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from None
+        raise TransientFault(str(exc)) from exc
 
 
 def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str) -> dict:

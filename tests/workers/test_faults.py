@@ -210,7 +210,7 @@ def test_database_cut_off_then_back(tmp_path, scene, redis):
 def test_sqlite_lock_and_pg_disconnect_are_transient(tmp_path):
     """The errors the task retries on, produced for real: SQLite's "database is locked" and a
     PostgreSQL connection dropped mid-session both count as transient."""
-    from workers.tasks import _is_transient
+    from workers.retry import is_transient
 
     path = tmp_path / "locked.db"
     holder = create_engine(f"sqlite:///{path}")
@@ -225,7 +225,7 @@ def test_sqlite_lock_and_pg_disconnect_are_transient(tmp_path):
         ):
             other.exec_driver_sql("INSERT INTO t VALUES (1)")
         conn.rollback()
-    assert _is_transient(locked.value)
+    assert is_transient(locked.value)
 
     if not reachable("127.0.0.1", 5432):
         return
@@ -238,7 +238,7 @@ def test_sqlite_lock_and_pg_disconnect_are_transient(tmp_path):
             proxy.cut()
             with pytest.raises(Exception) as dropped:
                 conn.execute(text("SELECT 1"))
-        assert _is_transient(dropped.value), type(dropped.value)
+        assert is_transient(dropped.value), type(dropped.value)
         engine.dispose()
     finally:
         proxy.close()

@@ -24,7 +24,7 @@ from tests.support.faults import (
     wait_until,
 )
 from tests.support.paths import REPO
-from workers.blobstore import BlobStore, InvalidBlobKey, blob_key
+from workers.blobstore import DirectoryBlobStore, InvalidBlobKey, blob_key
 from workers.celery_app import LOCALISE_TASK
 
 pytestmark = pytest.mark.integration
@@ -133,7 +133,7 @@ def test_credentials_never_reach_logs_or_output(service):
 
 def test_blob_keys_are_content_hashes(service, tmp_path):
     st, worker, _ = service
-    store = BlobStore(tmp_path / "blobs")
+    store = DirectoryBlobStore(tmp_path / "blobs")
     key = store.put(b"some bytes")
     assert key == blob_key(b"some bytes") and len(key) == 64
     assert store.get(key) == b"some bytes"
