@@ -22,13 +22,14 @@ install: $(BIN)/featureloc
 demo: install
 	$(BIN)/featureloc demo
 
-test: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Style and a static type check (mypy, configured in pyproject.toml: core, db, workers, cli).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) featureloc-data

@@ -56,7 +56,10 @@ def draw_command(
     try:
         job = client.result(job_id)
         with client.db.session() as s:
-            image_key = queries.get_job(s, job_id).image_key
+            stored = queries.get_job(s, job_id)
+            if stored is None:  # client.result found it: deleted since
+                fail(f"unknown job {job_id!r}")
+            image_key = stored.image_key
         query = decode_image(make_blob_store(settings).get(image_key), image_limits(settings))
         best = job.candidates[:top]  # most inliers first
         refs = [read_image(find_image(images, c.reference_id)) for c in best]

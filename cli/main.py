@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -361,7 +362,7 @@ def demo(
 
 
 # Every command, in one place: (group, name, function).
-COMMANDS = [
+COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (db_app, "upgrade", db_upgrade),
     (map_app, "build", map_build),
     (map_app, "add", map_add_command),

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from cli.common import console, database, fail
 from core.errors import InputError, MapError
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from db.models import MapBuild
 
 FINISHED = ("done", "failed")
 
@@ -35,8 +38,8 @@ def build_in_process(
     name: str,
     images: Path,
     positions: Path,
-    extractor: str | None,
-    retriever: str | None,
+    extractor: str,
+    retriever: str,
 ) -> None:
     from workers.maps import build_and_register
 
@@ -104,16 +107,23 @@ def build_via_queue(
         follow_build(plan.build_id, timeout)
 
 
-def follow_build(build_id: str, timeout: float, poll: float = 0.5) -> None:
+def _progress_of(settings: Settings, build_id: str) -> MapBuild:
     from workers.build import build_progress
 
+    build = build_progress(settings, build_id)
+    if build is None:
+        fail(f"unknown build {build_id}")
+    return build
+
+
+def follow_build(build_id: str, timeout: float, poll: float = 0.5) -> None:
     settings = get_settings()
     deadline = time.monotonic() + timeout
     with progress_bar() as progress:
-        build = build_progress(settings, build_id)
+        build = _progress_of(settings, build_id)
         task = progress.add_task(f"map {build.map_name}", total=build.total)
         while True:
-            build = build_progress(settings, build_id)
+            build = _progress_of(settings, build_id)
             progress.update(
                 task,
                 completed=build.processed,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,11 +18,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("featureloc-data"), description="Root for local state.")
     broker_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    database_url: SecretStr | None = Field(
-        default=None, description="SQLAlchemy URL; default: a SQLite file in data_dir."
+    # The next three default to places under data_dir (filled in by _fill_paths), so they are
+    # never None once the settings exist.
+    database_url: SecretStr = Field(
+        description="SQLAlchemy URL; default: a SQLite file in data_dir."
     )
-    blob_dir: Path | None = Field(default=None, description="Query images; default data_dir/blobs.")
-    maps_dir: Path | None = Field(default=None, description="Maps; default data_dir/maps.")
+    blob_dir: Path = Field(description="Query images; default data_dir/blobs.")
+    maps_dir: Path = Field(description="Maps; default data_dir/maps.")
     # Where query photos go: blob_dir, or an S3-compatible bucket (needs the "s3" extra).
     blob_backend: Literal["dir", "s3"] = "dir"
     s3_bucket: str | None = None
@@ -50,16 +52,22 @@ class Settings(BaseSettings):
     localise_queue: str = "localise"
     build_queue: str = "build"
 
-    @model_validator(mode="after")
-    def _fill_paths(self) -> Settings:
-        if self.database_url is None:
-            db_path = (self.data_dir / "featureloc.db").resolve()
-            self.database_url = SecretStr(f"sqlite:///{db_path}")
-        if self.blob_dir is None:
-            self.blob_dir = self.data_dir / "blobs"
-        if self.maps_dir is None:
-            self.maps_dir = self.data_dir / "maps"
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_paths(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        data_dir = Path(values.get("data_dir") or cls.model_fields["data_dir"].default)
+        defaults = {
+            "database_url": f"sqlite:///{(data_dir / 'featureloc.db').resolve()}",
+            "blob_dir": data_dir / "blobs",
+            "maps_dir": data_dir / "maps",
+        }
+        for key, default in defaults.items():
+            if values.get(key) is None:
+                values[key] = default
+        return values
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -123,7 +123,8 @@ def _random_colour(rng: np.random.Generator, palette: np.ndarray) -> tuple[float
         c = rng.uniform(0, 255, 3)
     else:
         c = palette[rng.integers(len(palette))] + rng.normal(0, 30, 3)
-    return tuple(float(v) for v in np.clip(c, 0, 255))
+    r, g, b = (float(v) for v in np.clip(c, 0, 255))
+    return r, g, b
 
 
 def _random_text(rng: np.random.Generator) -> str:
@@ -241,7 +242,7 @@ def _floor_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
-    out = [np.ascontiguousarray(img, np.float32)]
+    out: list[np.ndarray] = [np.ascontiguousarray(img, np.float32)]
     for _ in range(levels - 1):
         if min(out[-1].shape[:2]) < 8:
             break

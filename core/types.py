@@ -110,7 +110,7 @@ class CandidateResult:
         }
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> CandidateResult:
+    def from_row(cls, row: Mapping[Any, Any]) -> CandidateResult:
         """A candidate from a stored row (``inlier_ratio`` is derived, so it is not read back)."""
         missing = [k for k in cls.ROW_FIELDS if k not in row]
         if missing:

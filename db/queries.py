@@ -255,8 +255,13 @@ def upsert_map(
     for start in range(0, len(new_rows), REFERENCE_BATCH):
         s.execute(insert(ReferenceImage), new_rows[start : start + REFERENCE_BATCH])
 
-    map_row.num_references = s.scalar(
-        select(func.count()).select_from(ReferenceImage).where(ReferenceImage.map_id == map_row.id)
+    map_row.num_references = (
+        s.scalar(
+            select(func.count())
+            .select_from(ReferenceImage)
+            .where(ReferenceImage.map_id == map_row.id)
+        )
+        or 0
     )
     s.flush()
     return map_row

@@ -43,7 +43,7 @@ os.register_at_fork(after_in_child=_forget_inherited_engines)
 
 
 def _is_sqlite_file(database: str | None) -> bool:
-    return bool(database) and database != ":memory:" and not database.startswith("file:")
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -69,7 +69,7 @@ def _configure_sqlite(engine: Engine) -> None:
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if _is_sqlite_file(parsed.database):
+        if parsed.database and _is_sqlite_file(parsed.database):
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             parsed,

@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import InputError
 
@@ -126,7 +126,7 @@ class S3BlobStore:
         name = f"{key[:2]}/{key}"
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def _is_missing(self, exc: Exception) -> bool:
+    def _is_missing(self, exc: Any) -> bool:  # a botocore ClientError
         code = exc.response.get("Error", {}).get("Code", "")
         return code in {"404", "NoSuchKey", "NotFound"}
 

@@ -40,7 +40,8 @@ class LearnedExtractor(Extractor):
             raise ValueError(f"{self.name}: resize_max must be None or an integer >= 32")
         self.torch_device = torch.device(device)
         checkpoint = load_checkpoint(locate(self.weight_file, self.conf["weights"]))
-        self.model = self.build_model(checkpoint).to(self.torch_device).eval()
+        # Any: each subclass calls its own model's methods (e.g. XFeat's detectAndCompute).
+        self.model: Any = self.build_model(checkpoint).to(self.torch_device).eval()
 
     @abstractmethod
     def build_model(self, checkpoint: dict) -> torch.nn.Module:
@@ -62,13 +63,13 @@ class LearnedExtractor(Extractor):
             desc = torch.nn.functional.normalize(desc.float(), dim=-1)
             order = torch.argsort(scores.float(), descending=True)[: self.conf["max_keypoints"]]
             kpts, desc, scores = kpts[order].float(), desc[order], scores[order].float()
-        kpts = kpts.cpu().numpy()
+        points = kpts.cpu().numpy()
         if sx != 1.0 or sy != 1.0:
             # Pixel centres: x_orig + 0.5 = (x_small + 0.5) * scale.
-            kpts = (kpts + 0.5) * np.array([sx, sy], np.float32) - 0.5
-        kpts = np.clip(kpts, 0, [w - 1, h - 1]).astype(np.float32)
+            points = (points + 0.5) * np.array([sx, sy], np.float32) - 0.5
+        points = np.clip(points, 0, [w - 1, h - 1]).astype(np.float32)
         return Features(
-            kpts,
+            points,
             desc.cpu().numpy().astype(np.float32),
             scores.cpu().numpy().astype(np.float32),
             (w, h),

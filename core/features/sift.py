@@ -16,7 +16,7 @@ class SiftExtractor(Extractor):
 
     def __init__(self, conf=None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        self._sift = cv2.SIFT_create(
+        self._sift = cv2.SIFT.create(
             nfeatures=int(self.conf["max_keypoints"]),
             contrastThreshold=float(self.conf["contrast_threshold"]),
         )
