@@ -1,0 +1,44 @@
+"""Plug-ins by name (core/registry.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import registry
+from core.errors import InputError
+from core.features.base import Extractor
+from core.matching.base import Matcher
+from core.retrieval.base import Retriever
+
+
+@pytest.mark.parametrize(
+    ("table", "lookup", "base"),
+    [
+        (registry.EXTRACTORS, registry.extractor_class, Extractor),
+        (registry.MATCHERS, registry.matcher_class, Matcher),
+        (registry.RETRIEVERS, registry.retriever_class, Retriever),
+    ],
+)
+def test_every_name_resolves_to_its_kind_of_plug_in(table, lookup, base):
+    for name in table:
+        assert issubclass(lookup(name), base), name
+
+
+def test_an_unknown_name_lists_the_available_ones():
+    with pytest.raises(InputError, match=r"unknown matcher 'glue'; available: .*lightglue.*mnn"):
+        registry.matcher_class("glue")
+    with pytest.raises(InputError, match="unknown extractor"):
+        registry.create_extractor("orb")
+
+
+def test_a_bad_option_is_an_input_error():
+    with pytest.raises(InputError, match="nope"):
+        registry.create_extractor("sift", {"nope": 1})
+    with pytest.raises(InputError, match="nope"):
+        registry.create_matcher("mnn", {"nope": 1})
+
+
+def test_created_plug_ins_carry_their_merged_options():
+    sift = registry.create_extractor("sift", {"max_keypoints": 123})
+    assert sift.conf["max_keypoints"] == 123 and sift.device == "cpu"
+    assert registry.create_matcher("mnn").accepts("sift")
