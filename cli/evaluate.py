@@ -18,7 +18,14 @@ from rich.table import Table
 
 from cli.common import console, fail, parse_options
 from core.errors import InputError
-from core.evaluation import EvaluationReport, Query, evaluate, score_result, summarise
+from core.evaluation import (
+    EvaluationReport,
+    Query,
+    evaluate,
+    map_centroid,
+    score_result,
+    summarise,
+)
 from core.settings import get_settings
 from core.types import Estimate, LocalisationResult
 
@@ -101,15 +108,22 @@ def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> Evaluat
         return evaluate(
             lambda path: loc.localise(read_image(path), options),
             qs,
-            fallback_position=tuple(ref_map.positions.mean(axis=0)),
+            fallback_position=map_centroid(ref_map.positions),
             on_row=on_row,
         )
 
 
 def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: float):
+    from db import queries
     from workers.client import Client
 
     client = Client()
+    with client.db.session() as s:
+        # The same fallback as in process: the map's centroid (core.evaluation.map_centroid).
+        refs = queries.get_references(s, map_name)
+    if not refs:
+        raise InputError(f"unknown map {map_name!r} (or it has no references)")
+    centroid = map_centroid([(r.x, r.y) for r in refs])
     t0 = time.perf_counter()
     ids = [client.submit(Path(path), map_name, opts) for _, path, _, _ in qs]
     rows = []
@@ -120,7 +134,7 @@ def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: fl
             if res.status == "failed":
                 raise InputError(f"query {qid} failed: {res.error}")
             seconds = sum(v for k, v in (res.timings or {}).items() if k == "total")
-            rows.append(score_result(qid, (tx, ty), _as_result(res), seconds))
+            rows.append(score_result(qid, (tx, ty), _as_result(res), seconds, centroid))
             progress.advance(task)
     summary = summarise(rows)
     # Through the queue, wall time per query (with all workers) is what a client sees.

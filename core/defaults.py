@@ -1,31 +1,86 @@
-"""Default settings in one place: map builds (CLI, workers) and per-job localisation options.
+"""Named presets in one table: which plug-ins build a map and how jobs query it.
 
-Chosen on the Getty set (3000 references, 150 queries) with ``bench/accuracy.py``; see the
-numbers there before changing them.
+As hloc's named confs (hloc/extract_features.py, hloc/match_features.py) each preset carries
+the extractor, retriever, matcher, verification and estimator settings that go together. A
+preset states only what differs from the plug-ins' own defaults, which live in their ``Conf``
+classes (core/config.py), so every number has one home.
+
+``xfeat+mnn`` is the default: chosen on the Getty set (3000 references, 150 queries) with
+``bench/accuracy.py``; see BENCHMARKS.md before changing it. The other presets pair each
+extractor with the matcher its weights were trained for, with the plug-ins' own settings
+(untuned on Getty).
+
+A job (core/localiser.py ``LocaliseOptions``) takes its defaults from the default preset. A map
+built with extractor E and queried with matcher M gets the matcher settings of preset "E+M"
+under the job's own ``matcher_conf``: XFeat descriptors need a cosine threshold with mutual NN
+(without it, wrong matches swamp the count; see MATCHERS.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# Map building.
-EXTRACTOR = "xfeat"
-EXTRACTOR_CONF: dict[str, Any] = {}  # XFeat's own defaults: 1024 keypoints (2048 was no better)
-RETRIEVER = "vlad"
-RETRIEVER_CONF: dict[str, Any] = {}  # k = 256 words, single assignment (multi-assign no better)
+from core.config import Conf
+from core.verify import VerifyConfig
 
-# Localisation (LocaliseOptions defaults).
-MATCHER = "mnn"
-# Per (matcher, map extractor), applied under a job's own matcher_conf: XFeat descriptors need a
-# cosine threshold with mutual NN (without it, wrong matches swamp the count; see MATCHERS.md).
-MATCHER_CONF: dict[tuple[str, str], dict[str, Any]] = {("mnn", "xfeat"): {"min_similarity": 0.82}}
-TOP_K = 50
-VERIFY_THRESHOLD_PX = 2.0
-ESTIMATOR = "cluster"
-ESTIMATOR_CONF: dict[str, Any] = {
-    "radius": 9.0,
-    "inlier_floor": 20.0,
-    "weight_power": 2.0,
-    "min_evidence": 10.0,
-    "confidence_scale": 60.0,
+
+class Preset(Conf):
+    """One named configuration; every field is stated, so a preset reads as a whole."""
+
+    extractor: str
+    extractor_conf: dict[str, Any]
+    retriever: str
+    retriever_conf: dict[str, Any]
+    matcher: str
+    matcher_conf: dict[str, Any]
+    top_k: int | None  # shortlist; None: every reference
+    verify: VerifyConfig
+    estimator: str
+    estimator_conf: dict[str, Any]
+
+
+DEFAULT_PRESET = "xfeat+mnn"
+
+_DEFAULT = Preset(
+    extractor="xfeat",
+    extractor_conf={},  # XFeat's own: 1024 keypoints (2048 was no better)
+    retriever="vlad",
+    retriever_conf={},  # k = 256 words, single assignment (multi-assign no better)
+    matcher="mnn",
+    matcher_conf={"min_similarity": 0.82},
+    top_k=50,
+    verify=VerifyConfig(),  # MAGSAC++ fundamental matrix, 2 px
+    estimator="cluster",
+    estimator_conf={},  # core/estimation.py ClusterConf: radius 9, inlier floor 20, ...
+)
+
+
+def _pairing(extractor: str, matcher: str) -> Preset:
+    """The default's retrieval, verification and estimation with another extractor and matcher,
+    each with its own default settings."""
+    update = {"extractor": extractor, "extractor_conf": {}, "matcher": matcher, "matcher_conf": {}}
+    return _DEFAULT.model_copy(update=update)
+
+
+# Named "extractor+matcher": preset_for() finds a preset by that name.
+PRESETS: dict[str, Preset] = {
+    DEFAULT_PRESET: _DEFAULT,
+    "xfeat+lighterglue": _pairing("xfeat", "lighterglue"),
+    "aliked+lightglue": _pairing("aliked", "lightglue"),
+    "disk+lightglue": _pairing("disk", "lightglue"),
+    "superpoint+superglue": _pairing("superpoint", "superglue"),
+    "sift+mnn": _pairing("sift", "mnn"),
 }
+DEFAULT = PRESETS[DEFAULT_PRESET]
+
+# The default map build, as the CLI and benchmarks name it.
+EXTRACTOR = DEFAULT.extractor
+EXTRACTOR_CONF = DEFAULT.extractor_conf
+RETRIEVER = DEFAULT.retriever
+RETRIEVER_CONF = DEFAULT.retriever_conf
+TOP_K = DEFAULT.top_k
+
+
+def preset_for(extractor: str, matcher: str) -> Preset | None:
+    """The preset pairing this extractor with this matcher, if there is one."""
+    return PRESETS.get(f"{extractor}+{matcher}")

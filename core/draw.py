@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from core.localiser import LocaliseOptions, Localiser
-from core.verify import verify
 
 GAP = 10  # pixels between the query and the reference
 HEADER = 24  # pixels of caption above each pair
@@ -37,19 +36,26 @@ def verified_matches(
     reference_ids: Sequence[str],
     options: LocaliseOptions | None = None,
 ) -> list[PairMatches]:
-    """Match ``query`` (BGR) with the given references of the localiser's map, as a job would."""
+    """Match ``query`` (BGR) with the given references of the localiser's map exactly as a job
+    does (``Localiser.match_and_verify``: the same matcher settings and verification)."""
     opts = options or LocaliseOptions()
     feats = localiser.extractor.extract(query)
-    matcher = localiser.matcher(opts.matcher, opts.matcher_conf)
     ref_map = localiser.map
-    refs = [ref_map.features[ref_map.index[rid]] for rid in reference_ids]
-    pairs = []
-    for rid, ref, m in zip(reference_ids, refs, matcher.match_many(feats, refs), strict=True):
-        q = feats.keypoints[m.indices[:, 0]]
-        r = ref.keypoints[m.indices[:, 1]]
-        inl = verify(q, r, opts.verify_config()).inliers
-        pairs.append(PairMatches(rid, q[inl], r[inl], m.scores[inl], len(m)))
-    return pairs
+    indices = [ref_map.index[rid] for rid in reference_ids]
+    pairs, _ = localiser.match_and_verify(feats, indices, opts)
+    out = []
+    for rid, pair in zip(reference_ids, pairs, strict=True):
+        q_idx, r_idx = pair.inlier_indices[:, 0], pair.inlier_indices[:, 1]
+        out.append(
+            PairMatches(
+                rid,
+                feats.keypoints[q_idx],
+                ref_map.features[pair.index].keypoints[r_idx],
+                pair.matches.scores[pair.inliers],
+                len(pair.matches),
+            )
+        )
+    return out
 
 
 def jet_colours(confidence: np.ndarray) -> np.ndarray:

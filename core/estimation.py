@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from core.config import Conf
 from core.types import CandidateResult, Estimate
 
-Estimator = Callable[[list[CandidateResult], dict[str, Any]], Estimate]
+# An estimator's conf: its typed Conf, or a dict merged over that Conf's defaults.
+ConfLike = Conf | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """An estimator by name: its function and the Conf that declares its options."""
+
+    run: Callable[[list[CandidateResult], Any], Estimate]
+    Conf: type[Conf]
+
+    def __call__(self, candidates: list[CandidateResult], conf: ConfLike = None) -> Estimate:
+        return self.run(candidates, conf)
 
 
 def inlier_confidence(inliers: float, scale: float) -> float:
@@ -18,10 +33,15 @@ def inlier_confidence(inliers: float, scale: float) -> float:
     return 1.0 - math.exp(-math.log(2) * max(inliers, 0.0) / scale)
 
 
-def best_candidate(candidates: list[CandidateResult], conf: dict[str, Any]) -> Estimate:
+class BestConf(Conf):
+    min_inliers: int = Field(15, ge=0)  # fewer: not localised
+    confidence_scale: float = Field(50.0, gt=0)  # inliers at half confidence
+
+
+def best_candidate(candidates: list[CandidateResult], conf: ConfLike = None) -> Estimate:
     """The original method's rule, on verified inliers: copy the best candidate's position."""
-    min_inliers = int(conf.get("min_inliers", 15))
-    scale = float(conf.get("confidence_scale", 50.0))
+    c = BestConf.make(conf, "estimator 'best'")
+    min_inliers, scale = c.min_inliers, c.confidence_scale
     if not candidates:
         return Estimate(None, None, 0.0, False, "best", [])
     best = max(candidates, key=lambda c: (c.inliers, c.tentative_matches))
@@ -37,7 +57,7 @@ def best_candidate(candidates: list[CandidateResult], conf: dict[str, Any]) -> E
     )
 
 
-ESTIMATORS: dict[str, Estimator] = {"best": best_candidate}
+ESTIMATORS: dict[str, Estimator] = {"best": Estimator(best_candidate, BestConf)}
 
 
 def position_evidence(
@@ -67,7 +87,18 @@ def position_evidence(
     )
 
 
-def cluster_candidates(candidates: list[CandidateResult], conf: dict[str, Any]) -> Estimate:
+class ClusterConf(Conf):
+    """The default estimator's options; the defaults are the measured ones (bench/accuracy.py
+    on the Getty set, see BENCHMARKS.md) and the default preset uses them (core/defaults.py)."""
+
+    radius: float = Field(9.0, ge=0)  # L1 map units: positions this close are one place
+    inlier_floor: float = Field(20.0, ge=0)  # inliers a wrong place still gets
+    weight_power: float = Field(2.0, ge=0)  # evidence ** power weighs the mean position
+    min_evidence: float = Field(10.0, ge=0)  # less: not localised
+    confidence_scale: float = Field(60.0, gt=0)  # evidence at half confidence
+
+
+def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None) -> Estimate:
     """Group reference positions within ``radius``, keep the place with the most evidence and
     place the query at the evidence-weighted mean of that group.
 
@@ -77,11 +108,9 @@ def cluster_candidates(candidates: list[CandidateResult], conf: dict[str, Any]) 
     farther than ``2 * radius`` away (``margin``): two strong, distant places mean ambiguity.
     Not localised when the winning place has less than ``min_evidence``.
     """
-    radius = float(conf.get("radius", 6.0))
-    floor = float(conf.get("inlier_floor", 15.0))
-    min_evidence = float(conf.get("min_evidence", 10.0))
-    scale = float(conf.get("confidence_scale", 60.0))
-    power = float(conf.get("weight_power", 1.0))
+    c = ClusterConf.make(conf, "estimator 'cluster'")
+    radius, floor, min_evidence = c.radius, c.inlier_floor, c.min_evidence
+    scale, power = c.confidence_scale, c.weight_power
     pos, ev, ids = position_evidence(candidates, floor)
     if len(pos) == 0:
         return Estimate(None, None, 0.0, False, "cluster", [])
@@ -104,12 +133,16 @@ def cluster_candidates(candidates: list[CandidateResult], conf: dict[str, Any]) 
     return Estimate(float(x), float(y), confidence, True, "cluster", support)
 
 
-ESTIMATORS["cluster"] = cluster_candidates
+ESTIMATORS["cluster"] = Estimator(cluster_candidates, ClusterConf)
 
 
-def most_matches(candidates: list[CandidateResult], conf: dict[str, Any]) -> Estimate:
+class MostMatchesConf(Conf):
+    confidence_scale: float = Field(50.0, gt=0)  # raw matches at half confidence
+
+
+def most_matches(candidates: list[CandidateResult], conf: ConfLike = None) -> Estimate:
     """The original method as published: the reference with the most raw (unverified) matches."""
-    scale = float(conf.get("confidence_scale", 50.0))
+    scale = MostMatchesConf.make(conf, "estimator 'most_matches'").confidence_scale
     if not candidates:
         return Estimate(None, None, 0.0, False, "most_matches", [])
     best = max(candidates, key=lambda c: (c.tentative_matches, c.inliers))
@@ -123,4 +156,4 @@ def most_matches(candidates: list[CandidateResult], conf: dict[str, Any]) -> Est
     )
 
 
-ESTIMATORS["most_matches"] = most_matches
+ESTIMATORS["most_matches"] = Estimator(most_matches, MostMatchesConf)

@@ -8,8 +8,8 @@ localised") still counts, against a fallback so that declining cannot hide error
 
 1. the estimate's own (x, y) when the estimator gave one;
 2. else the position of the candidate with the most inliers (what "best match" would answer);
-3. else ``fallback_position`` — pass the map's centroid (``ref_map.positions.mean(0)``); the
-   default ``(0, 0)`` is only a stand-in.
+3. else ``fallback_position``: the map's centroid (:func:`map_centroid`), whether the answer
+   came from an in-process localiser or through the queue.
 
 Recall@K (a reference within ``recall_radius`` of the truth among the first K candidates by
 retrieval rank) is computed from the candidates a result carries, so only for K up to the number
@@ -82,12 +82,22 @@ def first_rank_within(
     return int(hits[0]) if len(hits) else None
 
 
+def map_centroid(positions: Sequence[tuple[float, float]] | np.ndarray) -> tuple[float, float]:
+    """Where a query with neither an estimate nor a candidate is scored: the mean of the map's
+    reference positions (the least-committal answer; (0, 0) may lie far outside the map)."""
+    pos = np.asarray(positions, np.float64).reshape(-1, 2)
+    if len(pos) == 0:
+        raise ValueError("a map without references has no centroid")
+    x, y = pos.mean(axis=0)
+    return float(x), float(y)
+
+
 def score_result(
     query_id: str,
     truth: tuple[float, float],
     result: LocalisationResult,
     seconds: float,
-    fallback_position: tuple[float, float] = (0.0, 0.0),
+    fallback_position: tuple[float, float],
     recall_radius: float = 5.0,
 ) -> QueryRow:
     est = result.estimate
@@ -126,7 +136,7 @@ def _best_candidate(candidates: Sequence[CandidateResult]) -> CandidateResult:
 def evaluate(
     localiser_fn: LocaliserFn,
     queries: Sequence[Query],
-    fallback_position: tuple[float, float] = (0.0, 0.0),
+    fallback_position: tuple[float, float],
     recall_radius: float = 5.0,
     shortlists: dict[str, np.ndarray] | None = None,
     config: dict | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,40 +18,46 @@ from pydantic import (
     model_validator,
 )
 
-from core import defaults, registry
+from core import registry
 from core.camera import Camera
+from core.config import Conf, error_text
+from core.defaults import DEFAULT, preset_for
 from core.errors import InputError, MapError
 from core.estimation import ESTIMATORS
 from core.mapstore import ReferenceMap
 from core.placement import Link, PlacementConfig, place_query
-from core.types import CandidateResult, Estimate, Features, LocalisationResult, Verification
+from core.types import CandidateResult, Estimate, Features, LocalisationResult, Matches
 from core.verify import VerifyConfig, verify
 
 
 class LocaliseOptions(BaseModel):
-    """Per-job options. Unknown keys are refused: a typo must not silently use a default."""
+    """Per-job options, fully validated by :meth:`parse` (the client calls it before queueing a
+    job, the worker again before running it). Unknown keys are refused at every level, the
+    plug-in and estimator confs included: a typo must not silently use a default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Defaults: core/defaults.py (measured with bench/accuracy.py).
-    matcher: str = defaults.MATCHER
+    # Defaults: the default preset (core/defaults.py, measured with bench/accuracy.py).
+    matcher: str = DEFAULT.matcher
     matcher_conf: dict[str, Any] = Field(
         default_factory=dict,
-        description="merged over core.defaults.MATCHER_CONF for the matcher and map extractor",
+        description="merged over the matcher settings of the preset pairing the map's extractor"
+        " with this matcher (core.defaults.preset_for), then the matcher's own defaults",
     )
-    top_k: int | None = Field(default=defaults.TOP_K, ge=1, description="shortlist; None: all")
+    top_k: int | None = Field(default=DEFAULT.top_k, ge=1, description="shortlist; None: all")
     verify: bool = Field(
         default=True,
         description="False skips geometric verification (0 inliers everywhere): only for the"
         " raw-count estimator most_matches, the original method",
     )
-    verify_model: str = "fundamental"
-    verify_method: str = "magsac"
-    verify_threshold_px: float = Field(default=defaults.VERIFY_THRESHOLD_PX, gt=0, le=50)
-    estimator: str = defaults.ESTIMATOR
+    verify_model: str = DEFAULT.verify.model
+    verify_method: str = DEFAULT.verify.method
+    verify_threshold_px: float = DEFAULT.verify.threshold_px
+    estimator: str = DEFAULT.estimator
     estimator_conf: dict[str, Any] = Field(
         default_factory=dict,
-        description="merged over core.defaults.ESTIMATOR_CONF for the default estimator",
+        description="core.estimation's Conf fields of the estimator, merged over its defaults"
+        " (and the default preset's estimator_conf when it is the default estimator)",
     )
     placement: bool = Field(
         default=True,
@@ -70,51 +78,71 @@ class LocaliseOptions(BaseModel):
             raise ValueError(f"unknown estimator {v!r}; available: {', '.join(sorted(ESTIMATORS))}")
         return v
 
+    @field_validator("matcher")
+    @classmethod
+    def _known_matcher(cls, v: str) -> str:
+        registry.matcher_class(v)  # InputError naming the available matchers
+        return v
+
     @model_validator(mode="after")
-    def _verification_needed(self) -> LocaliseOptions:
+    def _confs_are_valid(self) -> LocaliseOptions:
         if not self.verify and self.estimator != "most_matches":
             raise ValueError(f"estimator {self.estimator!r} needs verify=true")
+        # Each raises InputError (a ValueError) naming the bad key and the allowed ones.
+        registry.matcher_class(self.matcher).Conf.make(
+            self.matcher_conf, f"matcher_conf of matcher {self.matcher!r}"
+        )
+        self.estimator_config()
+        self.placement_config()
+        self.verify_config()
         return self
-
-    @field_validator("placement_conf")
-    @classmethod
-    def _known_placement_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:
-            PlacementConfig(**v)
-        except TypeError as exc:
-            raise ValueError(str(exc).replace("PlacementConfig.__init__()", "")) from None
-        return v
 
     @classmethod
     def parse(cls, options: dict[str, Any] | None) -> LocaliseOptions:
+        """The one way to validate job options: InputError saying every problem."""
         try:
             return cls.model_validate(options or {})
         except ValidationError as exc:
-            msgs = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
-            )
-            raise InputError(f"bad options: {msgs}") from None
+            raise InputError(f"bad options: {error_text(exc)}") from None
 
     def effective_matcher_conf(self, extractor: str) -> dict[str, Any]:
-        """The job's matcher_conf over the measured defaults for this matcher and extractor."""
-        return {**defaults.MATCHER_CONF.get((self.matcher, extractor), {}), **self.matcher_conf}
+        """The job's matcher_conf over the preset's for this extractor and matcher."""
+        preset = preset_for(extractor, self.matcher)
+        return {**(preset.matcher_conf if preset else {}), **self.matcher_conf}
 
-    def effective_estimator_conf(self) -> dict[str, Any]:
-        base = defaults.ESTIMATOR_CONF if self.estimator == defaults.ESTIMATOR else {}
-        return {**base, **self.estimator_conf}
+    def estimator_config(self) -> Conf:
+        base = DEFAULT.estimator_conf if self.estimator == DEFAULT.estimator else {}
+        conf = {**base, **self.estimator_conf}
+        what = f"estimator_conf of estimator {self.estimator!r}"
+        return ESTIMATORS[self.estimator].Conf.make(conf, what)
 
     def placement_config(self) -> PlacementConfig:
-        return PlacementConfig(**self.placement_conf)  # fields checked at validation
+        return PlacementConfig.make(self.placement_conf, "placement_conf")
 
     def verify_config(self) -> VerifyConfig:
-        try:
-            return VerifyConfig(
-                model=self.verify_model,
-                method=self.verify_method,
-                threshold_px=self.verify_threshold_px,
-            )
-        except ValueError as exc:
-            raise InputError(f"bad options: {exc}") from None
+        return VerifyConfig.make(
+            {
+                "model": self.verify_model,
+                "method": self.verify_method,
+                "threshold_px": self.verify_threshold_px,
+            },
+            "verification (verify_model, verify_method, verify_threshold_px)",
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedMatches:
+    """The query's tentative matches with one reference and which survive verification."""
+
+    index: int  # the reference's row in the map
+    matches: Matches
+    inliers: np.ndarray  # (M,) bool over ``matches``
+    verify_seconds: float
+
+    @property
+    def inlier_indices(self) -> np.ndarray:
+        """(K, 2) query and reference keypoint indices of the verified matches."""
+        return self.matches.indices[self.inliers]
 
 
 class Localiser:
@@ -142,14 +170,43 @@ class Localiser:
             self._matchers[key] = m
         return self._matchers[key]
 
+    def job_matcher(self, opts: LocaliseOptions):
+        """The matcher a job's options ask for, with this map's preset settings under them."""
+        return self.matcher(opts.matcher, opts.effective_matcher_conf(self.map.extractor["name"]))
+
+    def match_and_verify(
+        self, query: Features, indices: Sequence[int], opts: LocaliseOptions
+    ) -> tuple[list[VerifiedMatches], float]:
+        """Match the query with the map's references ``indices`` and verify each pair, as a job
+        does; also the seconds matching took. ``localise`` and ``core.draw`` both use this, so a
+        figure shows exactly the inliers a job counted."""
+        matcher = self.job_matcher(opts)
+        vconf = opts.verify_config()
+        refs = [self.map.features[i] for i in indices]
+        t0 = time.perf_counter()
+        all_matches = matcher.match_many(query, refs)
+        match_s = time.perf_counter() - t0
+        out = []
+        for i, ref, matches in zip(indices, refs, all_matches, strict=True):
+            t0 = time.perf_counter()
+            inliers = (
+                verify(
+                    query.keypoints[matches.indices[:, 0]],
+                    ref.keypoints[matches.indices[:, 1]],
+                    vconf,
+                ).inliers
+                if opts.verify
+                else np.zeros(len(matches), bool)
+            )
+            out.append(VerifiedMatches(int(i), matches, inliers, time.perf_counter() - t0))
+        return out, match_s
+
     def localise(
         self, image: np.ndarray, options: LocaliseOptions | None = None
     ) -> LocalisationResult:
         opts = options or LocaliseOptions()
-        vconf = opts.verify_config()
         pconf = opts.placement_config()
-        mconf = opts.effective_matcher_conf(self.map.extractor["name"])
-        matcher = self.matcher(opts.matcher, mconf)
+        matcher = self.job_matcher(opts)  # fails before any work when it cannot match this map
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -161,47 +218,22 @@ class Localiser:
         timings["retrieve"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        refs = [self.map.features[i] for i in order]
-        all_matches = matcher.match_many(query, refs)
-        match_s = time.perf_counter() - t0
+        pairs, match_s = self.match_and_verify(query, order, opts)
         timings["match"] = match_s
+        timings["verify"] = time.perf_counter() - t0 - match_s
+        per_pair_match_s = match_s / max(len(pairs), 1)
+        candidates = [
+            _candidate(self.map, rank, float(score), query, pair, per_pair_match_s)
+            for rank, (score, pair) in enumerate(zip(scores, pairs, strict=True))
+        ]
+        # Verified inliers per reference id, for placement.
+        links = {
+            self.map.ids[p.index]: Link(p.index, p.inlier_indices[:, 0], p.inlier_indices[:, 1])
+            for p in pairs
+        }
 
         t0 = time.perf_counter()
-        candidates = []
-        links: dict[str, Link] = {}  # verified inliers per reference id, for placement
-        for rank, (i, score, ref, matches) in enumerate(
-            zip(order, scores, refs, all_matches, strict=True)
-        ):
-            tv = time.perf_counter()
-            ver = (
-                verify(
-                    query.keypoints[matches.indices[:, 0]],
-                    ref.keypoints[matches.indices[:, 1]],
-                    vconf,
-                )
-                if opts.verify
-                else Verification(np.zeros(len(matches), bool))
-            )
-            inl = matches.indices[ver.inliers]
-            links[self.map.ids[i]] = Link(int(i), inl[:, 0], inl[:, 1])
-            candidates.append(
-                _candidate(
-                    self.map,
-                    int(i),
-                    rank,
-                    float(score),
-                    query,
-                    ref,
-                    matches,
-                    ver,
-                    match_s / max(len(refs), 1),
-                    time.perf_counter() - tv,
-                )
-            )
-        timings["verify"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        estimate = ESTIMATORS[opts.estimator](candidates, opts.effective_estimator_conf())
+        estimate = ESTIMATORS[opts.estimator](candidates, opts.estimator_config())
         timings["estimate"] = time.perf_counter() - t0
 
         # Placement builds on verified inliers, so it needs verification.
@@ -245,19 +277,24 @@ class Localiser:
 
 
 def _candidate(
-    ref_map, i, rank, score, query: Features, ref: Features, matches, ver, match_s, verify_s
-):
-    inl = ver.inliers
+    ref_map: ReferenceMap,
+    rank: int,
+    score: float,
+    query: Features,
+    pair: VerifiedMatches,
+    match_s: float,
+) -> CandidateResult:
+    i, inl, matches = pair.index, pair.inliers, pair.matches
     return CandidateResult(
         reference_id=ref_map.ids[i],
         position=(float(ref_map.positions[i, 0]), float(ref_map.positions[i, 1])),
         retrieval_rank=rank,
         retrieval_score=score,
         query_keypoints=len(query),
-        reference_keypoints=len(ref),
+        reference_keypoints=len(ref_map.features[i]),
         tentative_matches=len(matches),
         inliers=int(inl.sum()),
         mean_match_score=float(matches.scores[inl].mean()) if inl.any() else 0.0,
         match_seconds=match_s,
-        verify_seconds=verify_s,
+        verify_seconds=pair.verify_seconds,
     )

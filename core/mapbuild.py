@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.defaults import DEFAULT
 from core.errors import ImageError, InputError
 from core.features.base import Extractor
 from core.images import ImageLimits, read_image
@@ -133,20 +134,19 @@ def build_map(
     store: MapStore,
     name: str,
     entries: list[RefEntry],
-    extractor_name: str = "sift",
+    extractor_name: str = DEFAULT.extractor,
     extractor_conf: dict | None = None,
-    retriever_name: str = "exhaustive",
+    retriever_name: str = DEFAULT.retriever,
     retriever_conf: dict | None = None,
     device: str = "cpu",
     limits: ImageLimits | None = None,
     on_done: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Create (or extend) a map in one process; workers split the same steps into chunks."""
+    """Create (or extend) a map in one process; workers split the same steps into chunks.
+    Without an extractor or retriever, the default preset's (core/defaults.py)."""
     extractor = create_extractor(extractor_name, extractor_conf, device)
     retriever = retriever_class(retriever_name)(retriever_conf)
-    path = store.create(
-        name, extractor.identity(), {"name": retriever.name, "conf": dict(retriever.conf)}
-    )
+    path = store.create(name, extractor.identity(), retriever.identity())
     report = add_entries(path, entries, extractor, limits, on_done=on_done)
     finalise_map(store, name)
     return report

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from core.config import Conf
 from core.types import Features, Matches
 
 
-@dataclass(frozen=True)
-class PlacementConfig:
+class PlacementConfig(Conf):
     max_pairs: int = 12  # reference pairs tried in all
     anchors: int = 4  # the references with most inliers that may serve as A
     partners: int = 4  # references tried as B for each A

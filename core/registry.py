@@ -70,3 +70,12 @@ def create_matcher(name: str, conf: dict[str, Any] | None = None, device: str = 
         raise
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+
+
+def extractor_identity(name: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a map built with this extractor records, checked without loading its model (a
+    build's sender validates with this before any chunk runs)."""
+    return {
+        "name": name,
+        "conf": extractor_class(name).Conf.make(conf, f"extractor {name!r}").model_dump(),
+    }

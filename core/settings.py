@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Checkpoints featureloc may not ship (core/weights.py resolve_user_weights); a plug-in's
+    # own "weights" option wins over these.
+    superpoint_weights: Path | None = Field(default=None, description="superpoint_v1.pth")
+    superglue_weights: Path | None = Field(
+        default=None, description="superglue_outdoor.pth or superglue_indoor.pth"
+    )
 
     # Input limits: an upload larger than this is refused before decoding.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -68,6 +74,11 @@ class Settings(BaseSettings):
             if values.get(key) is None:
                 values[key] = default
         return values
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable (and .env key) that sets ``field``."""
+        return f"{cls.model_config['env_prefix']}{field}".upper()
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
+from core.config import Conf
 from core.types import Verification
 
 _METHODS = {"magsac": cv2.USAC_MAGSAC, "accurate": cv2.USAC_ACCURATE, "ransac": cv2.RANSAC}
 
 
-@dataclass(frozen=True)
-class VerifyConfig:
-    model: str = "fundamental"  # or "homography"
-    method: str = "magsac"
-    threshold_px: float = 1.0
-    confidence: float = 0.999
-    max_iters: int = 10_000
+class VerifyConfig(Conf):
+    """Two-view model and robust estimator; the defaults are the measured default preset's
+    (core/defaults.py)."""
 
-    def __post_init__(self) -> None:
-        if self.model not in ("fundamental", "homography"):
-            raise ValueError(f"unknown verification model {self.model!r}")
-        if self.method not in _METHODS:
-            raise ValueError(f"unknown verification method {self.method!r}")
+    model: Literal["fundamental", "homography"] = "fundamental"
+    method: Literal["magsac", "accurate", "ransac"] = "magsac"
+    threshold_px: float = Field(2.0, gt=0, le=50)
+    confidence: float = Field(0.999, gt=0, lt=1)
+    max_iters: int = Field(10_000, ge=1)
 
 
 def verify(query_pts: np.ndarray, ref_pts: np.ndarray, conf: VerifyConfig) -> Verification:

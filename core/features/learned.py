@@ -12,17 +12,21 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 import torch
+from pydantic import Field
 
+from core.config import Conf
 from core.features.base import Extractor
 from core.types import Features
 from core.weights import WeightFile, load_checkpoint, locate
 
-# Options every learned extractor understands (subclasses add their own).
-COMMON_CONF: dict[str, Any] = {
-    "max_keypoints": 1024,
-    "resize_max": None,  # longest side in pixels before extraction; None keeps the image size
-    "weights": None,  # a user path overriding the packaged weight file
-}
+
+class LearnedConf(Conf):
+    """Options every learned extractor understands (subclasses add their own)."""
+
+    max_keypoints: int = Field(1024, ge=1)
+    # Longest side in pixels before extraction; None keeps the image size.
+    resize_max: int | None = Field(None, ge=32)
+    weights: str | None = None  # a user path overriding the packaged weight file
 
 
 class LearnedExtractor(Extractor):
@@ -30,16 +34,8 @@ class LearnedExtractor(Extractor):
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        max_kp = self.conf["max_keypoints"]
-        if not isinstance(max_kp, int) or max_kp < 1:
-            raise ValueError(
-                f"{self.name}: max_keypoints must be a positive integer, got {max_kp!r}"
-            )
-        resize_max = self.conf["resize_max"]
-        if resize_max is not None and (not isinstance(resize_max, int) or resize_max < 32):
-            raise ValueError(f"{self.name}: resize_max must be None or an integer >= 32")
         self.torch_device = torch.device(device)
-        checkpoint = load_checkpoint(locate(self.weight_file, self.conf["weights"]))
+        checkpoint = load_checkpoint(locate(self.weight_file, self.conf.weights))
         # Any: each subclass calls its own model's methods (e.g. XFeat's detectAndCompute).
         self.model: Any = self.build_model(checkpoint).to(self.torch_device).eval()
 
@@ -61,7 +57,7 @@ class LearnedExtractor(Extractor):
         with torch.inference_mode():
             kpts, desc, scores = self.detect(tensor)
             desc = torch.nn.functional.normalize(desc.float(), dim=-1)
-            order = torch.argsort(scores.float(), descending=True)[: self.conf["max_keypoints"]]
+            order = torch.argsort(scores.float(), descending=True)[: self.conf.max_keypoints]
             kpts, desc, scores = kpts[order].float(), desc[order], scores[order].float()
         points = kpts.cpu().numpy()
         if sx != 1.0 or sy != 1.0:
@@ -76,7 +72,7 @@ class LearnedExtractor(Extractor):
         )
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        resize_max = self.conf["resize_max"]
+        resize_max = self.conf.resize_max
         h, w = image.shape[:2]
         if resize_max is None or max(h, w) <= resize_max:
             return image, 1.0, 1.0

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from pydantic import Field
 
+from core.config import Conf
 from core.features.base import Extractor
 from core.types import Features
 
 
 class SiftExtractor(Extractor):
     name = "sift"
-    default_conf = {"max_keypoints": 2048, "contrast_threshold": 0.02, "root_sift": True}
+
+    class Conf(Conf):
+        max_keypoints: int = Field(2048, ge=1)
+        contrast_threshold: float = 0.02
+        root_sift: bool = True
+
     descriptor_dim = 128
 
     def __init__(self, conf=None, device: str = "cpu") -> None:
         super().__init__(conf, device)
         self._sift = cv2.SIFT.create(
-            nfeatures=int(self.conf["max_keypoints"]),
-            contrastThreshold=float(self.conf["contrast_threshold"]),
+            nfeatures=int(self.conf.max_keypoints),
+            contrastThreshold=float(self.conf.contrast_threshold),
         )
 
     def extract(self, image: np.ndarray) -> Features:
@@ -33,11 +40,11 @@ class SiftExtractor(Extractor):
                 (w, h),
             )
         # OpenCV may return a few more than nfeatures (ties): keep the strongest.
-        order = np.argsort([-k.response for k in kps])[: int(self.conf["max_keypoints"])]
+        order = np.argsort([-k.response for k in kps])[: int(self.conf.max_keypoints)]
         pts = np.array([kps[i].pt for i in order], np.float32)
         scores = np.array([kps[i].response for i in order], np.float32)
         desc = desc[order].astype(np.float32)
-        if self.conf["root_sift"]:
+        if self.conf.root_sift:
             # RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise then sqrt, so that the dot
             # product compares like the Hellinger kernel; unit L2 norm follows.
             desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-8)

@@ -3,7 +3,7 @@
 The network is written here from the paper; its module names follow the official release so
 that ``superpoint_v1.pth`` loads with every key accounted for. Magic Leap's licence does not let
 featureloc ship that file: the user supplies it (``weights`` option or the environment variable
-``FEATURELOC_SUPERPOINT_WEIGHTS``).
+``FEATURELOC_SUPERPOINT_WEIGHTS`` in the environment or ``.env``, core/settings.py).
 
 Post-processing follows the official release so that results match it: softmax over 65 channels
 (64 cell positions + "no point"), iterated max-pool NMS, score threshold, border removal, top-k,
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import Conf
 from core.errors import InputError
 from core.features.base import Extractor
 from core.types import Features
@@ -125,33 +126,34 @@ def sample_descriptors(keypoints: torch.Tensor, desc_map: torch.Tensor) -> torch
 class SuperPointExtractor(Extractor):
     """SuperPoint keypoints and 256-d unit descriptors on the grayscale image in [0, 1].
 
-    ``weights``: path to ``superpoint_v1.pth`` (default: ``$FEATURELOC_SUPERPOINT_WEIGHTS``).
+    ``weights``: path to ``superpoint_v1.pth`` (default: ``FEATURELOC_SUPERPOINT_WEIGHTS``,
+    environment or .env).
     ``weights_sha256``: when set (maps record it), the file must have this digest, so a map is
     never queried with descriptors from another checkpoint.
     """
 
     name = "superpoint"
-    env_var = "FEATURELOC_SUPERPOINT_WEIGHTS"
     descriptor_dim = 256
-    default_conf = {
-        "weights": None,
-        "weights_sha256": None,
-        "nms_radius": 4,
-        "keypoint_threshold": 0.005,
-        "max_keypoints": 1024,  # -1 keeps all
-        "remove_borders": 4,
-    }
+
+    class Conf(Conf):
+        weights: str | None = None
+        weights_sha256: str | None = None
+        nms_radius: int = 4
+        keypoint_threshold: float = 0.005
+        max_keypoints: int = 1024  # -1 keeps all
+        remove_borders: int = 4
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        mk = int(self.conf["max_keypoints"])
+        mk = int(self.conf.max_keypoints)
         if mk == 0 or mk < -1:
             raise InputError("superpoint max_keypoints must be positive or -1 (all)")
+        filename = "superpoint_v1.pth"
         path = resolve_user_weights(
-            self.conf["weights"], self.env_var, "superpoint_v1.pth", where_from("superpoint_v1.pth")
+            self.conf.weights, "superpoint_weights", filename, where_from(filename)
         )
         self.weights_sha256 = file_sha256(path)
-        pinned = self.conf["weights_sha256"]
+        pinned = self.conf.weights_sha256
         if pinned and pinned != self.weights_sha256:
             raise InputError(
                 f"{str(path)!r} is not the SuperPoint checkpoint these features were made with "
@@ -163,7 +165,7 @@ class SuperPointExtractor(Extractor):
 
     def identity(self) -> dict[str, Any]:
         # The digest, not the path, is what makes two maps' descriptors comparable.
-        conf = {**self.conf, "weights_sha256": self.weights_sha256}
+        conf = {**self.conf.model_dump(), "weights_sha256": self.weights_sha256}
         return {"name": self.name, "conf": conf}
 
     @torch.inference_mode()
@@ -174,14 +176,14 @@ class SuperPointExtractor(Extractor):
         # Pad right/bottom to whole cells; points in the padding are removed with the borders.
         x = F.pad(x[None, None], (0, -w % CELL, 0, -h % CELL)).to(self.device)
         heatmap, desc_map = self.net(x)
-        heatmap = nms(heatmap, int(self.conf["nms_radius"]))[0]
+        heatmap = nms(heatmap, int(self.conf.nms_radius))[0]
 
-        ys, xs = torch.nonzero(heatmap > float(self.conf["keypoint_threshold"]), as_tuple=True)
+        ys, xs = torch.nonzero(heatmap > float(self.conf.keypoint_threshold), as_tuple=True)
         scores = heatmap[ys, xs]
-        b = int(self.conf["remove_borders"])
+        b = int(self.conf.remove_borders)
         inside = (xs >= b) & (xs < w - b) & (ys >= b) & (ys < h - b)
         xs, ys, scores = xs[inside], ys[inside], scores[inside]
-        mk = int(self.conf["max_keypoints"])
+        mk = int(self.conf.max_keypoints)
         if 0 < mk < len(scores):
             scores, top = scores.topk(mk)
             xs, ys = xs[top], ys[top]

@@ -6,18 +6,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from core.features.base import merge_conf
+from core.config import Conf
 from core.types import Features, Matches
 
 
 class Matcher(ABC):
     name: ClassVar[str]
-    default_conf: ClassVar[dict[str, Any]] = {}
+    Conf: ClassVar[type[Conf]] = Conf  # options and defaults (core/config.py)
     # Extractor names whose features this matcher understands; None means any descriptor.
     compatible_extractors: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
-        self.conf = merge_conf(self.default_conf, conf or {}, what=f"matcher {self.name!r}")
+        self.conf = self.Conf.make(conf, f"matcher {self.name!r}")
         self.device = device
 
     def accepts(self, extractor_name: str) -> bool:

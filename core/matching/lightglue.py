@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from kornia.feature import LightGlue
+from pydantic import Field, field_validator
 
+from core.config import Conf
 from core.matching.base import Matcher
 from core.types import Features, Matches
 from core.weights import WeightFile, WeightsError, load_checkpoint, load_strict, locate
@@ -79,18 +81,13 @@ def _convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 class _GlueMatcher(Matcher):
     """Shared batching and conversion for LightGlue-family matchers."""
 
-    default_conf: ClassVar[dict[str, Any]] = {
-        "filter_threshold": 0.1,  # minimum match confidence in [0, 1]
-        "batch_size": 16,  # pairs per forward pass in match_many
-        "weights": None,  # a user path overriding the packaged weight file
-    }
+    class Conf(Conf):
+        filter_threshold: float = Field(0.1, ge=0.0, lt=1.0)  # minimum match confidence
+        batch_size: int = Field(16, ge=1)  # pairs per forward pass in match_many
+        weights: str | None = None  # a user path overriding the packaged weight file
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        if not 0.0 <= float(self.conf["filter_threshold"]) < 1.0:
-            raise ValueError(f"{self.name}: filter_threshold must be in [0, 1)")
-        if not isinstance(self.conf["batch_size"], int) or self.conf["batch_size"] < 1:
-            raise ValueError(f"{self.name}: batch_size must be a positive integer")
         self.torch_device = torch.device(device)
         self._model: LightGlue | None = None
 
@@ -102,8 +99,8 @@ class _GlueMatcher(Matcher):
         if self._model is None:
             self._model = build_lightglue(
                 self.feature_type(),
-                self.conf["filter_threshold"],
-                self.conf["weights"],
+                self.conf.filter_threshold,
+                self.conf.weights,
                 self.torch_device,
             )
         return self._model
@@ -120,7 +117,7 @@ class _GlueMatcher(Matcher):
             if len(ref) > 0:
                 groups[len(ref)].append(i)
         q_kpts, q_desc, q_size = self._tensors(query)
-        bs = self.conf["batch_size"]
+        bs = self.conf.batch_size
         with torch.inference_mode():
             for members in groups.values():
                 for start in range(0, len(members), bs):
@@ -191,16 +188,21 @@ class LightGlueMatcher(_GlueMatcher):
 
     name = "lightglue"
     compatible_extractors = frozenset({"aliked", "disk"})
-    default_conf: ClassVar[dict[str, Any]] = {**_GlueMatcher.default_conf, "features": "auto"}
+
+    class Conf(_GlueMatcher.Conf):
+        # Which weights; "auto": the first map the matcher is attached to decides.
+        features: str = "auto"
+
+        @field_validator("features")
+        @classmethod
+        def _known_features(cls, v: str) -> str:
+            if v not in ("auto", "aliked", "disk"):
+                raise ValueError(f"features must be 'auto', 'aliked' or 'disk', got {v!r}")
+            return v
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        features = self.conf["features"]
-        if features != "auto" and features not in self.compatible_extractors:
-            raise ValueError(
-                f"lightglue: features must be 'auto' or one of "
-                f"{', '.join(sorted(self.compatible_extractors))}, got {features!r}"
-            )
+        features = self.conf.features
         self._bound: str | None = None if features == "auto" else features
         if self._bound is not None:
             _ = self.model  # load now: a missing weight file fails at start-up, not mid-job

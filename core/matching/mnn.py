@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from core.config import Conf
 from core.matching.base import Matcher
 from core.types import Features, Matches
 
@@ -23,7 +24,10 @@ class MutualNearestNeighbour(Matcher):
     """
 
     name = "mnn"
-    default_conf = {"ratio": 0.9, "min_similarity": 0.0}
+
+    class Conf(Conf):
+        ratio: float = 0.9
+        min_similarity: float = 0.0
 
     def match(self, query: Features, reference: Features) -> Matches:
         return self.match_many(query, [reference])[0]
@@ -58,13 +62,13 @@ class MutualNearestNeighbour(Matcher):
         ids = torch.arange(len(nn12))
         best = top2[:, 0]
         keep = best == ref_best[nn12]  # the query is its reference's nearest neighbour too
-        if self.conf["min_similarity"] > 0:
-            keep &= best > self.conf["min_similarity"]
-        if self.conf["ratio"] < 1.0:
+        if self.conf.min_similarity > 0:
+            keep &= best > self.conf.min_similarity
+        if self.conf.ratio < 1.0:
             # Distances of unit vectors: d^2 = 2 - 2 s.
             d1 = (2 - 2 * best).clamp(min=0).sqrt()
             d2 = (2 - 2 * top2[:, 1]).clamp(min=0).sqrt()
-            keep &= d1 < self.conf["ratio"] * d2
+            keep &= d1 < self.conf.ratio * d2
         qi = ids[keep]
         idx = torch.stack([qi, nn12[keep]], dim=1).numpy().astype(np.int64)
         scores = best[keep].clamp(0, 1).numpy().astype(np.float32)

@@ -2,8 +2,8 @@
 
 Written here from the paper; module names follow the official release so that
 ``superglue_indoor.pth`` / ``superglue_outdoor.pth`` load with every key accounted for. The user
-supplies the file (``weights`` option or ``FEATURELOC_SUPERGLUE_WEIGHTS``): the licence forbids
-shipping it.
+supplies the file (``weights`` option, or ``FEATURELOC_SUPERGLUE_WEIGHTS`` in the environment or
+``.env``, core/settings.py): the licence forbids shipping it.
 
 Pipeline (paper, section 3): keypoint encoder (x, y normalised by image size, detector score)
 added to the descriptors; 18 alternating self/cross attention layers (4 heads); a final linear
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from core.errors import InputError
+from core.config import Conf
 from core.features.superpoint import where_from
 from core.matching.base import Matcher
 from core.types import Features, Matches
@@ -217,28 +218,26 @@ class SuperGlueMatcher(Matcher):
     """Learned matching of SuperPoint features.
 
     ``weights``: path to ``superglue_indoor.pth`` or ``superglue_outdoor.pth`` (default:
-    ``$FEATURELOC_SUPERGLUE_WEIGHTS``); ``match_threshold``: minimum assignment probability;
-    ``sinkhorn_iterations``: optimal transport iterations; ``batch_size``: references per
-    forward pass in ``match_many`` (memory grows with batch_size x N x N x heads).
+    ``FEATURELOC_SUPERGLUE_WEIGHTS``, environment or .env); ``match_threshold``: minimum
+    assignment probability; ``sinkhorn_iterations``: optimal transport iterations;
+    ``batch_size``: references per forward pass in ``match_many`` (memory grows with
+    batch_size x N x N x heads).
     """
 
     name = "superglue"
-    env_var = "FEATURELOC_SUPERGLUE_WEIGHTS"
     compatible_extractors = frozenset({"superpoint"})
-    default_conf = {
-        "weights": None,
-        "match_threshold": 0.2,
-        "sinkhorn_iterations": 100,
-        "batch_size": 8,
-    }
+
+    class Conf(Conf):
+        weights: str | None = None
+        match_threshold: float = 0.2
+        sinkhorn_iterations: int = Field(100, ge=1)
+        batch_size: int = Field(8, ge=1)
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
-        if int(self.conf["sinkhorn_iterations"]) < 1 or int(self.conf["batch_size"]) < 1:
-            raise InputError("superglue sinkhorn_iterations and batch_size must be >= 1")
         filename = "superglue_indoor.pth or superglue_outdoor.pth"
         path = resolve_user_weights(
-            self.conf["weights"], self.env_var, filename, where_from(filename)
+            self.conf.weights, "superglue_weights", filename, where_from(filename)
         )
         self.weights_sha256 = file_sha256(path)
         self.net = SuperGlueNet()
@@ -253,7 +252,7 @@ class SuperGlueMatcher(Matcher):
         if len(query) == 0:
             return results
         todo = [k for k, ref in enumerate(references) if len(ref) > 0]
-        step = int(self.conf["batch_size"])
+        step = int(self.conf.batch_size)
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             for k, matches in zip(
@@ -293,10 +292,10 @@ class SuperGlueMatcher(Matcher):
             rk,
             rs,
             rd,
-            int(self.conf["sinkhorn_iterations"]),
+            int(self.conf.sinkhorn_iterations),
             mask1=mask,
         )
-        threshold = float(self.conf["match_threshold"])
+        threshold = float(self.conf.match_threshold)
         out = []
         for b, ref in enumerate(refs):
             idx, prob = mutual_matches(log_assignment[b], threshold, len(query), len(ref))

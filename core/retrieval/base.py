@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from core.config import Conf
 from core.types import Features
 
 if TYPE_CHECKING:
@@ -21,12 +22,14 @@ class Retriever(ABC):
     """
 
     name: ClassVar[str]
-    default_conf: ClassVar[dict[str, Any]] = {}
+    Conf: ClassVar[type[Conf]] = Conf  # options and defaults (core/config.py)
 
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
-        from core.features.base import merge_conf
+        self.conf = self.Conf.make(conf, f"retriever {self.name!r}")
 
-        self.conf = merge_conf(self.default_conf, conf or {}, what=f"retriever {self.name!r}")
+    def identity(self) -> dict[str, Any]:
+        """What a map records: its retriever and options."""
+        return {"name": self.name, "conf": self.conf.model_dump()}
 
     def fit(self, ref_map: ReferenceMap) -> None:  # noqa: B027 - optional hook
         """Build map-level state (codebooks, descriptors); default: nothing."""

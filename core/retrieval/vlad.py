@@ -21,7 +21,9 @@ import uuid
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
+from core.config import Conf
 from core.errors import MapError
 from core.retrieval.base import Retriever
 from core.types import Features
@@ -46,15 +48,15 @@ class VladRetriever(Retriever):
     """
 
     name = "vlad"
-    default_conf = {
-        "num_clusters": 256,
-        "multi_assign": 1,
-        "train_per_image": 128,
-        "kmeans_iters": 20,
-        "position_pooling": 0.0,
-        "refit_growth": 2.0,
-        "seed": 0,
-    }
+
+    class Conf(Conf):
+        num_clusters: int = Field(256, ge=1)
+        multi_assign: int = Field(1, ge=1)
+        train_per_image: int = Field(128, ge=1)
+        kmeans_iters: int = Field(20, ge=1)
+        position_pooling: float = 0.0
+        refit_growth: float = 2.0
+        seed: int = 0
 
     def __init__(self, conf=None) -> None:
         super().__init__(conf)
@@ -70,7 +72,7 @@ class VladRetriever(Retriever):
         state = None if refit else self._read_state(ref_map)
         if state is not None and state["conf"] != self._codebook_conf():
             state = None  # codebook built with other settings
-        if state is not None and len(ref_map) > self.conf["refit_growth"] * state["fitted_on"]:
+        if state is not None and len(ref_map) > self.conf.refit_growth * state["fitted_on"]:
             state = None
         if state is None:
             centroids = self._fit_codebook(ref_map)
@@ -97,8 +99,8 @@ class VladRetriever(Retriever):
     def _fit_codebook(self, ref_map: ReferenceMap) -> np.ndarray:
         import faiss
 
-        rng = np.random.default_rng(self.conf["seed"])
-        per = int(self.conf["train_per_image"])
+        rng = np.random.default_rng(self.conf.seed)
+        per = int(self.conf.train_per_image)
         sample = []
         for feats in ref_map.features:
             n = len(feats)
@@ -107,14 +109,14 @@ class VladRetriever(Retriever):
             pick = rng.choice(n, size=min(per, n), replace=False)
             sample.append(np.asarray(feats.descriptors[pick], np.float32))
         train = np.ascontiguousarray(np.concatenate(sample))
-        k = min(int(self.conf["num_clusters"]), len(train))
+        k = min(int(self.conf.num_clusters), len(train))
         if k < 2:
             raise MapError(f"map {ref_map.name!r} has too few local features for a codebook")
         km = faiss.Kmeans(
             train.shape[1],
             k,
-            niter=int(self.conf["kmeans_iters"]),
-            seed=int(self.conf["seed"]),
+            niter=int(self.conf.kmeans_iters),
+            seed=int(self.conf.seed),
             max_points_per_centroid=1_000_000,  # use the whole sample, quietly
         )
         km.train(train)
@@ -154,7 +156,7 @@ class VladRetriever(Retriever):
         if self.descriptors is None or len(self.descriptors) != len(ref_map):
             self.prepare(ref_map)
         sims = self.descriptors @ self.describe(query)
-        w = float(self.conf["position_pooling"])
+        w = float(self.conf.position_pooling)
         if w > 0 and self._position_groups is not None:
             groups = self._position_groups
             best = np.full(groups.max() + 1, -np.inf, np.float32)
@@ -176,7 +178,7 @@ class VladRetriever(Retriever):
         if len(feats) == 0:
             return np.zeros(k * d, np.float32)
         x = np.asarray(feats.descriptors, np.float32)
-        m = min(int(self.conf["multi_assign"]), k)
+        m = min(int(self.conf.multi_assign), k)
         # Squared distances up to a per-row constant: -2 x.c + |c|^2.
         dist = (c * c).sum(1)[None, :] - 2.0 * (x @ c.T)
         nearest = np.argpartition(dist, m - 1, axis=1)[:, :m]  # the m nearest words

@@ -24,7 +24,14 @@ def cand(rid: str, x: float, y: float, inliers: int, rank: int = 0) -> Candidate
     )
 
 
-CONF = {"radius": 6.0, "inlier_floor": 15, "min_evidence": 10, "confidence_scale": 60}
+# Not the defaults (core/estimation.py ClusterConf): small numbers that make the arithmetic plain.
+CONF = {
+    "radius": 6.0,
+    "inlier_floor": 15,
+    "weight_power": 1.0,
+    "min_evidence": 10,
+    "confidence_scale": 60,
+}
 
 
 def test_cluster_prefers_strongest_place_over_strongest_single_view():
