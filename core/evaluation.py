@@ -1,6 +1,10 @@
 """Accuracy of a localiser on queries with known positions.
 
-    report = evaluate(lambda path: localiser.localise(read_image(path), options), queries)
+    report = evaluate(
+        lambda path: localiser.localise(read_image(path), options),
+        queries,
+        fallback_position=map_centroid(localiser.map.positions),
+    )
     print(report.summary["mae"]); Path("report.json").write_text(report.to_json())
 
 Error is the competition's metric, ``|dx| + |dy|``. A query the localiser declines ("not

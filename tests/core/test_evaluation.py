@@ -67,7 +67,7 @@ def test_recall_at_k_from_shortlists():
         "q3": [[9, 9]] * 5,
     }
     arrays = {k: np.array(v) for k, v in shortlists.items()}
-    report = evaluate(fake_localiser, queries, shortlists=arrays)
+    report = evaluate(fake_localiser, queries, (0.0, 0.0), shortlists=arrays)
     s = report.summary
     assert s["recall@1"] == pytest.approx(1 / 3)
     assert s["recall@5"] == pytest.approx(2 / 3)
