@@ -26,11 +26,12 @@ class Conf(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
-    def make(cls, conf: Mapping[str, Any] | None = None, what: str | None = None) -> Self:
-        """``conf`` merged over the defaults; InputError naming any unknown or bad key."""
+    def make(cls, conf: Mapping[str, Any] | Conf | None = None, what: str | None = None) -> Self:
+        """``conf`` merged over the defaults; InputError naming any unknown or bad key. A conf of
+        this class is returned as it is."""
         if isinstance(conf, cls):
             return conf
-        given = dict(conf or {})
+        given = conf.model_dump() if isinstance(conf, Conf) else dict(conf or {})
         what = what or cls.__name__
         unknown = sorted(set(given) - set(cls.model_fields))
         if unknown:

@@ -175,7 +175,7 @@ class Localiser:
         return self.matcher(opts.matcher, opts.effective_matcher_conf(self.map.extractor["name"]))
 
     def match_and_verify(
-        self, query: Features, indices: Sequence[int], opts: LocaliseOptions
+        self, query: Features, indices: Sequence[int] | np.ndarray, opts: LocaliseOptions
     ) -> tuple[list[VerifiedMatches], float]:
         """Match the query with the map's references ``indices`` and verify each pair, as a job
         does; also the seconds matching took. ``localise`` and ``core.draw`` both use this, so a
@@ -255,7 +255,8 @@ class Localiser:
         """The estimate moved to where the geometry of its supporting views puts the query."""
         ref_camera = self.map.camera
         query_camera = opts.query_camera or ref_camera
-        assert ref_camera is not None and query_camera is not None and estimate.x is not None
+        assert ref_camera is not None and query_camera is not None
+        assert estimate.x is not None and estimate.y is not None  # a localised estimate
         feats = self.map.features
         placed = place_query(
             query,

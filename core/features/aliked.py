@@ -24,6 +24,8 @@ class AlikedExtractor(LearnedExtractor):
         detection_threshold: float = 0.2
         nms_radius: int = 2
 
+    conf: Conf  # this plug-in's options, merged over the defaults above
+
     descriptor_dim = 128
     weight_file = ALIKED_WEIGHTS
 

@@ -24,6 +24,8 @@ class DiskExtractor(LearnedExtractor):
         detection_threshold: float = 0.0
         nms_window: int = 5
 
+    conf: Conf  # this plug-in's options, merged over the defaults above
+
     descriptor_dim = 128
     weight_file = DISK_WEIGHTS
 

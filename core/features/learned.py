@@ -31,6 +31,8 @@ class LearnedConf(Conf):
 
 class LearnedExtractor(Extractor):
     weight_file: ClassVar[WeightFile]
+    Conf: ClassVar[type[LearnedConf]] = LearnedConf
+    conf: LearnedConf
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)

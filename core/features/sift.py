@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from core.config import Conf
+from core import config
 from core.features.base import Extractor
 from core.types import Features
 
@@ -14,10 +14,12 @@ from core.types import Features
 class SiftExtractor(Extractor):
     name = "sift"
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         max_keypoints: int = Field(2048, ge=1)
         contrast_threshold: float = 0.02
         root_sift: bool = True
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     descriptor_dim = 128
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import Conf
+from core import config
 from core.errors import InputError
 from core.features.base import Extractor
 from core.types import Features
@@ -135,13 +135,15 @@ class SuperPointExtractor(Extractor):
     name = "superpoint"
     descriptor_dim = 256
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         weights: str | None = None
         weights_sha256: str | None = None
         nms_radius: int = 4
         keypoint_threshold: float = 0.005
         max_keypoints: int = 1024  # -1 keeps all
         remove_borders: int = 4
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)

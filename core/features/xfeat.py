@@ -20,6 +20,8 @@ class XFeatExtractor(LearnedExtractor):
     class Conf(LearnedConf):
         detection_threshold: float = 0.05
 
+    conf: Conf  # this plug-in's options, merged over the defaults above
+
     descriptor_dim = 64
     weight_file = XFEAT_WEIGHTS
 

@@ -29,7 +29,7 @@ import torch
 from kornia.feature import LightGlue
 from pydantic import Field, field_validator
 
-from core.config import Conf
+from core import config
 from core.matching.base import Matcher
 from core.types import Features, Matches
 from core.weights import WeightFile, WeightsError, load_checkpoint, load_strict, locate
@@ -81,10 +81,12 @@ def _convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 class _GlueMatcher(Matcher):
     """Shared batching and conversion for LightGlue-family matchers."""
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         filter_threshold: float = Field(0.1, ge=0.0, lt=1.0)  # minimum match confidence
         batch_size: int = Field(16, ge=1)  # pairs per forward pass in match_many
         weights: str | None = None  # a user path overriding the packaged weight file
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)
@@ -199,6 +201,8 @@ class LightGlueMatcher(_GlueMatcher):
             if v not in ("auto", "aliked", "disk"):
                 raise ValueError(f"features must be 'auto', 'aliked' or 'disk', got {v!r}")
             return v
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)

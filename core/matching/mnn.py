@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from core.config import Conf
+from core import config
 from core.matching.base import Matcher
 from core.types import Features, Matches
 
@@ -25,9 +25,11 @@ class MutualNearestNeighbour(Matcher):
 
     name = "mnn"
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         ratio: float = 0.9
         min_similarity: float = 0.0
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def match(self, query: Features, reference: Features) -> Matches:
         return self.match_many(query, [reference])[0]

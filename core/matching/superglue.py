@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from core.config import Conf
+from core import config
 from core.features.superpoint import where_from
 from core.matching.base import Matcher
 from core.types import Features, Matches
@@ -227,11 +227,13 @@ class SuperGlueMatcher(Matcher):
     name = "superglue"
     compatible_extractors = frozenset({"superpoint"})
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         weights: str | None = None
         match_threshold: float = 0.2
         sinkhorn_iterations: int = Field(100, ge=1)
         batch_size: int = Field(8, ge=1)
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(conf, device)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from core.config import Conf
+from core import config
 from core.errors import MapError
 from core.retrieval.base import Retriever
 from core.types import Features
@@ -49,7 +49,7 @@ class VladRetriever(Retriever):
 
     name = "vlad"
 
-    class Conf(Conf):
+    class Conf(config.Conf):
         num_clusters: int = Field(256, ge=1)
         multi_assign: int = Field(1, ge=1)
         train_per_image: int = Field(128, ge=1)
@@ -57,6 +57,8 @@ class VladRetriever(Retriever):
         position_pooling: float = 0.0
         refit_growth: float = 2.0
         seed: int = 0
+
+    conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf=None) -> None:
         super().__init__(conf)

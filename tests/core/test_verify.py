@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from core.errors import InputError
 from core.verify import VerifyConfig, verify
 
 
@@ -40,5 +42,8 @@ def test_too_few_or_degenerate_points_give_no_model():
 
 @pytest.mark.parametrize("fields", [{"model": "affine"}, {"method": "lmeds"}])
 def test_unknown_models_and_methods_are_refused(fields):
-    with pytest.raises(ValueError, match="unknown verification"):
+    ((key, value),) = fields.items()
+    with pytest.raises(InputError, match=f"{key}: Input should be"):
+        VerifyConfig.make(fields)
+    with pytest.raises(ValidationError, match=value):
         VerifyConfig(**fields)
