@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from workers.client import Client
+from tests.api.conftest import MAP
 
 pytestmark = pytest.mark.services
 
 
-def _upload(http, photo, options=None, map_name="scene"):
+def _upload(http, photo, options=None, map_name=MAP):
     files = {"photo": (photo.name, photo.read_bytes(), "image/jpeg")}
     data = {"options": json.dumps(options)} if options is not None else None
     return http.post(f"/v1/maps/{map_name}/jobs", files=files, data=data)
@@ -33,8 +33,8 @@ def test_a_photo_goes_in_and_its_estimate_comes_out(api_stack):
     assert (done["x"], done["y"]) == (best["x"], best["y"])  # estimator "best"
     assert {"extract", "match", "verify", "total"} <= set(done["timings"])
     # The same job as the Python client sees: one queue, one job id scheme.
-    direct = Client(api_stack.settings)
-    assert direct.submit(photo, "scene", {"estimator": "best"}) == job["id"]
+    direct = api_stack.stack.client()
+    assert direct.submit(photo, MAP, {"estimator": "best"}) == job["id"]
     assert direct.result(job["id"]).to_dict() == _without_json_types(done)
 
 
@@ -64,7 +64,7 @@ def test_long_poll_answers_when_done_or_at_the_timeout(api_stack):
     # A photo nobody sent yet, made unique by bytes after the JPEG's end marker.
     photo = api_stack.query_photos()[2].read_bytes() + b"\x00long-poll"
     with api_stack.client() as http:
-        job = http.post("/v1/maps/scene/jobs", files={"photo": ("q.jpg", photo)}).json()
+        job = http.post(f"/v1/maps/{MAP}/jobs", files={"photo": ("q.jpg", photo)}).json()
         for wait in (0.0, 1.0):
             t0 = time.monotonic()
             answer = http.get(f"/v1/jobs/{job['id']}", params={"wait": wait}).json()
@@ -82,7 +82,7 @@ def test_jobs_are_listed_filtered_and_paged(api_stack):
         everything = []
         cursor = None
         while True:
-            params = {"map": "scene", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            params = {"map": MAP, "limit": 2, **({"cursor": cursor} if cursor else {})}
             page = http.get("/v1/jobs", params=params).json()
             assert len(page["jobs"]) <= 2
             everything += [j["id"] for j in page["jobs"]]
@@ -91,7 +91,7 @@ def test_jobs_are_listed_filtered_and_paged(api_stack):
                 break
         assert len(everything) == len(set(everything)), "a job on two pages"
         assert ids <= set(everything)
-        assert len(everything) == api_stack.job_count()  # every job is on the scene map
+        assert len(everything) == api_stack.job_count()  # every job is on this map
         failed = http.get("/v1/jobs", params={"status": "failed"}).json()["jobs"]
         assert all(j["status"] == "failed" for j in failed)
         future = http.get("/v1/jobs", params={"since": "2999-01-01T00:00:00"}).json()
@@ -104,9 +104,9 @@ def test_jobs_are_listed_filtered_and_paged(api_stack):
 def test_maps_are_described(api_stack):
     with api_stack.client() as http:
         names = [m["name"] for m in http.get("/v1/maps").json()]
-        scene = http.get("/v1/maps/scene").json()
+        scene = http.get(f"/v1/maps/{MAP}").json()
         missing = http.get("/v1/maps/no-such-map")
-    assert "scene" in names
+    assert MAP in names
     refs = (api_stack.scene / "references.csv").read_text().splitlines()[1:]
     assert scene["num_references"] == len(refs) == len(scene["references"])
     assert scene["extractor"]["name"] == "sift"
