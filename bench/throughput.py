@@ -184,7 +184,7 @@ def run_via_http(args, env, data_dir: Path, client, map_name: str, queries, opti
     import httpx
 
     from db import api_keys
-    from workers.process import ApiServerProcess
+    from tests.support.process import ApiServerProcess
 
     with client.db.session() as s:
         token = api_keys.create_key(s, f"bench-{uuid.uuid4().hex[:6]}")[1]

@@ -19,7 +19,7 @@ from typing import Any
 
 import websocket
 
-from workers.process import free_port
+from tests.support.process import free_port
 
 FLAGS = [
     "--headless",

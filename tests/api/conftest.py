@@ -1,9 +1,9 @@
 """A real API server process, a real worker, real Redis, on SQLite and on PostgreSQL.
 
-One stack per backend for the whole tests/api package (``tests/faults.py``'s ``stack``: the tiny
-synthetic scene's map "tiny", SIFT, queues of its own), with the map's photos recorded, a worker,
-``featureloc serve`` on a free loopback port, and API keys made through ``db.api_keys`` (the code
-behind ``featureloc apikey``).
+One stack per backend for the whole tests/api package (``stack`` of tests/support/faults.py: the
+tiny synthetic scene's map "tiny", SIFT, queues of its own), with the map's photos recorded, a
+worker, ``featureloc serve`` on a free loopback port, and API keys made through ``db.api_keys``
+(the code behind ``featureloc apikey``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 from core.mapstore import MapStore
 from db import api_keys, queries
 from db.models import Job
-from tests.faults import Stack, make_tiny_scene, query_images, stack
-from tests.services import WorkerProcess, require_redis
-from workers.process import ApiServerProcess
+from tests.support.faults import Stack, make_tiny_scene, query_images, stack
+from tests.support.process import ApiServerProcess
+from tests.support.services import WorkerProcess, require_redis
 
 MAP = "tiny"
 # Small limits, so that the hostile uploads stay small and fast.

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from tests.api.conftest import MAP, OTHER_MAP
-from workers.process import REPO
+from tests.support.process import REPO
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def _photo(api_stack) -> dict:

@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from db.models import Job
 from tests.api.conftest import MAP
-from tests.faults import JOB_OPTIONS, variants
+from tests.support.faults import JOB_OPTIONS, variants
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 PHOTOS = 50
 CLIENTS = 5

@@ -11,7 +11,7 @@ import pytest
 
 from tests.api.conftest import MAP, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def png_bomb(width: int, height: int) -> bytes:

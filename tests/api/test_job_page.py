@@ -15,7 +15,7 @@ from core.draw import figure_size
 from tests.api.browser import Browser, chromium_path
 from tests.api.conftest import MAP
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

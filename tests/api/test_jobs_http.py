@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.conftest import MAP
 
-pytestmark = pytest.mark.services
+pytestmark = pytest.mark.integration
 
 
 def _upload(http, photo, options=None, map_name=MAP):
