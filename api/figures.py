@@ -7,7 +7,7 @@ records (``featureloc map images``); without it the figure shows the query alone
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import cv2
 from fastapi import APIRouter, Query, Response
@@ -29,8 +29,12 @@ router = APIRouter(prefix="/v1", tags=["figures"])
 
 # A finished job's figures do not change: let the browser keep them for a while.
 CACHE = {"Cache-Control": "private, max-age=600"}
-PNG = {200: {"content": {"image/png": {}}, "description": "The figure."}}
-SVG = {200: {"content": {"image/svg+xml": {}}, "description": "The plot."}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The figure."}
+}
+SVG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/svg+xml": {}}, "description": "The plot."}
+}
 
 
 @router.get(

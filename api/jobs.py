@@ -190,7 +190,7 @@ async def list_jobs(
     last = jobs[-1] if len(jobs) == limit else None
     return JobPage(
         jobs=[_job_out(j) for j in jobs],
-        next_cursor=_encode_cursor(last.created_at, last.id) if last else None,
+        next_cursor=_encode_cursor(last.created_at, last.id) if last and last.created_at else None,
     )
 
 

@@ -69,11 +69,11 @@ def _detail(svc: Services, map_name: str) -> MapDetail:
         manifest = svc.maps.manifest(map_name)
     except MapError:  # registered, but its files are not on this host's maps_dir
         manifest = {}
-    photos = manifest.get(IMAGES_DIR_KEY)
+    photos: str | None = manifest.get(IMAGES_DIR_KEY)
     return MapDetail(
         **_summary(row).model_dump(),
         camera=manifest.get("camera"),
-        reference_photos=bool(photos) and Path(photos).is_dir(),
+        reference_photos=photos is not None and Path(photos).is_dir(),
         references=refs,
         builds=builds,
     )

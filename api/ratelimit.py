@@ -38,7 +38,9 @@ class RateLimiter:
         counter = f"{COUNTER_PREFIX}:{token_hash[:32]}:{window}"
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                count, _ = await pipe.incr(counter).expire(counter, 2 * WINDOW_SECONDS).execute()
+                pipe.incr(counter)
+                pipe.expire(counter, 2 * WINDOW_SECONDS)
+                count, _ = await pipe.execute()
         except (RedisError, OSError):
             raise Problem(503, "the rate limit store (Redis) is unavailable") from None
         if count > limit:

@@ -185,7 +185,9 @@ def run_via_http(args, env, data_dir: Path, client, map_name: str, queries, opti
 
     from db import api_keys
     from tests.support.process import ApiServerProcess
+    from workers.maps import record_map
 
+    record_map(client.settings, map_name)  # the API refuses maps the database does not know
     with client.db.session() as s:
         token = api_keys.create_key(s, f"bench-{uuid.uuid4().hex[:6]}")[1]
     server = ApiServerProcess(

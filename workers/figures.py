@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.draw import draw_matches, verified_matches
+from core.errors import InputError
 from core.images import decode_image, read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import IMAGE_SUFFIXES
@@ -47,14 +48,18 @@ def job_figure(
     """
     job = client.result(job_id)
     with client.db.session() as s:
-        image_key = queries.get_job(s, job_id).image_key
+        stored = queries.get_job(s, job_id)
+        if stored is None:  # client.result found it: deleted since
+            raise InputError(f"unknown job {job_id!r}")
+        image_key = stored.image_key
     query = decode_image(client.blobs.get(image_key), image_limits(client.settings))
     best = job.candidates[:top]  # most inliers first
     photos = {
         c.reference_id: find_image(images_dir, c.reference_id) if images_dir else None for c in best
     }
-    shown = [c for c in best if photos[c.reference_id]]
-    refs = [read_image(photos[c.reference_id]) for c in shown]
+    found = {rid: path for rid, path in photos.items() if path is not None}
+    shown = [c for c in best if c.reference_id in found]
+    refs = [read_image(found[c.reference_id]) for c in shown]
     pairs = verified_matches(
         localiser, query, [c.reference_id for c in shown], LocaliseOptions.parse(job.options)
     )
