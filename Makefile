@@ -25,7 +25,7 @@ demo: install
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Style and a static type check (mypy, configured in pyproject.toml: core, db, workers, cli).
+# Style and a static type check (mypy, configured in pyproject.toml: core, db, workers, cli, api).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -20,11 +20,18 @@ build also gives the build time per reference; ``--map-from DIR`` serves an alre
 instead (e.g. the full 3000-reference ``bench/out/maps/getty-xfeat``). Without the Getty set
 (../shared/getty) the script falls back to the synthetic scene (core.synthetic) and says so.
 
+``--via-http`` also sends the same number of photos through the HTTP API (a real ``featureloc
+serve`` process on loopback, uploads from ``--http-clients`` threads, results read with
+``?wait=``) to the same workers in the same run, right after the direct client's batch, and prints
+both rates and the API's cost in throughput (the target: at most 10 %). Its photos are the same
+queries with a few bytes after the JPEG end marker (same pixels, same work, new job ids).
+
 Reproduce:
 
     python -m bench.throughput                       # Getty, 20 queries, 150 references, SQLite
     python -m bench.throughput --map-from bench/out/maps/getty-xfeat --queries 40
     python -m bench.throughput --database postgres
+    python -m bench.throughput --synthetic --workers 1 --queries 16 --via-http
 """
 
 from __future__ import annotations
@@ -142,15 +149,87 @@ def run_with_workers(
             submit_s = time.perf_counter() - t0
             jobs = client.wait_many(ids, timeout=args.timeout)
             wall = time.perf_counter() - t0
+            http = run_via_http(args, env, data_dir, client, map_name, queries, options)
         finally:
             for w in workers:
                 w.stop(timeout=60.0)
+    figures = batch_figures(jobs, wall)
+    figures.update(workers=n_workers, submit_seconds=submit_s)
+    if http is not None:
+        figures["http"] = http
+        figures["http_cost"] = (
+            1 - http["wall_queries_per_second"] / figures["wall_queries_per_second"]
+        )
+    return figures
+
+
+def batch_figures(jobs, wall: float) -> dict:
+    """Stored-timestamp figures of a batch, its wall-clock rate and its errors."""
     figures = latency_figures(jobs)
-    figures.update(workers=n_workers, wall_seconds=wall, submit_seconds=submit_s)
+    figures.update(wall_seconds=wall, wall_queries_per_second=len(jobs) / wall)
     errors = sorted({j.error for j in jobs if j.error})
     if errors:
         figures["errors"] = errors[:5]
     return figures
+
+
+def run_via_http(args, env, data_dir: Path, client, map_name: str, queries, options) -> dict | None:
+    """The same photos (new bytes, same pixels) through a real API server; None without
+    ``--via-http``."""
+    if not args.via_http:
+        return None
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from db import api_keys
+    from tests.support.process import ApiServerProcess
+    from workers.maps import record_map
+
+    record_map(client.settings, map_name)  # the API refuses maps the database does not know
+    with client.db.session() as s:
+        token = api_keys.create_key(s, f"bench-{uuid.uuid4().hex[:6]}")[1]
+    server = ApiServerProcess(
+        {**env, "FEATURELOC_API_RATE_LIMIT": "0"}, data_dir / "api.log"
+    ).start()
+    photos = [http_copy(p.read_bytes()) for p in queries]
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=args.timeout) as http:
+
+            def upload(photo: bytes) -> str:
+                answer = http.post(
+                    f"/v1/maps/{map_name}/jobs",
+                    files={"photo": ("q.jpg", photo, "image/jpeg")},
+                    data={"options": json.dumps(options)},
+                )
+                answer.raise_for_status()
+                return answer.json()["id"]
+
+            def finish(job_id: str) -> None:
+                status = "pending"
+                while status not in ("done", "failed"):
+                    status = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()["status"]
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.http_clients) as pool:
+                ids = list(pool.map(upload, photos))
+                submit_s = time.perf_counter() - t0
+                list(pool.map(finish, ids))
+            wall = time.perf_counter() - t0
+    finally:
+        server.stop()
+    figures = batch_figures([client.result(j) for j in ids], wall)
+    figures.update(submit_seconds=submit_s, clients=args.http_clients)
+    return figures
+
+
+def http_copy(data: bytes) -> bytes:
+    """The photo with bytes after its end marker: another job id, the same decoded pixels."""
+    if not data.startswith(b"\xff\xd8"):
+        raise SystemExit("--via-http needs JPEG query photos")
+    return data + b"\x00featureloc-bench-http"
 
 
 def getty_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
@@ -199,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retriever", default=defaults.RETRIEVER)
     p.add_argument("--option", action="append", default=[], help="job option key=value")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for a batch")
+    p.add_argument(
+        "--via-http", action="store_true", help="also through the HTTP API, in the same run"
+    )
+    p.add_argument("--http-clients", type=int, default=4, help="concurrent uploads with --via-http")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     options = parse_options(args.option, None)
@@ -254,6 +337,23 @@ def main(argv: list[str] | None = None) -> int:
         qps = r["queries_per_second"]
         r["speedup"] = qps / base if qps and base else None
 
+    if args.via_http:
+        print_table(
+            "the same photos, direct client vs HTTP API (wall clock, submit to last result)",
+            ["workers", "direct q/s", "HTTP q/s", "API cost", "HTTP latency p50", "p95", "failed"],
+            [
+                (
+                    r["workers"],
+                    r["wall_queries_per_second"],
+                    r["http"]["wall_queries_per_second"],
+                    f"{100 * r['http_cost']:.1f} %",
+                    r["http"]["latency_p50"],
+                    r["http"]["latency_p95"],
+                    r["http"]["failed"],
+                )
+                for r in runs
+            ],
+        )
     built = f"; map build {1000 * build_s / len(refs):.0f} ms/reference" if build_s else ""
     print(f"\ndata: {dataset}{built}")
     print_table(

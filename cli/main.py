@@ -13,12 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cli.apikey import apikey_create, apikey_list, apikey_revoke
 from cli.common import console, database, fail, fmt, parse_options, parse_since
 from cli.draw import draw_command
 from cli.evaluate import evaluate_command
 from cli.flower import flower_command
 from cli.jobs_export import jobs_export_command
 from cli.map_build import build_in_process, build_via_queue, map_add_command
+from cli.serve import serve_command
 from core import defaults
 from core.errors import InputError
 from core.settings import get_settings
@@ -27,9 +29,11 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_loc
 map_app = typer.Typer(help="Build and list maps.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List and inspect localisation jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+apikey_app = typer.Typer(help="Keys of the HTTP API (featureloc serve).", no_args_is_help=True)
 app.add_typer(map_app, name="map")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(apikey_app, name="apikey")
 
 
 def db_upgrade() -> None:
@@ -62,6 +66,18 @@ def map_build(
         build_via_queue(name, images, positions, extractor, retriever, chunk_size, restart)
     else:
         build_in_process(name, images, positions, extractor, retriever)
+    _record_images_dir(name, images)
+
+
+def _record_images_dir(name: str, images: Path) -> None:
+    """Remember where the map's photos are, for figures (``draw``, the HTTP API's job page)."""
+    from core.errors import MapError
+    from core.mapstore import MapStore
+
+    try:
+        MapStore(get_settings().maps_dir).set_images_dir(name, images)
+    except MapError:  # a queued build that has not finished: the map has no manifest yet
+        console.print(f"reference photos not recorded: run featureloc map images {name} {images}")
 
 
 def map_builds(
@@ -145,6 +161,30 @@ def map_camera(
         console.print(f"map {name!r} has no camera: queries are not placed by geometry")
     else:
         console.print(f"map {name!r} camera: {camera.model_dump_json(exclude_none=True)}")
+
+
+def map_images(
+    name: str,
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder of the map's reference photos (stem = id).")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the folder.")] = False,
+) -> None:
+    """Record the folder of a map's reference photos (maps keep features, not photos), for
+    `draw` and the HTTP API's figures. Without a folder, show it."""
+    from core.errors import MapError
+    from core.mapstore import MapStore
+
+    store = MapStore(get_settings().maps_dir)
+    try:
+        if clear or folder is not None:
+            if folder is not None and not folder.is_dir():
+                fail(f"not a folder: {folder}")
+            store.set_images_dir(name, None if clear else folder)
+        current = store.images_dir(name)
+    except MapError as exc:
+        fail(str(exc))
+    console.print(f"map {name!r} reference photos: {current or 'not recorded'}", highlight=False)
 
 
 def map_list() -> None:
@@ -368,6 +408,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (map_app, "add", map_add_command),
     (map_app, "builds", map_builds),
     (map_app, "camera", map_camera),
+    (map_app, "images", map_images),
     (map_app, "list", map_list),
     (app, "localise", localise),
     (jobs_app, "list", jobs_list),
@@ -377,6 +418,10 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (app, "evaluate", evaluate_command),
     (app, "draw", draw_command),
     (app, "flower", flower_command),
+    (app, "serve", serve_command),
+    (apikey_app, "create", apikey_create),
+    (apikey_app, "list", apikey_list),
+    (apikey_app, "revoke", apikey_revoke),
     (jobs_app, "export", jobs_export_command),
     (app, "demo", demo),
 ]

@@ -2,7 +2,7 @@
 
 Layout of ``<maps_dir>/<name>/``::
 
-    manifest.json        extractor identity and format version
+    manifest.json        extractor identity, format version; optionally camera, images_dir
     parts/part-*.h5      reference features and positions, one file per build chunk
     retrieval/           state fitted by the retriever (codebooks, global descriptors)
 
@@ -31,6 +31,7 @@ from core.errors import MapError
 from core.types import Features
 
 FORMAT_VERSION = 1
+IMAGES_DIR_KEY = "images_dir"  # manifest key: folder of the reference photos (optional)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -90,12 +91,35 @@ class MapStore:
 
     def set_camera(self, name: str, camera: Camera | None) -> None:
         """Record (or with None, forget) the camera of a map's references; no rebuild needed."""
+        self._set_manifest_key(
+            name, "camera", None if camera is None else camera.model_dump(exclude_none=True)
+        )
+
+    def set_images_dir(self, name: str, images_dir: Path | None) -> None:
+        """Record (or with None, forget) the folder of the map's reference photos.
+
+        A map keeps features, not photos; figures that show references (``featureloc draw``, the
+        HTTP API's ``matches.png`` and job page) read them from this folder (file stem = id).
+        """
+        value = None if images_dir is None else str(Path(images_dir).resolve())
+        self._set_manifest_key(name, IMAGES_DIR_KEY, value)
+
+    def images_dir(self, name: str) -> Path | None:
+        """The recorded folder of the map's reference photos, if any."""
+        value = self.manifest(name).get(IMAGES_DIR_KEY)
+        return Path(value) if value else None
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        """The map's manifest (extractor, retriever, camera...), without loading its features."""
+        return read_manifest(self._existing(name))
+
+    def _set_manifest_key(self, name: str, key: str, value: Any) -> None:
         path = self._existing(name)
         manifest = read_manifest(path)
-        if camera is None:
-            manifest.pop("camera", None)
+        if value is None:
+            manifest.pop(key, None)
         else:
-            manifest["camera"] = camera.model_dump(exclude_none=True)
+            manifest[key] = value
         write_manifest(path, manifest)
 
     def open(self, name: str) -> ReferenceMap:

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     localise_queue: str = "localise"
     build_queue: str = "build"
 
+    # HTTP API (api/, ``featureloc serve``).
+    api_rate_limit: int = Field(
+        default=600, ge=0, description="Requests per minute per API key (0: no limit)."
+    )
+    api_redis_url: SecretStr | None = Field(
+        default=None, description="Redis for the rate limit; default: the broker when Redis."
+    )
+    api_max_wait: float = Field(default=60.0, gt=0, description="Longest ?wait= long-poll (s).")
+
     @model_validator(mode="before")
     @classmethod
     def _fill_paths(cls, values: Any) -> Any:

@@ -233,3 +233,31 @@ class MapBuildChunk(Base):
     finished_at: Mapped[datetime | None]
 
     build: Mapped[MapBuild] = relationship(back_populates="chunks")
+
+
+API_KEY_NAME_LENGTH = 64
+API_KEY_HASH_LENGTH = 64  # sha256 hex digest of the token
+
+
+class ApiKey(Base):
+    """A key for the HTTP API (``api/``). Only the token's SHA-256 is stored: the token itself is
+    shown once, when created, and cannot be recovered from the database."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(API_KEY_NAME_LENGTH), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(API_KEY_HASH_LENGTH), unique=True)
+    # Map names the key may use; None: every map.
+    maps: Mapped[list[str] | None] = mapped_column(JSON)
+    # Requests per minute; None: the server's default (``Settings.api_rate_limit``).
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def allows(self, map_name: str) -> bool:
+        return self.maps is None or map_name in self.maps

@@ -7,11 +7,11 @@ they need database-generated values or must see constraint violations early.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -174,11 +174,20 @@ def list_jobs(
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
+    map_names: Collection[str] | None = None,
+    before: tuple[datetime, str] | None = None,
 ) -> list[Job]:
-    """Jobs newest first, optionally only of one map, one status, or created at/after ``since``."""
+    """Jobs newest first, optionally only of one map (or of ``map_names``), one status, or
+    created at/after ``since``. ``before`` = (created_at, id) of the last job of a previous page:
+    keyset paging, stable while new jobs arrive."""
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if map_name is not None:
         stmt = stmt.where(Job.map_name == map_name)
+    if map_names is not None:
+        stmt = stmt.where(Job.map_name.in_(list(map_names)))
+    if before is not None:
+        at, job_id = before
+        stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < job_id)))
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status).value)
     if since is not None:

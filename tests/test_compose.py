@@ -11,10 +11,10 @@ from tests.support.paths import REPO
 def test_compose_has_the_production_services():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "postgres", "worker", "flower"} <= set(services)
+    assert {"redis", "postgres", "worker", "flower", "api"} <= set(services)
     assert services["worker"]["command"][0] == "worker"
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"], "Flower must require auth"
-    for name in ("worker", "cli"):
+    for name in ("worker", "cli", "api"):
         env = services[name]["environment"]
         # Every FEATURELOC_ variable the compose file sets must be a real setting.
         fields = {f"FEATURELOC_{k.upper()}" for k in Settings.model_fields}
@@ -23,3 +23,16 @@ def test_compose_has_the_production_services():
         assert env["FEATURELOC_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert "${POSTGRES_PASSWORD" in env["FEATURELOC_DATABASE_URL"], "no password in the file"
     assert (REPO / services["worker"]["build"] / "Dockerfile").is_file()
+
+
+def test_compose_api_service_serves_the_http_api():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["command"][0] == "serve"
+    # Listens on all interfaces inside its container, published on the host's loopback only:
+    # TLS is a reverse proxy's job (README), plain HTTP must not face the network.
+    assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    assert all(p.startswith("127.0.0.1:") for p in api["ports"])
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert "featureloc-data:/data" in api["volumes"], "the API reads the maps and blobs"
+    assert set(api["depends_on"]) == {"redis", "postgres"}

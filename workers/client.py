@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -175,9 +176,20 @@ class Client:
         status: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        map_names: Collection[str] | None = None,
+        before: tuple[datetime, str] | None = None,
     ) -> list[JobResult]:
+        """Jobs newest first; see ``db.queries.list_jobs`` for the filters and paging."""
         with self.db.session() as s:
-            jobs = queries.list_jobs(s, map_name=map_name, status=status, since=since, limit=limit)
+            jobs = queries.list_jobs(
+                s,
+                map_name=map_name,
+                status=status,
+                since=since,
+                limit=limit,
+                map_names=map_names,
+                before=before,
+            )
             return [_to_result(j, []) for j in jobs]
 
 

@@ -51,7 +51,7 @@ def build_and_register(
         limits=image_limits(settings),
         on_done=on_done,
     )
-    _record(settings, store, name)
+    record_map(settings, name)
     return report
 
 
@@ -60,12 +60,13 @@ def register_map(settings: Settings, name: str) -> int:
     references (after parts were added); returns their number."""
     store = MapStore(settings.maps_dir)
     finalise_map(store, name)
-    return _record(settings, store, name)
+    return record_map(settings, name)
 
 
-def _record(settings: Settings, store: MapStore, name: str) -> int:
-    """Record map ``name`` as it is on disk and the references it does not have yet."""
-    ref_map = store.open(name)
+def record_map(settings: Settings, name: str) -> int:
+    """Record map ``name`` as it is on disk and the references it does not have yet (e.g. a map
+    built elsewhere and copied in); returns their number."""
+    ref_map = MapStore(settings.maps_dir).open(name)
     pos = ref_map.positions
     refs = [(rid, float(x), float(y)) for rid, (x, y) in zip(ref_map.ids, pos, strict=True)]
     with Database(settings.database_url.get_secret_value()).session() as s:

@@ -1,0 +1,106 @@
+"""``/v1/jobs/{id}/matches.png`` and ``/v1/jobs/{id}/plot.svg``: a finished job, drawn.
+
+``matches.png`` recomputes the verified matches in this process (``workers/figures.py``, as
+``featureloc draw`` does), one figure at a time. The reference photos come from the folder the map
+records (``featureloc map images``); without it the figure shows the query alone, captioned so.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import cv2
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import CallerKey
+from api.jobs import visible_job
+from api.plot import job_plot_svg
+from api.problems import Problem
+from api.services import Services, Svc
+from core.errors import InputError
+from db import queries
+from workers.blobstore import BlobNotFound
+from workers.client import JobResult
+from workers.figures import job_figure
+from workers.runtime import localiser
+
+router = APIRouter(prefix="/v1", tags=["figures"])
+
+# A finished job's figures do not change: let the browser keep them for a while.
+CACHE = {"Cache-Control": "private, max-age=600"}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "The figure."}
+}
+SVG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/svg+xml": {}}, "description": "The plot."}
+}
+
+
+@router.get(
+    "/jobs/{job_id}/matches.png",
+    response_class=Response,
+    responses={**PNG, 404: {}, 409: {}, 410: {}},
+    summary="The query beside its best references, verified matches coloured by confidence",
+)
+async def matches_png(
+    job_id: str,
+    key: CallerKey,
+    svc: Svc,
+    top: Annotated[
+        int, Query(ge=1, le=10, description="References shown, most inliers first.")
+    ] = 3,
+) -> Response:
+    result = _finished(await visible_job(svc, key, job_id))
+    png = await run_in_threadpool(_draw_png, svc, result, top)
+    return Response(png, media_type="image/png", headers=CACHE)
+
+
+def _draw_png(svc: Services, result: JobResult, top: int) -> bytes:
+    with svc.figure_lock:
+        try:
+            figure = job_figure(
+                svc.client,
+                localiser(result.map_name),
+                result.id,
+                svc.maps.images_dir(result.map_name),
+                top,
+            )
+        except BlobNotFound:
+            raise Problem(410, "the query photo of this job is no longer stored") from None
+        except InputError as exc:
+            raise Problem(409, f"cannot draw this job: {exc}") from None
+    ok, encoded = cv2.imencode(".png", figure.image)
+    if not ok:
+        raise Problem(500, "could not encode the figure")
+    return encoded.tobytes()
+
+
+@router.get(
+    "/jobs/{job_id}/plot.svg",
+    response_class=Response,
+    responses={**SVG, 404: {}, 409: {}},
+    summary="The map's reference positions, the candidate places by evidence, the estimate",
+)
+async def plot_svg(job_id: str, key: CallerKey, svc: Svc) -> Response:
+    result = _finished(await visible_job(svc, key, job_id))
+
+    def references() -> list[tuple[float, float]]:
+        with svc.client.db.session() as s:
+            return [(r.x, r.y) for r in queries.get_references(s, result.map_name)]
+
+    estimate = (result.x, result.y) if result.x is not None and result.y is not None else None
+    svg = job_plot_svg(
+        await run_in_threadpool(references),
+        result.candidates,
+        estimate,
+        result.confidence,
+        result.localised,
+    )
+    return Response(svg, media_type="image/svg+xml", headers=CACHE)
+
+
+def _finished(result: JobResult) -> JobResult:
+    if result.status != "done":
+        raise Problem(409, f"the job is {result.status}: there is nothing to draw")
+    return result

@@ -1,0 +1,90 @@
+"""``/v1/maps``: the maps a key may use, and one map's references, camera and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import CallerKey, require_map
+from api.problems import Problem
+from api.schemas import BuildOut, MapDetail, MapSummary, ReferenceOut
+from api.services import Services, Svc
+from core.errors import MapError
+from core.mapstore import IMAGES_DIR_KEY, validate_map_name
+from db import build_queries, queries
+from db.models import Map
+
+router = APIRouter(prefix="/v1", tags=["maps"])
+
+BUILDS_SHOWN = 20
+
+
+@router.get("/maps", response_model=list[MapSummary], summary="Maps this key may use")
+async def list_maps(key: CallerKey, svc: Svc) -> list[MapSummary]:
+    def load() -> list[Map]:
+        with svc.client.db.session() as s:
+            return [m for m in queries.list_maps(s) if key.allows(m.name)]
+
+    return [_summary(m) for m in await run_in_threadpool(load)]
+
+
+@router.get(
+    "/maps/{map_name}",
+    response_model=MapDetail,
+    summary="A map: references, extractor, camera, builds",
+    responses={400: {}, 403: {}, 404: {}},
+)
+async def get_map(map_name: str, key: CallerKey, svc: Svc) -> MapDetail:
+    validate_map_name(map_name)
+    require_map(key, map_name)
+    return await run_in_threadpool(_detail, svc, map_name)
+
+
+def _detail(svc: Services, map_name: str) -> MapDetail:
+    with svc.client.db.session() as s:
+        row = queries.get_map(s, map_name)
+        if row is None:
+            raise Problem(404, f"unknown map {map_name!r}")
+        refs = [
+            ReferenceOut(id=r.ref_id, x=r.x, y=r.y) for r in queries.get_references(s, map_name)
+        ]
+        builds = [
+            BuildOut(
+                id=b.id,
+                status=b.status,
+                total=b.total,
+                processed=b.processed,
+                added=b.added,
+                skipped=b.skipped,
+                failed=len(b.failed or {}),
+                error=b.error,
+                created_at=b.created_at,
+                finished_at=b.finished_at,
+            )
+            for b in build_queries.list_builds(s, map_name, BUILDS_SHOWN)
+        ]
+    try:
+        manifest = svc.maps.manifest(map_name)
+    except MapError:  # registered, but its files are not on this host's maps_dir
+        manifest = {}
+    photos: str | None = manifest.get(IMAGES_DIR_KEY)
+    return MapDetail(
+        **_summary(row).model_dump(),
+        camera=manifest.get("camera"),
+        reference_photos=photos is not None and Path(photos).is_dir(),
+        references=refs,
+        builds=builds,
+    )
+
+
+def _summary(m: Map) -> MapSummary:
+    return MapSummary(
+        name=m.name,
+        num_references=m.num_references,
+        extractor=m.extractor,
+        retriever=m.retriever,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+    )

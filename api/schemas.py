@@ -1,0 +1,87 @@
+"""Response bodies of the HTTP API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class CandidateOut(BaseModel):
+    reference_id: str
+    x: float
+    y: float
+    rank: int = Field(description="Place in the retrieval shortlist (0 = most similar).")
+    retrieval_score: float
+    query_keypoints: int
+    reference_keypoints: int
+    tentative_matches: int
+    inliers: int = Field(description="Matches that passed geometric verification.")
+    inlier_ratio: float
+    mean_match_score: float
+
+
+class JobOut(BaseModel):
+    id: str
+    map_name: str
+    status: str = Field(description="pending, running, done or failed")
+    x: float | None
+    y: float | None
+    confidence: float | None = Field(description="In [0, 1].")
+    localised: bool | None = Field(description="False: the evidence was too weak for a place.")
+    error: str | None = Field(description="Why the job failed.")
+    timings: dict[str, float] | None = Field(description="Seconds per stage.")
+    worker: str | None
+    matcher: str | None
+    method: str | None = Field(description="How the estimate was made, e.g. cluster+placement.")
+    options: dict[str, Any]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    candidates: list[CandidateOut] = Field(description="Most inliers first.")
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut] = Field(description="Newest first, without candidates.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class MapSummary(BaseModel):
+    name: str
+    num_references: int
+    extractor: dict[str, Any]
+    retriever: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReferenceOut(BaseModel):
+    id: str
+    x: float
+    y: float
+
+
+class BuildOut(BaseModel):
+    id: str
+    status: str
+    total: int
+    processed: int
+    added: int
+    skipped: int
+    failed: int = Field(description="Photos that could not be added.")
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class MapDetail(MapSummary):
+    camera: dict[str, Any] | None = Field(description="Intrinsics of the reference photos.")
+    reference_photos: bool = Field(description="The API can show the reference photos.")
+    references: list[ReferenceOut]
+    builds: list[BuildOut] = Field(description="Builds run on the workers, newest first.")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
