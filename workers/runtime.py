@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.localiser import Localiser
-from core.mapstore import MapStore
+from core.mapstore import MapStore, part_files
 from core.settings import Settings, get_settings
 from db.session import Database
 from workers.blobstore import BlobStore, S3BlobStore, make_blob_store
@@ -49,7 +49,7 @@ def worker_name() -> str:
 
 def _map_version(path: Path) -> tuple:
     """Changes whenever a part or the retrieval state is added or replaced."""
-    files = sorted((path / "parts").glob("part-*.h5")) + sorted(path.glob("retrieval/*"))
+    files = part_files(path / "parts") + sorted(path.glob("retrieval/*"))
     return tuple((f.name, f.stat().st_mtime_ns) for f in files) + (
         (path / "manifest.json").stat().st_mtime_ns,
     )
