@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where workers find maps: maps_dir as is, or versions published to the S3 bucket above
+    # (workers/mapversions.py), pulled into map_cache_dir.
+    map_backend: Literal["dir", "s3"] = "dir"
+    s3_map_prefix: str = "maps"
+    map_cache_dir: Path | None = Field(default=None, description="default data_dir/map-cache")
+    map_refresh_seconds: float = Field(
+        default=5.0, ge=0, description="how often to look for a newer version"
+    )
 
     # Input limits: an upload larger than this is refused before decoding.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -59,6 +67,8 @@ class Settings(BaseSettings):
             self.blob_dir = self.data_dir / "blobs"
         if self.maps_dir is None:
             self.maps_dir = self.data_dir / "maps"
+        if self.map_cache_dir is None:
+            self.map_cache_dir = self.data_dir / "map-cache"
         return self
 
     def resolved_device(self) -> str:

@@ -278,10 +278,20 @@ def finalise_build(self, build_id: str) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=_retry_delay(self.request.retries)) from None
 
 
+def publish_if_configured(settings: Settings, store: MapStore, name: str) -> str | None:
+    """With ``map_backend=s3``, publish the finalised map as a new version (its id)."""
+    if settings.map_backend != "s3":
+        return None
+    from workers.mapversions import make_map_versions
+
+    return make_map_versions(settings).publish(store.path(name), name)
+
+
 def register_map(settings: Settings, name: str) -> int:
     """Fit the map's retriever and record the map and its references; returns their number."""
     store = MapStore(settings.maps_dir)
     finalise_map(store, name)
+    publish_if_configured(settings, store, name)
     ref_map = store.open(name)
     pos = ref_map.positions
     refs = [(rid, float(x), float(y)) for rid, (x, y) in zip(ref_map.ids, pos, strict=True)]

@@ -50,6 +50,9 @@ def build_and_register(
         limits=image_limits(settings),
         on_done=on_done,
     )
+    from workers.build import publish_if_configured
+
+    publish_if_configured(settings, store, name)
     ref_map = store.open(name)
     pos = ref_map.positions
     refs = [(rid, float(x), float(y)) for rid, (x, y) in zip(ref_map.ids, pos, strict=True)]

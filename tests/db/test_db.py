@@ -50,7 +50,8 @@ def test_migrations_create_tables_and_are_idempotent(db_url):
     engine = make_engine(db_url)
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
+        version = connection.scalar(text("SELECT version_num FROM alembic_version"))
+    assert version == "0004_map_versions"
 
 
 def test_migrated_schema_matches_models(db_url):
