@@ -156,7 +156,7 @@ def test_a_download_killed_midway_leaves_no_version_and_the_next_pull_completes(
     assert len(ReferenceMap.load(path)) == 300
 
 
-@pytest.mark.services
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_hosts_serve_a_published_map_extended_mid_load(s3_endpoint, versions, scene, tmp_path):
     """Two worker processes, each with its own data directory (two hosts), share only Redis,
@@ -166,7 +166,7 @@ def test_two_hosts_serve_a_published_map_extended_mid_load(s3_endpoint, versions
 
     from db.models import Job
     from db.session import Database, init_db
-    from tests.services import WorkerProcess, require_redis, service_env, service_settings
+    from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
     from workers.client import Client
     from workers.maps import build_and_register
 
