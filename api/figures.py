@@ -61,7 +61,7 @@ def _draw_png(svc: Services, result: JobResult, top: int) -> bytes:
         try:
             figure = job_figure(
                 svc.client,
-                localiser(result.map_name),
+                localiser(result.map_name)[0],
                 result.id,
                 svc.maps.images_dir(result.map_name),
                 top,

@@ -46,7 +46,7 @@ def draw_command(
     try:
         map_name = client.result(job_id).map_name
         folder = images or MapStore(client.settings.maps_dir).images_dir(map_name)
-        figure = job_figure(client, localiser(map_name), job_id, folder, top)
+        figure = job_figure(client, localiser(map_name)[0], job_id, folder, top)
     except BlobNotFound:
         fail(f"the query photo of job {job_id} is no longer in the blob store")
     except (InputError, ImageError, MapError) as exc:

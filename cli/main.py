@@ -305,6 +305,7 @@ def jobs_show(
         console.print(
             f"estimate ({fmt(r.x)}, {fmt(r.y)})  confidence {fmt(r.confidence)}  {verdict}"
             + (f"  by {r.method}" if r.method else "")
+            + (f"  map version {r.map_version}" if r.map_version else "")
         )
     if r.timings:
         console.print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items()))

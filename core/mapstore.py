@@ -1,14 +1,36 @@
-"""Maps on disk: a directory per map holding its manifest and its reference features.
+"""Maps on disk: a directory per map holding its manifest, reference features and retrieval state.
 
-Layout of ``<maps_dir>/<name>/``::
+Layout of ``<maps_dir>/<name>/`` (format 2)::
 
-    manifest.json        extractor identity, format version; optionally camera, images_dir
-    parts/part-*.h5      reference features and positions, one file per build chunk
-    retrieval/           state fitted by the retriever (codebooks, global descriptors)
+    manifest.json           extractor identity, retriever, format version; optionally camera,
+                            images_dir (the folder of the reference photos)
+    parts/part-*.feat       references (id, x, y) with their default ("coarse") features,
+                            one file per build chunk
+    sets/<set>/part-*.feat  another named feature set (e.g. "fine") for some references
+    retrieval/              state fitted by the retriever (codebook, global descriptors, index)
 
-A part is written to a temporary file and renamed into place, so a crash never leaves a
-half-written part; adding images later writes a new part (no rebuild), and parallel builders
-write separate parts.
+Every ``.feat`` file is a flat array file (``core/flatfile.py``): ids, image sizes, per-reference
+offsets into contiguous keypoint / descriptor (float16) / score arrays, and in ``parts/`` the
+positions. A loaded map keeps only ids and positions in memory; features are memory-mapped, so a
+job reads only the references it shortlists and every worker process on a host shares one copy
+in the OS page cache. Parts are written to a temporary file and renamed into place (a crash
+never leaves half a part), adding references writes a new part (no rebuild), parallel builders
+write separate parts, and rewriting a part of the same name replaces it (idempotent chunks).
+
+Feature sets (the API)::
+
+    ref_map = MapStore(root).open("campus")
+    ref_map.features[i]                      # the "coarse" set: Features of reference i
+    fine = ref_map.feature_set("fine")       # any named set, lazily read
+    fine.has(i); fine[i]                     # KeyError when reference i has none
+    append_features(ref_map.path, "fine", [(ref_id, feats), ...])   # fill some references
+    fine.refresh()                           # see parts appended since the map was opened
+
+``append_features`` writes one new part of that set; when two parts hold the same reference,
+the part opened last wins (parts are opened in name order, then as ``refresh`` finds them).
+
+Format 1 maps (HDF5 parts, ``parts/part-*.h5``) are refused with a pointer to
+``upgrade_map`` (``featureloc map upgrade NAME``), which converts them part by part.
 """
 
 from __future__ import annotations
@@ -17,21 +39,27 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from core.camera import Camera
 from core.errors import MapError
+from core.flatfile import read_arrays, write_arrays
 from core.types import Features
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 IMAGES_DIR_KEY = "images_dir"  # manifest key: folder of the reference photos (optional)
+DEFAULT_SET = "coarse"
+PART_SUFFIX = ".feat"
+_PART_RE = re.compile(r"part-[A-Za-z0-9_-]+\.feat")
+_SET_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -79,6 +107,11 @@ class MapStore:
         }
         if (path / "manifest.json").is_file():
             existing = read_manifest(path)
+            if existing.get("format") != FORMAT_VERSION:
+                raise MapError(
+                    f"map {name!r} is in format {existing.get('format')}: upgrade it first "
+                    f"(`featureloc map upgrade {name}`)"
+                )
             if existing["extractor"] != extractor:
                 raise MapError(
                     f"map {name!r} was built with extractor {existing['extractor']}, "
@@ -125,6 +158,10 @@ class MapStore:
     def open(self, name: str) -> ReferenceMap:
         return ReferenceMap.load(self._existing(name))
 
+    def upgrade(self, name: str) -> int:
+        """Convert an old-format map in place (see ``upgrade_map``); returns parts converted."""
+        return upgrade_map(self._existing(name))
+
     def _existing(self, name: str) -> Path:
         path = self.path(name)
         if not (path / "manifest.json").is_file():
@@ -146,65 +183,165 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def feature_dir(map_path: Path, set_name: str = DEFAULT_SET) -> Path:
+    """Where the parts of a feature set live: ``parts/`` for the default set."""
+    if set_name == DEFAULT_SET:
+        return Path(map_path) / "parts"
+    if not _SET_RE.match(set_name or ""):
+        raise MapError(f"invalid feature set name {set_name!r}")
+    return Path(map_path) / "sets" / set_name
+
+
+def part_files(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).glob("part-*.feat") if _PART_RE.fullmatch(p.name))
+
+
 def existing_reference_ids(map_path: Path, exclude: Iterable[str] = ()) -> set[str]:
     """Ids stored in the map's parts, except in the part files named in ``exclude``."""
-    ids: set[str] = set()
     skip = set(exclude)
-    for part in sorted((Path(map_path) / "parts").glob("part-*.h5")):
-        if part.name in skip:
-            continue
-        with h5py.File(part, "r") as f:
-            ids.update(f["refs"].keys())
+    ids: set[str] = set()
+    for part in part_files(feature_dir(map_path)):
+        if part.name not in skip:
+            ids.update(str(i) for i in read_arrays(part)["ids"])
     return ids
 
 
 def write_part(
     map_path: Path, items: list[tuple[Reference, Features]], name: str | None = None
 ) -> Path | None:
-    """Write one part atomically; returns its path (None when there is nothing to write).
+    """Write one part of references with their default features; None when ``items`` is empty.
 
-    ``name`` (``part-<something>.h5``) makes the write idempotent: writing the same chunk again
-    replaces its part instead of adding a second copy of its references.
+    ``name`` (``part-<something>.feat``) makes the write idempotent: writing the same chunk
+    again replaces its part instead of adding a second copy of its references.
     """
     if not items:
         return None
-    parts = Path(map_path) / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    if name is not None and not re.fullmatch(r"part-[A-Za-z0-9_-]+\.h5", name):
+    positions = np.array([(r.x, r.y) for r, _ in items], np.float64).reshape(-1, 2)
+    return _write_features(
+        feature_dir(map_path), [(r.id, f) for r, f in items], name, {"positions": positions}
+    )
+
+
+def append_features(
+    map_path: Path,
+    set_name: str,
+    items: list[tuple[str, Features]],
+    name: str | None = None,
+) -> Path | None:
+    """Store features of some references (by id) in the named set, as one new part."""
+    if set_name == DEFAULT_SET:
+        raise MapError("the default set holds the references: add them with write_part")
+    return _write_features(feature_dir(map_path, set_name), items, name, {})
+
+
+def _write_features(
+    directory: Path, items: list[tuple[str, Features]], name: str | None, extra: dict
+) -> Path | None:
+    if not items:
+        return None
+    if name is not None and not _PART_RE.fullmatch(name):
         raise MapError(f"invalid part name {name!r}")
-    final = parts / (name or f"part-{uuid.uuid4().hex}.h5")
-    tmp = parts / f".{final.name}.{uuid.uuid4().hex}.tmp"  # concurrent writers of one name
-    with h5py.File(tmp, "w") as f:
-        refs = f.create_group("refs")
-        for ref, feats in items:
-            g = refs.create_group(ref.id)
-            g.attrs["x"] = float(ref.x)
-            g.attrs["y"] = float(ref.y)
-            g.attrs["width"], g.attrs["height"] = feats.image_size
-            g.create_dataset("keypoints", data=feats.keypoints.astype(np.float32))
-            g.create_dataset("descriptors", data=feats.descriptors.astype(np.float16))
-            g.create_dataset("scores", data=feats.scores.astype(np.float16))
-    os.replace(tmp, final)
-    return final
+    directory.mkdir(parents=True, exist_ok=True)
+    feats = [f for _, f in items]
+    counts = np.array([len(f) for f in feats], np.int64)
+    dim = next((f.descriptors.shape[1] for f in feats if f.descriptors.ndim == 2), 0)
+    arrays = {
+        "ids": np.array([rid for rid, _ in items], dtype=str),
+        "sizes": np.array([f.image_size for f in feats], np.int32).reshape(-1, 2),
+        "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "keypoints": _stack([f.keypoints for f in feats], (0, 2), np.float32),
+        "descriptors": _stack([f.descriptors for f in feats], (0, dim), np.float16),
+        "scores": _stack([f.scores for f in feats], (0,), np.float16),
+        **extra,
+    }
+    return write_arrays(directory / (name or f"part-{uuid.uuid4().hex}{PART_SUFFIX}"), arrays)
+
+
+def _stack(arrays: list[np.ndarray], empty: tuple[int, ...], dtype) -> np.ndarray:
+    rows = [np.asarray(a, dtype).reshape(-1, *empty[1:]) for a in arrays]
+    return np.concatenate(rows) if rows else np.zeros(empty, dtype)
+
+
+class FeatureSet:
+    """Lazy random access to one feature set of a loaded map: ``[i]`` -> Features.
+
+    Holds the parts' memory maps and, per reference (map order), which part and row hold its
+    features; nothing else is read until a reference is asked for.
+    """
+
+    def __init__(self, name: str, directory: Path, index: dict[str, int]) -> None:
+        self.name = name
+        self.directory = directory
+        self._index = index
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._opened: set[str] = set()
+        self._part = np.full(len(index), -1, np.int32)
+        self._row = np.zeros(len(index), np.int64)
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Open parts written since the last look; returns how many were new."""
+        new = [p for p in part_files(self.directory) if p.name not in self._opened]
+        for path in new:
+            arrays = read_arrays(path)
+            k = len(self._parts)
+            self._parts.append(arrays)
+            self._opened.add(path.name)
+            for row, rid in enumerate(arrays["ids"]):
+                i = self._index.get(str(rid))
+                if i is not None:
+                    self._part[i], self._row[i] = k, row
+        return len(new)
+
+    def has(self, i: int) -> bool:
+        return bool(self._part[i] >= 0)
+
+    def count(self) -> int:
+        """References that have features in this set."""
+        return int((self._part >= 0).sum())
+
+    def __len__(self) -> int:
+        return len(self._part)
+
+    def __getitem__(self, i: int) -> Features:
+        k = int(self._part[i])
+        if k < 0:
+            raise KeyError(f"reference {i} has no {self.name!r} features")
+        a, row = self._parts[k], int(self._row[i])
+        lo, hi = int(a["offsets"][row]), int(a["offsets"][row + 1])
+        w, h = (int(v) for v in a["sizes"][row])
+        # Copies of the reference's rows: read-only mapped memory never leaks into matchers.
+        return Features(
+            np.array(a["keypoints"][lo:hi]),
+            np.array(a["descriptors"][lo:hi]),
+            a["scores"][lo:hi].astype(np.float32),
+            (w, h),
+        )
+
+    def __iter__(self) -> Iterator[Features]:
+        return (self[i] for i in range(len(self)))
 
 
 class ReferenceMap:
-    """A map loaded in memory: positions and features of every reference."""
+    """A loaded map: ids and positions in memory, feature sets memory-mapped."""
 
-    def __init__(
-        self,
-        path: Path,
-        manifest: dict[str, Any],
-        ids: list[str],
-        positions: np.ndarray,
-        features: list[Features],
-    ) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], ids: list[str], positions) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.ids = ids
         self.positions = positions  # (N, 2) float64
-        self.features = features
         self.index = {rid: i for i, rid in enumerate(ids)}
+        self._sets: dict[str, FeatureSet] = {}
+
+    @property
+    def features(self) -> FeatureSet:
+        """The default ("coarse") feature set, the one every reference has."""
+        return self.feature_set(DEFAULT_SET)
+
+    def feature_set(self, name: str = DEFAULT_SET) -> FeatureSet:
+        if name not in self._sets:
+            self._sets[name] = FeatureSet(name, feature_dir(self.path, name), self.index)
+        return self._sets[name]
 
     @property
     def name(self) -> str:
@@ -235,30 +372,54 @@ class ReferenceMap:
     @classmethod
     def load(cls, path: Path) -> ReferenceMap:
         manifest = read_manifest(path)
-        if manifest.get("format") != FORMAT_VERSION:
-            raise MapError(f"map at {path} has format {manifest.get('format')}, expected 1")
-        ids: list[str] = []
-        pos: list[tuple[float, float]] = []
-        feats: list[Features] = []
-        for part in sorted((Path(path) / "parts").glob("part-*.h5")):
-            with h5py.File(part, "r") as f:
-                for rid, g in f["refs"].items():
-                    ids.append(rid)
-                    pos.append((float(g.attrs["x"]), float(g.attrs["y"])))
-                    feats.append(
-                        Features(
-                            g["keypoints"][()],
-                            g["descriptors"][()],  # float16: half the memory, resident
-                            g["scores"][()].astype(np.float32),
-                            (int(g.attrs["width"]), int(g.attrs["height"])),
-                        )
-                    )
-        # Sort by id so a map's order does not depend on how it was chunked.
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        return cls(
-            path,
-            manifest,
-            [ids[i] for i in order],
-            np.array([pos[i] for i in order], np.float64).reshape(-1, 2),
-            [feats[i] for i in order],
-        )
+        fmt = manifest.get("format")
+        if fmt == 1:
+            raise MapError(
+                f"map {manifest.get('name')!r} is in format 1 (HDF5 parts): upgrade it once "
+                f"with `featureloc map upgrade {manifest.get('name')}`"
+            )
+        if fmt != FORMAT_VERSION:
+            raise MapError(f"map at {path} has format {fmt}, expected {FORMAT_VERSION}")
+        positions: dict[str, tuple[float, float]] = {}
+        for part in part_files(feature_dir(path)):
+            arrays = read_arrays(part)
+            for rid, xy in zip(arrays["ids"], arrays["positions"], strict=True):
+                positions[str(rid)] = (float(xy[0]), float(xy[1]))
+        # Sorted by id so a map's order does not depend on how it was chunked.
+        ids = sorted(positions)
+        pos = np.array([positions[i] for i in ids], np.float64).reshape(-1, 2)
+        return cls(path, manifest, ids, pos)
+
+
+def upgrade_map(path: Path) -> int:
+    """Convert a format 1 map (HDF5 parts) to format 2 in place; returns parts converted.
+
+    Each ``part-X.h5`` becomes ``part-X.feat`` (atomically), then the manifest's format is
+    bumped, then the HDF5 files go: a crash at any point leaves a map that loads as format 1
+    (and upgrades again) or as format 2.
+    """
+    import h5py  # only needed to read old maps
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest.get("format") == FORMAT_VERSION:
+        return 0
+    if manifest.get("format") != 1:
+        raise MapError(f"map at {path} has format {manifest.get('format')}: cannot upgrade")
+    old = sorted((path / "parts").glob("part-*.h5"))
+    for part in old:
+        items = []
+        with h5py.File(part, "r") as f:
+            for rid, g in f["refs"].items():
+                feats = Features(
+                    g["keypoints"][()],
+                    g["descriptors"][()],
+                    g["scores"][()].astype(np.float32),
+                    (int(g.attrs["width"]), int(g.attrs["height"])),
+                )
+                items.append((Reference(rid, float(g.attrs["x"]), float(g.attrs["y"])), feats))
+        write_part(path, items, name=part.with_suffix(PART_SUFFIX).name)
+    write_manifest(path, {**manifest, "format": FORMAT_VERSION})
+    for part in old:
+        part.unlink()
+    return len(old)

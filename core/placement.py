@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from core.config import Conf
-from core.types import Features, Matches
+from core.types import FeatureLookup, Features, Matches
 
 
 class PlacementConfig(Conf):
@@ -67,7 +67,7 @@ def place_query(
     query: Features,
     query_k: np.ndarray,
     links: Sequence[Link],
-    features: Sequence[Features],
+    features: FeatureLookup,
     positions: np.ndarray,
     ref_k: Callable[[int], np.ndarray],
     match: MatchFn,
@@ -130,7 +130,7 @@ def _place_from_pair(
     query_k: np.ndarray,
     a: Link,
     b: Link,
-    features: Sequence[Features],
+    features: FeatureLookup,
     positions: np.ndarray,
     ref_k: Callable[[int], np.ndarray],
     match: MatchFn,

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     superglue_weights: Path | None = Field(
         default=None, description="superglue_outdoor.pth or superglue_indoor.pth"
     )
+    # Where workers find maps: maps_dir as is, or versions published to the S3 bucket above
+    # (workers/mapversions.py), pulled into map_cache_dir.
+    map_backend: Literal["dir", "s3"] = "dir"
+    s3_map_prefix: str = "maps"
+    map_cache_dir: Path = Field(description="Pulled map versions; default data_dir/map-cache.")
+    map_refresh_seconds: float = Field(
+        default=5.0, ge=0, description="how often to look for a newer version"
+    )
 
     # Input limits: an upload larger than this is refused before decoding.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -78,6 +86,7 @@ class Settings(BaseSettings):
             "database_url": f"sqlite:///{(data_dir / 'featureloc.db').resolve()}",
             "blob_dir": data_dir / "blobs",
             "maps_dir": data_dir / "maps",
+            "map_cache_dir": data_dir / "map-cache",
         }
         for key, default in defaults.items():
             if values.get(key) is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -25,6 +25,12 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+
+class FeatureLookup(Protocol):
+    """Features by map row: a map's feature set (core.mapstore.FeatureSet) or a plain list."""
+
+    def __getitem__(self, i: int, /) -> Features: ...
 
 
 @dataclass

@@ -41,6 +41,7 @@ IMAGE_KEY_LENGTH = 128
 REF_ID_LENGTH = 255
 WORKER_LENGTH = 255
 MATCHER_LENGTH = 64
+MAP_VERSION_LENGTH = 64
 METHOD_LENGTH = 64
 STATUS_LENGTH = 16
 
@@ -122,6 +123,8 @@ class Job(Base):
     matcher: Mapped[str | None] = mapped_column(String(MATCHER_LENGTH))
     # How the estimate was made: the estimator, "+placement" when geometry placed it.
     method: Mapped[str | None] = mapped_column(String(METHOD_LENGTH))
+    # The exact map version the estimate came from (workers/mapversions.py).
+    map_version: Mapped[str | None] = mapped_column(String(MAP_VERSION_LENGTH))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

@@ -119,6 +119,7 @@ def save_result(
     worker: str | None,
     candidates: Sequence[CandidateResult],
     method: str | None = None,
+    map_version: str | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -141,6 +142,7 @@ def save_result(
     job.timings = dict(timings)
     job.matcher = matcher
     job.method = method
+    job.map_version = map_version
     if worker is not None:
         job.worker = worker
     job.error = None

@@ -89,6 +89,34 @@ class DirectoryBlobStore:
         return self._path(key).exists()
 
 
+def s3_client(
+    endpoint_url: str | None,
+    region: str,
+    access_key_id: SecretStr | None,
+    secret_access_key: SecretStr | None,
+):
+    """A boto3 S3 client; credentials left as None fall back to boto3's own chain."""
+    import boto3  # optional dependency: only a deployment that uses S3 needs it
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id.get_secret_value() if access_key_id else None,
+        aws_secret_access_key=(secret_access_key.get_secret_value() if secret_access_key else None),
+    )
+
+
+def settings_s3_client(settings: Settings):
+    """The S3 client the settings describe (bucket aside)."""
+    return s3_client(
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        settings.s3_access_key_id,
+        settings.s3_secret_access_key,
+    )
+
+
 class S3BlobStore:
     """The same store in an S3-compatible bucket (AWS, MinIO, Ceph...): needs the ``s3`` extra.
 
@@ -105,21 +133,12 @@ class S3BlobStore:
         access_key_id: SecretStr | None = None,
         secret_access_key: SecretStr | None = None,
     ) -> None:
-        import boto3  # optional dependency: only a deployment that uses S3 needs it
         from botocore.exceptions import ClientError
 
         self._client_error = ClientError
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id.get_secret_value() if access_key_id else None,
-            aws_secret_access_key=(
-                secret_access_key.get_secret_value() if secret_access_key else None
-            ),
-        )
+        self.client = s3_client(endpoint_url, region, access_key_id, secret_access_key)
 
     def _object_name(self, key: str) -> str:
         validate_key(key)

@@ -32,7 +32,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.errors import InputError, MapError
 from core.features.base import Extractor
 from core.mapbuild import RefEntry, extract_entries, read_positions_csv
-from core.mapstore import MapStore, Reference, existing_reference_ids, read_manifest, write_part
+from core.mapstore import (
+    PART_SUFFIX,
+    MapStore,
+    Reference,
+    existing_reference_ids,
+    read_manifest,
+    write_part,
+)
 from core.registry import create_extractor, extractor_identity, retriever_class
 from core.settings import Settings
 from db import build_queries
@@ -172,7 +179,7 @@ def _extractor(name: str, conf_json: str) -> Extractor:
 
 
 def part_name(build_id: str, index: int) -> str:
-    return f"part-{build_id}-{index:05d}.h5"
+    return f"part-{build_id}-{index:05d}{PART_SUFFIX}"
 
 
 @shared_task(name=BUILD_CHUNK_TASK, bind=True, **RETRY_POLICY)

@@ -57,6 +57,7 @@ class JobResult:
     worker: str | None
     matcher: str | None
     method: str | None  # how the estimate was made, e.g. "cluster+placement"
+    map_version: str | None  # the exact map version used (workers/mapversions.py)
     options: dict[str, Any]
     created_at: datetime | None
     started_at: datetime | None
@@ -207,6 +208,7 @@ def _to_result(job, candidates) -> JobResult:
         worker=job.worker,
         matcher=job.matcher,
         method=job.method,
+        map_version=job.map_version,
         options=job.options or {},
         created_at=job.created_at,
         started_at=job.started_at,

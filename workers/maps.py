@@ -51,6 +51,7 @@ def build_and_register(
         limits=image_limits(settings),
         on_done=on_done,
     )
+    publish_if_configured(settings, store, name)
     record_map(settings, name)
     return report
 
@@ -60,7 +61,17 @@ def register_map(settings: Settings, name: str) -> int:
     references (after parts were added); returns their number."""
     store = MapStore(settings.maps_dir)
     finalise_map(store, name)
+    publish_if_configured(settings, store, name)
     return record_map(settings, name)
+
+
+def publish_if_configured(settings: Settings, store: MapStore, name: str) -> str | None:
+    """With ``map_backend=s3``, publish the finalised map as a new version (its id)."""
+    if settings.map_backend != "s3":
+        return None
+    from workers.mapversions import make_map_versions
+
+    return make_map_versions(settings).publish(store.path(name), name)
 
 
 def record_map(settings: Settings, name: str) -> int:

@@ -1,23 +1,28 @@
 """What a worker process keeps between tasks: settings, the database, and loaded maps.
 
 Models and map features load once per process (lazily, on the first task, so nothing touches
-CUDA in the parent before prefork forks); a map is reloaded when its parts change on disk.
+CUDA in the parent before prefork forks); a map is reloaded when its version changes: its parts
+on disk (``map_backend=dir``) or the version published to object storage (``s3``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import time
 from functools import lru_cache
 from pathlib import Path
 
+from core.errors import MapError
 from core.localiser import Localiser
-from core.mapstore import MapStore
+from core.mapstore import MapStore, ReferenceMap, part_files, validate_map_name
 from core.settings import Settings, get_settings
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
+from workers.mapversions import MapVersions, make_map_versions
 
-_localisers: dict[str, tuple[tuple, Localiser]] = {}
+_localisers: dict[str, tuple[str, Localiser]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -47,23 +52,59 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _map_version(path: Path) -> tuple:
-    """Changes whenever a part or the retrieval state is added or replaced."""
-    files = sorted((path / "parts").glob("part-*.h5")) + sorted(path.glob("retrieval/*"))
-    return tuple((f.name, f.stat().st_mtime_ns) for f in files) + (
-        (path / "manifest.json").stat().st_mtime_ns,
-    )
+def _local_version(path: Path) -> str:
+    """A directory map's version: changes whenever a part or the retrieval state is added or
+    replaced, or the manifest changes (``local-`` + a hash of names and modification times)."""
+    files = part_files(path / "parts") + sorted(path.glob("retrieval/*"))
+    stamp = [(f.name, f.stat().st_mtime_ns) for f in files]
+    stamp.append(("manifest.json", (path / "manifest.json").stat().st_mtime_ns))
+    return "local-" + hashlib.sha256(repr(stamp).encode()).hexdigest()[:20]
 
 
-def localiser(map_name: str) -> Localiser:
-    store = MapStore(settings().maps_dir)
-    path = store.path(map_name)
-    if not (path / "manifest.json").is_file():
-        store.open(map_name)  # raises MapError("unknown map ...")
-    version = _map_version(path)
-    cached = _localisers.get(map_name)
-    if cached and cached[0] == version:
-        return cached[1]
-    loc = Localiser(store.open(map_name), device=settings().resolved_device())
+@lru_cache(maxsize=1)
+def map_versions() -> MapVersions:
+    return make_map_versions(settings())
+
+
+_latest_seen: dict[str, tuple[float, str]] = {}
+
+
+def _published_version(map_name: str) -> str:
+    """The version LATEST names, looked up at most every ``map_refresh_seconds``."""
+    now = time.monotonic()
+    seen = _latest_seen.get(map_name)
+    if seen and now - seen[0] < settings().map_refresh_seconds:
+        return seen[1]
+    version = map_versions().latest(map_name)
+    if version is None:
+        raise MapError(f"unknown map {map_name!r}: no version published")
+    _latest_seen[map_name] = (now, version)
+    return version
+
+
+def localiser(map_name: str) -> tuple[Localiser, str]:
+    """The localiser of the map's current version, and that version's id.
+
+    A job holds one Localiser for its whole run, so switching to a newer version (between
+    jobs) never mixes two versions in one job.
+    """
+    s = settings()
+    validate_map_name(map_name)
+    if s.map_backend == "s3":
+        version = _published_version(map_name)
+        cached = _localisers.get(map_name)
+        if cached and cached[0] == version:
+            return cached[1], version
+        path = map_versions().pull(map_name, version, s.map_cache_dir)
+    else:
+        store = MapStore(s.maps_dir)
+        path = store.path(map_name)
+        if not (path / "manifest.json").is_file():
+            store.open(map_name)  # raises MapError("unknown map ...")
+        version = _local_version(path)
+        cached = _localisers.get(map_name)
+        if cached and cached[0] == version:
+            return cached[1], version
+    loc = Localiser(ReferenceMap.load(path), device=s.resolved_device())
     _localisers[map_name] = (version, loc)
-    return loc
+    return loc, version

@@ -65,7 +65,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
     try:
         opts = LocaliseOptions.parse(options)
         image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
-        loc = runtime.localiser(map_name)
+        loc, map_version = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
         result = loc.localise(image, opts)
     except InputError as exc:
@@ -93,6 +93,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             timings=timings,
             matcher=opts.matcher,
             method=est.method,
+            map_version=map_version,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
         )

@@ -3,35 +3,53 @@
 At build, ``fit`` clusters a sample of the map's local descriptors with faiss k-means (the
 codebook), aggregates each reference's residuals to its nearest visual words (VLAD, Jégou et al.
 2010), applies intra-normalisation (Arandjelović & Zisserman 2013) and signed square-root power
-normalisation, and stores codebook + per-reference descriptors in ``<map>/retrieval/vlad.npz``.
-``shortlist`` ranks references by cosine similarity (one matrix product).
+normalisation. ``shortlist`` ranks references by cosine similarity.
+
+State in ``<map>/retrieval/``: ``vlad.npz`` (codebook, settings, and the names of the files
+below: it is replaced last, atomically, so readers see one consistent generation),
+``vlad-desc-*.arr`` (ids + float16 descriptors of the references described by one ``fit``;
+flat files, memory-mapped, shared by every worker process of a host) and, for maps of
+``index_min_references`` or more, ``vlad-index-*.arr``: a compressed index (PCA + IVF-PQ,
+``core/retrieval/index.py``) whose best ``rerank`` candidates are re-scored exactly.
 
 Extending a map: ``fit`` keeps an existing codebook and only describes references it has not
-seen, so added images are retrievable without touching the old ones. A codebook fitted on one
-place still describes a neighbouring place well; refit (``fit(ref_map, refit=True)``, or delete
-``retrieval/vlad.npz`` and finalise) when the map has grown past ``refit_growth`` times the
-references the codebook was fitted on — done automatically — or covers a different kind of scene.
+seen (a new descriptor file; the index gets their projections added), so added images are
+retrievable without touching the old ones. A codebook fitted on one place still describes a
+neighbouring place well; refit (``fit(ref_map, refit=True)``, or delete ``retrieval/vlad.npz``
+and finalise) when the map has grown past ``refit_growth`` times the references the codebook
+was fitted on — done automatically, and likewise for the index — or covers another kind of scene.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from core import config
 from core.errors import MapError
+from core.flatfile import read_arrays, write_arrays
 from core.retrieval.base import Retriever
+from core.retrieval.index import (
+    INDEX_MIN_REFERENCES,
+    CompressedIndex,
+    IndexConfig,
+    exact_scores,
+    project,
+)
 from core.types import Features
 
 if TYPE_CHECKING:
     from core.mapstore import ReferenceMap
 
 STATE_FILE = "vlad.npz"
+_DESCRIBE_PART = 8192  # references per descriptor file written by one fit
+_STALE_SECONDS = 3600  # unreferenced state files older than this are removed by fit
 
 
 class VladRetriever(Retriever):
@@ -43,8 +61,10 @@ class VladRetriever(Retriever):
     - ``kmeans_iters``: faiss k-means iterations.
     - ``position_pooling``: weight of the best view of the same position added to each
       reference's score (0 = off); views of one position share an (x, y).
-    - ``refit_growth``: refit the codebook when the map holds this many times the references it
-      was fitted on.
+    - ``refit_growth``: refit the codebook (and retrain the index) when the map holds this many
+      times the references it was fitted on.
+    - ``index_min_references``: from this map size on, shortlist through a compressed index
+      (``core/retrieval/index.py``; 0: never) with ``index`` settings (IndexConfig fields).
     """
 
     name = "vlad"
@@ -57,13 +77,27 @@ class VladRetriever(Retriever):
         position_pooling: float = 0.0
         refit_growth: float = 2.0
         seed: int = 0
+        index_min_references: int = Field(INDEX_MIN_REFERENCES, ge=0)
+        index: dict[str, Any] = Field(default_factory=dict)  # IndexConfig fields
+
+        @field_validator("index")
+        @classmethod
+        def _index_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+            try:
+                IndexConfig(**v)
+            except TypeError as exc:
+                raise ValueError(f"index: {exc}") from None
+            return v
 
     conf: Conf  # this plug-in's options, merged over the defaults above
 
     def __init__(self, conf=None) -> None:
         super().__init__(conf)
         self.centroids: np.ndarray | None = None
-        self.descriptors: np.ndarray | None = None  # (N, k*d) float32, rows in map order
+        self.blocks: list[np.ndarray] = []  # float16 descriptor files, memory-mapped
+        self.row_to_map = np.zeros(0, np.int64)  # state row -> map index (-1: not in the map)
+        self.map_to_row = np.zeros(0, np.int64)  # map index -> state row
+        self.index: CompressedIndex | None = None
         self._position_groups: np.ndarray | None = None
 
     # --- build time -------------------------------------------------------------------------
@@ -77,22 +111,60 @@ class VladRetriever(Retriever):
         if state is not None and len(ref_map) > self.conf.refit_growth * state["fitted_on"]:
             state = None
         if state is None:
-            centroids = self._fit_codebook(ref_map)
-            fitted_on = len(ref_map)
-            known: dict[str, np.ndarray] = {}
+            state = {
+                "centroids": self._fit_codebook(ref_map),
+                "fitted_on": len(ref_map),
+                "desc_files": [],
+                "index_file": "",
+                "index_trained_on": 0,
+            }
+        self.centroids = state["centroids"]
+        out = ref_map.retrieval_dir
+        out.mkdir(parents=True, exist_ok=True)
+        known = {str(i) for f in state["desc_files"] for i in read_arrays(out / f)["ids"]}
+        new = [i for i, rid in enumerate(ref_map.ids) if rid not in known]
+        before = sum(len(read_arrays(out / f)["ids"]) for f in state["desc_files"])
+        for start in range(0, len(new), _DESCRIBE_PART):
+            rows = new[start : start + _DESCRIBE_PART]
+            desc = np.stack([self.describe(ref_map.features[i]) for i in rows]).astype(np.float16)
+            name = f"vlad-desc-{uuid.uuid4().hex}.arr"
+            ids = np.array([ref_map.ids[i] for i in rows], dtype=str)
+            write_arrays(out / name, {"ids": ids, "descriptors": desc})
+            state["desc_files"].append(name)
+        self._update_index(ref_map, state, before)
+        self._write_state(ref_map, state)
+        self.prepare(ref_map)
+
+    def _update_index(self, ref_map: ReferenceMap, state: dict, before: int) -> None:
+        """Train, extend or drop the compressed index to match the descriptors now stored."""
+        out = ref_map.retrieval_dir
+        blocks = [read_arrays(out / f)["descriptors"] for f in state["desc_files"]]
+        total = sum(len(b) for b in blocks)
+        threshold = int(self.conf["index_min_references"])
+        if not threshold or total < threshold:
+            state["index_file"], state["index_trained_on"] = "", 0
+            return
+        grown = total > self.conf["refit_growth"] * max(state["index_trained_on"], 1)
+        if state["index_file"] and not grown:
+            index = CompressedIndex.load(out / state["index_file"])
+            for block in _rows_from(blocks, before):
+                index.add(block)
         else:
-            centroids = state["centroids"]
-            fitted_on = state["fitted_on"]
-            known = dict(zip(state["ids"], state["descriptors"], strict=True))
-        self.centroids = centroids
-        desc = np.stack(
-            [
-                known[rid] if rid in known else self.describe(feats).astype(np.float16)
-                for rid, feats in zip(ref_map.ids, ref_map.features, strict=True)
-            ]
-        )
-        self._write_state(ref_map, centroids, list(ref_map.ids), desc, fitted_on)
-        self.descriptors = desc.astype(np.float32)
+            rng = np.random.default_rng(self.conf["seed"])
+            conf = IndexConfig(**self.conf["index"])
+            pick = rng.permutation(total)
+            pca = CompressedIndex.fit_pca(_take(blocks, pick[: conf.pca_sample]), conf.dim)
+            train = pick[: conf.train_sample]
+            step = 4096  # never the whole float32 sample at once
+            chunks = [train[i : i + step] for i in range(0, len(train), step)]
+            projections = np.concatenate([project(_take(blocks, c), *pca) for c in chunks])
+            index = CompressedIndex.train(pca, projections, total, conf, self.conf["seed"])
+            for block in blocks:
+                index.add(block)
+            state["index_trained_on"] = total
+        name = f"vlad-index-{uuid.uuid4().hex}.arr"
+        index.save(out / name)
+        state["index_file"] = name
 
     def _codebook_conf(self) -> dict:
         keys = ("num_clusters", "multi_assign", "train_per_image", "kmeans_iters", "seed")
@@ -131,45 +203,82 @@ class VladRetriever(Retriever):
         if state is None:
             raise MapError(f"map {ref_map.name!r} has no VLAD state: finalise the map first")
         self.centroids = state["centroids"]
-        index = {rid: i for i, rid in enumerate(state["ids"])}
-        missing = [rid for rid in ref_map.ids if rid not in index]
-        if missing:
+        out = ref_map.retrieval_dir
+        files = [read_arrays(out / f) for f in state["desc_files"]]
+        self.blocks = [f["descriptors"] for f in files]
+        ids = [str(i) for f in files for i in f["ids"]]
+        self.row_to_map = np.array([ref_map.index.get(rid, -1) for rid in ids], np.int64)
+        self.map_to_row = np.full(len(ref_map), -1, np.int64)
+        valid = self.row_to_map >= 0
+        self.map_to_row[self.row_to_map[valid]] = np.flatnonzero(valid)
+        missing = np.flatnonzero(self.map_to_row < 0)
+        if len(missing):
             raise MapError(
                 f"map {ref_map.name!r}: {len(missing)} reference(s) have no VLAD descriptor "
-                f"(e.g. {missing[0]!r}): finalise the map after adding images"
+                f"(e.g. {ref_map.ids[missing[0]]!r}): finalise the map after adding images"
             )
-        rows = np.array([index[rid] for rid in ref_map.ids], np.int64)
-        self.descriptors = np.ascontiguousarray(state["descriptors"][rows], np.float32)
+        index_file = state["index_file"]
+        self.index = CompressedIndex.load(out / index_file) if index_file else None
         self._position_groups = _position_groups(ref_map.positions)
 
+    def descriptor_rows(self, indices) -> np.ndarray:
+        """Float32 descriptors of the references at ``indices`` (map order)."""
+        return _take(self.blocks, self.map_to_row[np.asarray(indices, np.int64)])
+
     def shortlist(self, query: Features, ref_map: ReferenceMap, top_k: int | None):
-        scores = self.scores(query, ref_map)
-        n = len(scores)
+        if len(self.map_to_row) != len(ref_map):
+            self.prepare(ref_map)
+        q = self.describe(query)
+        n = len(ref_map)
         k = n if top_k is None else min(top_k, n)
-        if k < n:
+        if self.index is not None and k <= self.index.conf.rerank:
+            rows = self.index.candidates(q)
+            rows = rows[self.row_to_map[rows] >= 0]
+            cand = self.row_to_map[rows]
+            scores = self._pooled(cand, _take(self.blocks, rows) @ q)
+        else:
+            cand = np.arange(n)
+            scores = self._pooled(cand, self.scores(query, ref_map, q))
+        k = min(k, len(cand))
+        if k < len(cand):
             part = np.argpartition(-scores, k - 1)[:k]
             order = part[np.argsort(-scores[part], kind="stable")]
         else:
             order = np.argsort(-scores, kind="stable")
-        return order, scores[order].astype(np.float32)
+        return cand[order], scores[order].astype(np.float32)
 
-    def scores(self, query: Features, ref_map: ReferenceMap) -> np.ndarray:
-        """Similarity of the query to every reference, in map order (higher is closer)."""
-        if self.descriptors is None or len(self.descriptors) != len(ref_map):
+    def scores(
+        self, query: Features, ref_map: ReferenceMap, described: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Exact similarity of the query to every reference, in map order (higher is closer)."""
+        if len(self.map_to_row) != len(ref_map):
             self.prepare(ref_map)
-        sims = self.descriptors @ self.describe(query)
-        w = float(self.conf.position_pooling)
-        if w > 0 and self._position_groups is not None:
-            groups = self._position_groups
-            best = np.full(groups.max() + 1, -np.inf, np.float32)
-            np.maximum.at(best, groups, sims)
-            sims = sims + w * best[groups]
-        return sims
+        q = self.describe(query) if described is None else described
+        return exact_scores(self.blocks, q)[self.map_to_row]
+
+    def _pooled(self, indices: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Add ``position_pooling`` times the best score among the same position's views
+        (of those scored: all references when exact, the re-ranked candidates with an index)."""
+        w = float(self.conf["position_pooling"])
+        if w <= 0 or self._position_groups is None or len(indices) == 0:
+            return sims
+        groups = self._position_groups[indices]
+        best = np.full(groups.max() + 1, -np.inf, np.float32)
+        np.maximum.at(best, groups, sims)
+        return sims + w * best[groups]
 
     def reference_similarity(self, index: int) -> np.ndarray | None:
-        if self.descriptors is None:
+        if not self.blocks:
             return None
-        return self.descriptors @ self.descriptors[index]
+        v = self.descriptor_rows([index])[0]
+        if self.index is None:
+            return exact_scores(self.blocks, v)[self.map_to_row]
+        # Big maps: only the index's candidates are scored; the rest rank last.
+        rows = self.index.candidates(v)
+        rows = rows[self.row_to_map[rows] >= 0]
+        sims = np.full(len(self.map_to_row), -np.inf, np.float32)
+        sims[self.row_to_map[rows]] = _take(self.blocks, rows) @ v
+        return sims
 
     def describe(self, feats: Features) -> np.ndarray:
         """The VLAD vector (k*d,) of one image's local features, unit length (zeros if none)."""
@@ -199,27 +308,65 @@ class VladRetriever(Retriever):
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
+            if "desc_files" not in z:  # older state: keep its codebook, describe again
+                return {
+                    "centroids": z["centroids"].astype(np.float32),
+                    "fitted_on": int(z["fitted_on"]),
+                    "conf": json.loads(str(z["conf"])),
+                    "desc_files": [],
+                    "index_file": "",
+                    "index_trained_on": 0,
+                }
             return {
                 "centroids": z["centroids"].astype(np.float32),
-                "ids": [str(s) for s in z["ids"]],
-                "descriptors": z["descriptors"],
                 "fitted_on": int(z["fitted_on"]),
                 "conf": json.loads(str(z["conf"])),
+                "desc_files": json.loads(str(z["desc_files"])),
+                "index_file": str(z["index_file"]),
+                "index_trained_on": int(z["index_trained_on"]),
             }
 
-    def _write_state(self, ref_map, centroids, ids, descriptors, fitted_on) -> None:
+    def _write_state(self, ref_map: ReferenceMap, state: dict) -> None:
         out = ref_map.retrieval_dir
-        out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".{STATE_FILE}.{uuid.uuid4().hex}.npz"
         np.savez(
             tmp,
-            centroids=centroids,
-            ids=np.array(ids, dtype=str),
-            descriptors=descriptors.astype(np.float16),  # half the disk and memory
-            fitted_on=np.int64(fitted_on),
+            centroids=state["centroids"],
+            fitted_on=np.int64(state["fitted_on"]),
             conf=json.dumps(self._codebook_conf()),
+            desc_files=json.dumps(state["desc_files"]),
+            index_file=state["index_file"],
+            index_trained_on=np.int64(state["index_trained_on"]),
         )
         os.replace(tmp, out / STATE_FILE)
+        # Files of older generations: kept a while for workers still loading them.
+        keep = {*state["desc_files"], state["index_file"]}
+        for f in out.glob("vlad-*.arr"):
+            if f.name not in keep and time.time() - f.stat().st_mtime > _STALE_SECONDS:
+                f.unlink(missing_ok=True)
+
+
+def _take(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Float32 copies of the given rows of the concatenated blocks."""
+    rows = np.asarray(rows, np.int64)
+    dim = blocks[0].shape[1] if blocks else 0
+    out = np.empty((len(rows), dim), np.float32)
+    start = 0
+    for block in blocks:
+        inside = (rows >= start) & (rows < start + len(block))
+        if inside.any():
+            out[inside] = block[np.sort(rows[inside]) - start][np.argsort(np.argsort(rows[inside]))]
+        start += len(block)
+    return out
+
+
+def _rows_from(blocks: list[np.ndarray], first: int):
+    """The rows of the concatenated blocks from ``first`` on, block by block."""
+    start = 0
+    for block in blocks:
+        if start + len(block) > first:
+            yield block[max(first - start, 0) :]
+        start += len(block)
 
 
 def _position_groups(positions: np.ndarray) -> np.ndarray:

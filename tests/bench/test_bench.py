@@ -11,7 +11,7 @@ import pytest
 
 from bench.calibration import calibration_figures, plot_calibration
 from bench.common import spread_subset, write_subset_map
-from bench.scale import chimera_distractors
+from bench.scale import GroupChimeras
 from bench.throughput import latency_figures
 
 
@@ -67,21 +67,24 @@ def test_subset_map_holds_the_chosen_references_and_localises(scene: Path, tmp_p
     assert res.candidates[0].reference_id == keep[3]
 
 
-def test_chimera_distractors_are_unit_mixes_of_two_places() -> None:
+def test_group_chimeras_score_and_project_like_the_vectors_they_stand_for() -> None:
     rng = np.random.default_rng(1)
-    words, d = 4, 3
+    words, d = 8, 3
     real = rng.normal(size=(6, words * d)).astype(np.float32)
     real /= np.linalg.norm(real, axis=1, keepdims=True)
     pos = np.repeat(np.arange(3), 2)[:, None] * np.ones((1, 2))
-    fake = chimera_distractors(real, pos, words, 20, seed=3)
-    assert fake.shape == (20, words * d)
-    assert np.allclose(np.linalg.norm(fake, axis=1), 1, atol=1e-5)
-    # Every word block is (up to the common scale) a block of some real reference.
-    blocks = real.reshape(6, words, d)
-    for v in fake:
-        for w, blk in enumerate(v.reshape(words, d)):
-            cos = blocks[:, w] @ blk / np.linalg.norm(blocks[:, w], axis=1) / np.linalg.norm(blk)
-            assert cos.max() == pytest.approx(1, abs=1e-5)
+    fake = GroupChimeras(real, pos, words, 20, groups=4, seed=3)
+    # The explicit vectors: each group of words from the source reference chosen for it.
+    group = (np.arange(words * d) // d) % 4
+    explicit = np.stack([real[fake.src[j, group], np.arange(words * d)] for j in range(20)])
+    explicit /= np.linalg.norm(explicit, axis=1, keepdims=True)
+    q = real[2]
+    per = fake.query_sums(q)
+    np.testing.assert_allclose(fake.scores(per), explicit @ q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fake.scores(per, np.array([4, 1])), explicit[[4, 1]] @ q, atol=1e-6)
+    a, b = rng.normal(size=(5, words * d)).astype(np.float32), np.ones(5, np.float32)
+    proj = np.concatenate(list(fake.projections(a, b, chunk=7)))
+    np.testing.assert_allclose(proj, explicit @ a.T + b, rtol=1e-4, atol=1e-5)
 
 
 def test_latency_figures_from_job_timestamps() -> None:

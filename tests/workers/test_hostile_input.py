@@ -186,4 +186,4 @@ def test_unreadable_reference_is_reported_and_skipped(service, tmp_path):
     with st.db().session() as s:
         assert queries.get_map(s, "partial").num_references == 3
     parts = sorted(p.name for p in (st.settings.maps_dir / "partial" / "parts").iterdir())
-    assert parts and all(n.startswith("part-") and n.endswith(".h5") for n in parts), parts
+    assert parts and all(n.startswith("part-") and n.endswith(".feat") for n in parts), parts

@@ -133,7 +133,7 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
     build_map(serial_store, "par", entries, "sift")
     parallel = MapStore(svc.settings.maps_dir).open("par")
     serial = serial_store.open("par")
-    assert len(list((parallel.path / "parts").glob("part-*.h5"))) == 6
+    assert len(list((parallel.path / "parts").glob("part-*.feat"))) == 6
     assert parallel.ids == serial.ids
     np.testing.assert_array_equal(parallel.positions, serial.positions)
     for a, b in zip(parallel.features, serial.features, strict=True):
@@ -151,7 +151,7 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
     assert _wait_build(svc, again.build_id).status == "done"
 
     # Incremental: `map add --via-queue` extracts only the new photos; old parts stay untouched.
-    before = {p.name: p.stat().st_mtime_ns for p in (parallel.path / "parts").glob("*.h5")}
+    before = {p.name: p.stat().st_mtime_ns for p in (parallel.path / "parts").glob("*.feat")}
     extra = tmp_path / "extra"
     (extra / "images").mkdir(parents=True)
     with (extra / "positions.csv").open("w", newline="") as f:
@@ -177,7 +177,7 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
     assert "4 added, 0 already there, 0 failed" in out.stdout
     grown = MapStore(svc.settings.maps_dir).open("par")
     assert len(grown) == 20 and {f"new_{i}" for i in range(4)} <= set(grown.ids)
-    after = {p.name: p.stat().st_mtime_ns for p in (grown.path / "parts").glob("*.h5")}
+    after = {p.name: p.stat().st_mtime_ns for p in (grown.path / "parts").glob("*.feat")}
     assert {k: after[k] for k in before} == before and len(after) == len(before) + 2
 
 
