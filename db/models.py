@@ -129,6 +129,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Refreshed by the process running the job; a running job whose heartbeat stopped lost its
+    # worker and is re-sent (workers/recovery.py), a long job with a fresh one is left alone.
+    heartbeat_at: Mapped[datetime | None]
 
     candidates: Mapped[list[CandidateMatch]] = relationship(
         back_populates="job",
@@ -165,6 +168,29 @@ class CandidateMatch(Base):
     mean_match_score: Mapped[float] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="candidates")
+
+
+TASK_NAME_LENGTH = 255
+MESSAGE_ID_LENGTH = 255
+
+
+class DeadLetter(Base):
+    """A message no job could be made of (bad arguments, a conflicting re-send of a job id):
+    kept with its raw arguments and the reason, for a person to read (``featureloc jobs
+    dead-letters``). When the job id was usable the job row says why instead, unless the row
+    belongs to another request (a conflicting re-send), which is then named in ``job_id``."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task: Mapped[str] = mapped_column(String(TASK_NAME_LENGTH))
+    message_id: Mapped[str | None] = mapped_column(String(MESSAGE_ID_LENGTH))
+    job_id: Mapped[str | None] = mapped_column(String(JOB_ID_LENGTH), index=True)
+    # JSON of {"args": [...], "kwargs": {...}}, cut to MAX_ARGUMENTS_LENGTH characters.
+    arguments: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class BuildStatus(enum.StrEnum):

@@ -7,33 +7,57 @@ they need database-generated values or must see constraint violations early.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.types import CandidateResult
-from db.models import CandidateMatch, Job, JobStatus, Map, ReferenceImage
+from db.models import (
+    MESSAGE_ID_LENGTH,
+    TASK_NAME_LENGTH,
+    CandidateMatch,
+    DeadLetter,
+    Job,
+    JobStatus,
+    Map,
+    ReferenceImage,
+)
 from db.types import utcnow
 
 # Long enough for a traceback's last lines, short enough for a table listing.
 MAX_ERROR_LENGTH = 4000
+# Raw arguments kept of a dead letter: enough to see what was sent, bounded for a flood of junk.
+MAX_ARGUMENTS_LENGTH = 16_384
 # Rows per INSERT batch when adding references (bounded memory and statement size).
 REFERENCE_BATCH = 5000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 # ---------------------------------------------------------------------------------------- jobs
 
 
 def create_job(
-    s: Session, job_id: str, map_name: str, image_key: str, options: Mapping[str, Any]
+    s: Session,
+    job_id: str,
+    map_name: str,
+    image_key: str,
+    options: Mapping[str, Any],
+    created_at: datetime | None = None,
 ) -> tuple[Job, bool]:
     """Insert a pending job, or return the existing one: ``(job, created)``.
 
     Idempotent and race-safe: when another client inserts the same id between our look-up and our
     insert, the unique violation is rolled back to a SAVEPOINT and the other client's row returned.
+    ``created_at`` is when the job was sent (default: now). Fields are not validated here: callers
+    check them first (workers/job_fields.py), the same way on every backend.
     """
     existing = s.get(Job, job_id)
     if existing is not None:
@@ -45,7 +69,7 @@ def create_job(
         options=dict(options),
         status=JobStatus.PENDING.value,
         attempts=0,
-        created_at=utcnow(),
+        created_at=created_at or utcnow(),
     )
     try:
         with s.begin_nested():
@@ -57,6 +81,29 @@ def create_job(
             raise
         return existing, False
     return job, True
+
+
+def job_conflict(job: Job, map_name: str, image_key: str, options: Mapping[str, Any]) -> str | None:
+    """Why a request for ``job.id`` is not the stored job (None when it is the same request).
+
+    A job id names one photo, map and options: reusing it for another would compute one request
+    and show the other's fields.
+    """
+    diffs = [
+        name
+        for name, stored, sent in (
+            ("map", job.map_name, map_name),
+            ("image_key", job.image_key, image_key),
+            ("options", job.options or {}, dict(options)),
+        )
+        if stored != sent
+    ]
+    if not diffs:
+        return None
+    return (
+        f"job id {job.id!r} is taken by another request (its {', '.join(diffs)} differ): "
+        "a job id names one photo, map and options; use a new id"
+    )
 
 
 def get_job(s: Session, job_id: str) -> Job | None:
@@ -98,7 +145,7 @@ def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
     if job is None or job.status == JobStatus.DONE:
         return job
     job.status = JobStatus.RUNNING.value
-    job.started_at = utcnow()
+    job.started_at = job.heartbeat_at = utcnow()
     job.finished_at = None
     job.worker = worker
     job.attempts += 1
@@ -158,10 +205,8 @@ def mark_failed(s: Session, job_id: str, reason: str, worker: str | None = None)
     job = _lock_job(s, job_id)
     if job is None:
         return None
-    if len(reason) > MAX_ERROR_LENGTH:
-        reason = reason[: MAX_ERROR_LENGTH - 3] + "..."
     job.status = JobStatus.FAILED.value
-    job.error = reason
+    job.error = _cut(reason, MAX_ERROR_LENGTH)
     job.finished_at = utcnow()
     if worker is not None:
         job.worker = worker
@@ -197,9 +242,24 @@ def list_jobs(
     return list(s.scalars(stmt))
 
 
+def heartbeat(s: Session, job_id: str, worker: str) -> bool:
+    """Say that ``worker`` is still on the job; False when it no longer holds it."""
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING.value)
+        .values(heartbeat_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
 def find_stale_jobs(s: Session, older_than: timedelta) -> list[Job]:
-    """Running jobs started more than ``older_than`` ago (their worker probably died)."""
-    return _jobs_since(s, JobStatus.RUNNING, Job.started_at, older_than)
+    """Running jobs with no heartbeat for ``older_than`` (their worker died).
+
+    Rows written before heartbeats existed fall back to ``started_at``.
+    """
+    return _jobs_since(
+        s, JobStatus.RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at), older_than
+    )
 
 
 def find_old_pending_jobs(s: Session, older_than: timedelta) -> list[Job]:
@@ -220,6 +280,50 @@ def _jobs_since(s: Session, status: JobStatus, column: Any, older_than: timedelt
 def mark_pending(job: Job) -> None:
     """Set a stale running job back to pending, for its message to be sent again."""
     job.status = JobStatus.PENDING.value
+
+
+# -------------------------------------------------------------------------------- dead letters
+
+
+def record_dead_letter(
+    s: Session,
+    *,
+    task: str,
+    args: Any,
+    kwargs: Any,
+    reason: str,
+    message_id: Any = None,
+    job_id: str | None = None,
+    worker: str | None = None,
+) -> DeadLetter:
+    """Keep a message no job could be made of, with its raw arguments and why.
+
+    Anything is accepted (the message was malformed): values are cut to their columns' sizes and
+    what JSON cannot hold is kept as its ``repr``. ``job_id`` only when it is a valid id.
+    """
+    raw = json.dumps({"args": args, "kwargs": kwargs}, default=repr, ensure_ascii=False)
+    letter = DeadLetter(
+        task=_cut(str(task), TASK_NAME_LENGTH),
+        message_id=None if message_id is None else _cut(str(message_id), MESSAGE_ID_LENGTH),
+        job_id=job_id,
+        arguments=_cut(raw, MAX_ARGUMENTS_LENGTH),
+        reason=_cut(reason, MAX_ERROR_LENGTH),
+        worker=worker,
+        created_at=utcnow(),
+    )
+    s.add(letter)
+    s.flush()
+    return letter
+
+
+def list_dead_letters(
+    s: Session, *, since: datetime | None = None, limit: int = 100
+) -> list[DeadLetter]:
+    """Dead letters newest first, optionally only those recorded at/after ``since``."""
+    stmt = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    if since is not None:
+        stmt = stmt.where(DeadLetter.created_at >= since)
+    return list(s.scalars(stmt))
 
 
 # ---------------------------------------------------------------------------------------- maps

@@ -20,7 +20,7 @@ from db import queries
 from db.models import Base, CandidateMatch, Job, ReferenceImage
 from db.session import Database, alembic_config, init_db, make_engine
 
-TABLES = {"maps", "reference_images", "jobs", "candidate_matches", "api_keys"}
+TABLES = {"maps", "reference_images", "jobs", "candidate_matches", "api_keys", "dead_letters"}
 
 
 def candidate(ref: str, inliers: int, rank: int) -> CandidateResult:
@@ -290,17 +290,37 @@ def test_list_jobs_filters_and_orders_newest_first(database):
             ids(status="bogus")
 
 
-def test_find_stale_jobs(database):
+def test_find_stale_jobs_goes_by_the_heartbeat(database):
+    """A job is stale when its heartbeat stopped, however long ago it started."""
     now = datetime.now(UTC)
     with database.session() as s:
-        for job_id in ("stale", "fresh", "old-pending"):
+        for job_id in ("stale", "long-alive", "fresh", "no-heartbeat", "old-pending"):
             queries.create_job(s, job_id, "getty", "img", {})
-        queries.claim_job(s, "stale", "w").started_at = now - timedelta(hours=2)
+        stale = queries.claim_job(s, "stale", "w")
+        stale.started_at = stale.heartbeat_at = now - timedelta(hours=2)
+        queries.claim_job(s, "long-alive", "w").started_at = now - timedelta(hours=2)
         queries.claim_job(s, "fresh", "w")
+        legacy = queries.claim_job(s, "no-heartbeat", "w")  # a row from before heartbeats
+        legacy.started_at, legacy.heartbeat_at = now - timedelta(hours=1), None
         queries.get_job(s, "old-pending").created_at = now - timedelta(days=1)
     with database.session() as s:
-        assert [j.id for j in queries.find_stale_jobs(s, timedelta(minutes=30))] == ["stale"]
+        stale_ids = [j.id for j in queries.find_stale_jobs(s, timedelta(minutes=30))]
+        assert stale_ids == ["stale", "no-heartbeat"], "oldest sign of life first"
         assert queries.find_stale_jobs(s, timedelta(hours=3)) == []
+
+
+def test_heartbeat_only_by_the_holder_of_a_running_job(database):
+    with database.session() as s:
+        queries.create_job(s, "j", "m", "img", {})
+        assert not queries.heartbeat(s, "j", "w1"), "pending: nobody holds it"
+        job = queries.claim_job(s, "j", "w1")
+        job.heartbeat_at = datetime.now(UTC) - timedelta(minutes=5)
+    with database.session() as s:
+        assert not queries.heartbeat(s, "j", "w2"), "another worker does not hold it"
+        assert queries.heartbeat(s, "j", "w1")
+    with database.session() as s:
+        beat = queries.get_job(s, "j").heartbeat_at
+        assert datetime.now(UTC) - beat < timedelta(seconds=30)
 
 
 def test_timestamps_are_utc_aware_on_read(database):
