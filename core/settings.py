@@ -59,8 +59,13 @@ class Settings(BaseSettings):
     task_time_limit: int = 360
     torch_threads: int = 0  # 0: leave torch's default
     worker_max_tasks_per_child: int = 1000
-    # Seconds between stale job checks in each worker (0: only at start); see workers/recovery.py.
-    stale_check_interval: int = 60
+    # Recovery (workers/recovery.py): a running job's process refreshes its heartbeat every
+    # heartbeat_interval s; with none for stale_after s its worker is taken for dead and the job
+    # re-sent. Each worker checks every stale_check_interval s (0: only at start). Worst case a
+    # dead worker's job is back in the queue stale_after + stale_check_interval s after death.
+    heartbeat_interval: int = 10
+    stale_after: int = 30
+    stale_check_interval: int = 15
 
     # Queue names: map builds have their own queue so they never starve queries.
     localise_queue: str = "localise"

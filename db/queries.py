@@ -8,7 +8,7 @@ they need database-generated values or must see constraint violations early.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -133,16 +133,27 @@ def _lock_job(s: Session, job_id: str) -> Job | None:
     return s.scalars(stmt).one_or_none()
 
 
-def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
+def claim_job(
+    s: Session, job_id: str, worker: str, held_elsewhere: Callable[[Job], bool] | None = None
+) -> Job | None:
     """Mark a job running on ``worker`` and count the attempt.
 
     Returns None when the job does not exist. A job that is already ``done`` is returned
     unchanged (status stays ``done``, attempts not incremented): the caller must check
     ``job.status == "done"`` and skip the work, since a redelivered task must not redo it.
-    ``pending``, ``failed`` (a retry) and ``running`` (redelivered after a worker died) are claimed.
+    ``pending``, ``failed`` (a retry) and ``running`` (redelivered after a worker died) are claimed,
+    except a ``running`` job for which ``held_elsewhere(job)`` says another live process is on it:
+    it is returned unchanged too (``job.worker != worker``), a duplicate delivery to skip.
     """
     job = _lock_job(s, job_id)
     if job is None or job.status == JobStatus.DONE:
+        return job
+    if (
+        job.status == JobStatus.RUNNING
+        and job.worker != worker
+        and held_elsewhere is not None
+        and held_elsewhere(job)
+    ):
         return job
     job.status = JobStatus.RUNNING.value
     job.started_at = job.heartbeat_at = utcnow()
@@ -257,9 +268,10 @@ def find_stale_jobs(s: Session, older_than: timedelta) -> list[Job]:
 
     Rows written before heartbeats existed fall back to ``started_at``.
     """
-    return _jobs_since(
-        s, JobStatus.RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at), older_than
-    )
+    # Locked, and rows another recoverer holds skipped (PostgreSQL): one re-send per stale job
+    # even when every worker's stale check runs at once. SQLite's write lock serialises them.
+    last_sign = func.coalesce(Job.heartbeat_at, Job.started_at)
+    return _jobs_since(s, JobStatus.RUNNING, last_sign, older_than, lock=True)
 
 
 def find_old_pending_jobs(s: Session, older_than: timedelta) -> list[Job]:
@@ -267,13 +279,17 @@ def find_old_pending_jobs(s: Session, older_than: timedelta) -> list[Job]:
     return _jobs_since(s, JobStatus.PENDING, Job.created_at, older_than)
 
 
-def _jobs_since(s: Session, status: JobStatus, column: Any, older_than: timedelta) -> list[Job]:
+def _jobs_since(
+    s: Session, status: JobStatus, column: Any, older_than: timedelta, lock: bool = False
+) -> list[Job]:
     """Jobs in ``status`` whose ``column`` is more than ``older_than`` ago, oldest first."""
     stmt = (
         select(Job)
         .where(Job.status == status.value, column < utcnow() - older_than)
         .order_by(column)
     )
+    if lock:
+        stmt = stmt.with_for_update(skip_locked=True)
     return list(s.scalars(stmt))
 
 
