@@ -161,12 +161,18 @@ class Localiser:
     def matcher(self, name: str, conf: dict[str, Any]):
         key = (name, repr(sorted(conf.items())))
         if key not in self._matchers:
+            extractor = self.map.extractor["name"]
+            incompatible = MapError(
+                f"matcher {name!r} cannot match {extractor!r} features of map {self.map.name!r}"
+            )
+            # Checked on the class first: an incompatible request must say so, not fail on the
+            # matcher's missing weights, which it would never have used.
+            compatible = registry.matcher_class(name).compatible_extractors
+            if compatible is not None and extractor not in compatible:
+                raise incompatible
             m = registry.create_matcher(name, conf, self.device)
-            if not m.accepts(self.map.extractor["name"]):
-                raise MapError(
-                    f"matcher {name!r} cannot match {self.map.extractor['name']!r} features "
-                    f"of map {self.map.name!r}"
-                )
+            if not m.accepts(extractor):
+                raise incompatible
             self._matchers[key] = m
         return self._matchers[key]
 
