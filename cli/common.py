@@ -70,3 +70,14 @@ def parse_since(since: str | None) -> datetime | None:
     except ValueError:
         raise typer.BadParameter(f"--since: not an ISO time or age: {since!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def database_unavailable(exc: Exception) -> str:
+    """What to tell a person whose command could not reach the database (password hidden)."""
+    from sqlalchemy.engine import make_url
+
+    from core.settings import get_settings
+
+    url = make_url(get_settings().database_url.get_secret_value())
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return f"database unavailable at {url.render_as_string(hide_password=True)}: {cause}"

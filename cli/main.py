@@ -14,18 +14,43 @@ import typer
 from rich.table import Table
 
 from cli.apikey import apikey_create, apikey_list, apikey_revoke
-from cli.common import console, database, fail, fmt, parse_options, parse_since
+from cli.common import (
+    console,
+    database,
+    database_unavailable,
+    err_console,
+    fail,
+    fmt,
+    parse_options,
+    parse_since,
+)
+from cli.dead_letters import dead_letters_command
 from cli.draw import draw_command
 from cli.evaluate import evaluate_command
 from cli.flower import flower_command
 from cli.jobs_export import jobs_export_command
+from cli.jobs_register import jobs_register_command
 from cli.map_build import build_in_process, build_via_queue, map_add_command
 from cli.serve import serve_command
 from core import defaults
 from core.errors import InputError
 from core.settings import get_settings
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+class _App(typer.Typer):
+    """The CLI; an unreachable database is one line on stderr, not a driver traceback."""
+
+    def __call__(self, *args, **kwargs):
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            err_console.print(f"[bold red]error:[/] {database_unavailable(exc)}", soft_wrap=True)
+            sys.exit(1)
+
+
+app = _App(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
 map_app = typer.Typer(help="Build and list maps.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List and inspect localisation jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -331,10 +356,15 @@ def jobs_show(
 def jobs_recover(
     older_than: Annotated[
         float | None,
-        typer.Option(help="Seconds a job must be stale; default: the hard task time limit."),
+        typer.Option(
+            help="Seconds without a heartbeat that make a running job stale; default: "
+            "FEATURELOC_STALE_AFTER."
+        ),
     ] = None,
 ) -> None:
-    """Re-queue jobs stuck running (worker lost) or pending without a message (broker lost)."""
+    """Re-queue jobs stuck running (worker lost) or pending without a message (broker lost).
+
+    Safe at any time: a job that is done, or running on a live worker, is not run twice."""
     from kombu.exceptions import OperationalError as BrokerError
 
     from workers.celery_app import make_celery
@@ -343,13 +373,13 @@ def jobs_recover(
     database()
     age = timedelta(seconds=older_than) if older_than is not None else None
     try:
-        report = recover_jobs(get_settings(), age, make_celery(get_settings()))
+        report = recover_jobs(get_settings(), age, make_celery(get_settings()), force=True)
     except (BrokerError, OSError) as exc:
         fail(f"recovery failed, the broker or database is unavailable: {exc}")
     console.print(
         f"re-queued {len(report.requeued_running)} stale running job(s), re-sent "
         f"{len(report.resent_pending)} pending job(s) without a message; "
-        f"{report.still_queued} old pending job(s) still queued"
+        f"{report.still_queued} pending job(s) still queued"
     )
 
 
@@ -415,6 +445,8 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (jobs_app, "list", jobs_list),
     (jobs_app, "show", jobs_show),
     (jobs_app, "recover", jobs_recover),
+    (jobs_app, "register", jobs_register_command),
+    (jobs_app, "dead-letters", dead_letters_command),
     (app, "worker", worker),
     (app, "evaluate", evaluate_command),
     (app, "draw", draw_command),

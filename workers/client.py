@@ -31,6 +31,7 @@ from db.models import Job
 from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
 from workers.celery_app import LOCALISE_TASK, make_celery
+from workers.job_fields import record_job, validate_job_fields
 
 FINISHED = ("done", "failed")
 
@@ -115,16 +116,16 @@ class Client:
         LocaliseOptions.parse(options)  # a typo in an option name fails here, before queueing
         data = Path(image).read_bytes() if isinstance(image, Path) else bytes(image)
         key = blob_key(data)
-        job_id = job_id_for(map_name, key, options)
+        fields = validate_job_fields(job_id_for(map_name, key, options), map_name, key, options)
         too_big = len(data) > self.settings.max_image_bytes
         if not too_big:
             self.blobs.put(data)
         with self.db.session() as s:
-            job, created = queries.create_job(s, job_id, map_name, key, options)
+            job, created = record_job(s, fields)
             if created and too_big:
                 queries.mark_failed(
                     s,
-                    job_id,
+                    job.id,
                     f"image too large: {len(data)} bytes > limit {self.settings.max_image_bytes}",
                     None,
                 )
@@ -133,7 +134,25 @@ class Client:
                 # no pending job is left without a message. If the commit fails after the send,
                 # the worker creates the row itself from the message.
                 self._send(job)
-        return job_id
+        return job.id
+
+    def register(
+        self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None
+    ) -> bool:
+        """Record a job whose photo is stored and whose message the caller sends itself.
+
+        The durable path for services that send ``featureloc.localise`` by name (README): once
+        recorded, the job survives the loss of its message, because recovery re-sends it.
+        True when recorded now, False when the same request was recorded before. Raises
+        InputError for a field no job may have, an unknown option, a photo missing from the
+        blob store, or (JobConflict) an id already naming another request.
+        """
+        fields = validate_job_fields(job_id, map_name, image_key, options)
+        LocaliseOptions.parse(fields.options)
+        if not self.blobs.exists(fields.image_key):
+            raise InputError(f"query image {fields.image_key} is not in the blob store")
+        with self.db.session() as s:
+            return record_job(s, fields)[1]
 
     def _send(self, job: Job) -> None:
         try:

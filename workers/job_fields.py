@@ -1,4 +1,4 @@
-"""What a job's fields may be, checked before anything touches the database.
+"""What a job's fields may be, checked before anything touches the database; recording a job.
 
 The same rules on every backend: SQLite would store a 300-character id or an integer id that
 PostgreSQL refuses, so the columns' limits are enforced here, not left to the driver. Used by the
@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from core.errors import InputError
 from core.mapstore import validate_map_name
-from db.models import JOB_ID_LENGTH
+from db import queries
+from db.models import JOB_ID_LENGTH, Job
 
 # Letters, digits and "_.:-" (hex digests, UUIDs, "service:1234"), starting with a letter or digit.
 _JOB_ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{JOB_ID_LENGTH - 1}}}$")
@@ -28,6 +32,10 @@ _SHOWN = 80
 
 class InvalidJob(InputError):
     """A job field that no backend may store."""
+
+
+class JobConflict(InputError):
+    """The job id is taken by another request (another photo, map or options)."""
 
 
 def shown(value: Any) -> str:
@@ -96,3 +104,21 @@ def validate_job_fields(job_id: Any, map_name: Any, image_key: Any, options: Any
         validate_image_key(image_key),
         validate_options(options),
     )
+
+
+def record_job(
+    s: Session, fields: JobFields, created_at: datetime | None = None
+) -> tuple[Job, bool]:
+    """Create the job, or find the same request recorded before: ``(job, created)``.
+
+    Raises JobConflict when the id names another request: the stored job is what is computed
+    and shown, so it must not be paired with another photo or options.
+    """
+    job, created = queries.create_job(
+        s, fields.job_id, fields.map_name, fields.image_key, fields.options, created_at
+    )
+    if not created:
+        conflict = queries.job_conflict(job, fields.map_name, fields.image_key, fields.options)
+        if conflict is not None:
+            raise JobConflict(conflict)
+    return job, created

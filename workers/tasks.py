@@ -1,27 +1,35 @@
 """Celery tasks. Messages carry ids and small JSON, never image bytes or pickles.
 
 ``featureloc.localise(job_id, map_name, image_key, options)`` — documented in the README so a
-service in another language can send it by name.
+service in another language can send it by name. The message is checked first
+(workers/messages.py); the job is then computed from its stored row, never from the message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_rejected, task_unknown
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
 from core.images import decode_image
 from core.localiser import LocaliseOptions
 from db import queries
+from db.models import Job
+from db.types import utcnow
 from workers import runtime
 from workers.blobstore import BlobNotFound
 from workers.celery_app import LOCALISE_TASK
+from workers.heartbeat import Heartbeat, holder_alive
+from workers.job_fields import JobConflict, JobFields, record_job
 from workers.maps import image_limits
+from workers.messages import BadMessage, parse_localise, record_bad_message
 from workers.retry import MAX_RETRIES, RETRY_POLICY, TransientFault, is_transient, last_try
 
 log = logging.getLogger(__name__)
@@ -31,32 +39,80 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = MAX_RETRIES + 4
 
 
+def _held_elsewhere(job: Job) -> bool:
+    """Another process is on this job: its heartbeat is fresh and it is not known dead."""
+    fresh = timedelta(seconds=runtime.settings().stale_after)
+    beat = job.heartbeat_at or job.started_at
+    return beat is not None and utcnow() - beat < fresh and holder_alive(job.worker)
+
+
 @shared_task(name=LOCALISE_TASK, bind=True, **RETRY_POLICY)
-def localise(
-    self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def localise(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``localise(job_id, map_name, image_key, options={}, *, sent_at=None)``.
+
+    Declared with ``*args`` so that a message with the wrong arguments reaches our checks (and
+    is stored as a failure) instead of raising TypeError inside Celery, where nobody sees it.
+    """
     worker = runtime.worker_name()
-    db = runtime.database()
+    job_id: str | None = None
     try:
-        with db.session() as s:
-            queries.create_job(s, job_id, map_name, image_key, options or {})
-            job = queries.claim_job(s, job_id, worker)
-            if job is not None and job.status == "done":
-                return {"job_id": job_id, "status": "done", "skipped": True}
-            attempts = job.attempts if job is not None else 0
-        if attempts > MAX_ATTEMPTS:
-            return _fail(job_id, f"gave up after {attempts - 1} attempts (worker lost?)", worker)
-        return _run(job_id, map_name, image_key, options or {}, worker)
+        try:
+            msg = parse_localise(args, kwargs)
+        except BadMessage as exc:
+            where = record_bad_message(
+                runtime.database(), LOCALISE_TASK, self.request.id, args, kwargs, str(exc), worker
+            )
+            log.warning("refused a localise message (%s): %s", where, exc)
+            return {"status": "refused", "error": str(exc), "stored_as": where}
+        job_id = msg.fields.job_id
+        return _localise(msg.fields, msg.sent_at, worker)
     except Exception as exc:
         if not is_transient(exc):
             # A bug or a constraint violation: record it rather than leave the job running.
-            _fail_quietly(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
+            if job_id is not None:
+                _fail_quietly(job_id, f"internal error: {type(exc).__name__}: {exc}", worker)
             raise
         if last_try(self):
-            _fail_quietly(job_id, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
+            if job_id is not None:
+                _fail_quietly(job_id, f"gave up after {MAX_RETRIES} retries: {exc}", worker)
             raise
         log.warning("job %s: transient fault, retrying: %s", job_id, exc)
         raise TransientFault(str(exc)) from exc
+
+
+def _localise(fields: JobFields, sent_at: datetime | None, worker: str) -> dict[str, Any]:
+    job_id = fields.job_id
+    db = runtime.database()
+    try:
+        with db.session() as s:
+            record_job(s, fields, created_at=sent_at)
+            job = queries.claim_job(s, job_id, worker, held_elsewhere=_held_elsewhere)
+            status, holder, attempts = job.status, job.worker, job.attempts
+            # What is computed is the stored request (equal to the message: checked above).
+            stored = (job.map_name, job.image_key, dict(job.options or {}))
+    except JobConflict as exc:
+        # The stored job stays as it is; the refused message is kept with its reason.
+        with db.session() as s:
+            queries.record_dead_letter(
+                s,
+                task=LOCALISE_TASK,
+                args=[job_id, fields.map_name, fields.image_key, fields.options],
+                kwargs={},
+                reason=str(exc),
+                job_id=job_id,
+                worker=worker,
+            )
+        log.warning("job %s: refused a re-send: %s", job_id, exc)
+        return {"job_id": job_id, "status": "refused", "error": str(exc)}
+    if status == "done":
+        return {"job_id": job_id, "status": "done", "skipped": True}
+    if holder != worker:  # a duplicate message of a job a live process is running
+        return {"job_id": job_id, "status": "running", "skipped": True, "on": holder}
+    if attempts > MAX_ATTEMPTS:
+        return _fail(job_id, f"gave up after {attempts - 1} attempts (worker lost?)", worker)
+    interval = runtime.settings().heartbeat_interval
+    with Heartbeat(db, job_id, worker, interval):
+        return _run(job_id, *stored, worker)
 
 
 def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str) -> dict:
@@ -111,3 +167,38 @@ def _fail_quietly(job_id: str, reason: str, worker: str) -> None:
         _fail(job_id, reason, worker)
     except Exception:  # the database is what failed; the job stays for stale detection
         log.exception("job %s: could not record failure", job_id)
+
+
+# Messages the worker cannot even hand to a task: an unknown task name, or a body it refuses to
+# decode (e.g. pickle). Celery logs and drops them; a dead letter keeps them readable.
+
+
+@task_unknown.connect
+def _on_unknown_task(name=None, id=None, message=None, **_kwargs) -> None:
+    _dead_letter(str(name), id, message, f"unknown task {name!r}")
+
+
+@task_rejected.connect
+def _on_rejected_message(message=None, exc=None, **_kwargs) -> None:
+    name = (getattr(message, "headers", None) or {}).get("task", "?")
+    _dead_letter(str(name), None, message, f"message refused: {type(exc).__name__}: {exc}")
+
+
+def _dead_letter(task: str, message_id: Any, message: Any, reason: str) -> None:
+    try:
+        body = message.payload if message is not None else None
+    except Exception:  # the body itself is what could not be decoded
+        body = getattr(message, "body", None)
+    try:
+        with runtime.database().session() as s:
+            queries.record_dead_letter(
+                s,
+                task=task,
+                args=body,
+                kwargs={},
+                reason=reason,
+                message_id=message_id,
+                worker=runtime.worker_name(),
+            )
+    except Exception:
+        log.exception("could not store a dead letter for %s", task)

@@ -8,6 +8,7 @@ private ``redis-server`` on a free loopback port and on a proxy in front of Post
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -19,14 +20,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery import Celery
 from sqlalchemy import func, select
 
 from core.settings import Settings
 from db.models import CandidateMatch, Job
 from db.session import Database, init_db
 from tests.support.services import WorkerProcess, postgres_schema, service_env, service_settings
+from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
 from workers.maps import build_and_register
 
@@ -56,15 +60,20 @@ class PrivateRedis:
 
     Started with ``--save "" --appendonly no``: a restart loses every queued and unacknowledged
     message, the worst case the service must survive (recovery re-sends from the database).
+    ``persistent=True`` runs it as docker-compose.yml does, with an append-only file (fsync on
+    every write here, so that even SIGKILL loses nothing): a restart keeps the messages.
     """
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, persistent: bool = False
+    ) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -74,7 +83,11 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.persistent:
+            args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
         log = (self.workdir / "redis.log").open("ab")
@@ -313,6 +326,28 @@ def kill_tree(pid: int) -> None:
             os.kill(child, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def send_by_name(
+    broker_url: str, queue: str, args: Any, kwargs: dict | None = None, task: str = LOCALISE_TASK
+) -> None:
+    """Send a task the way another service does: by name, JSON, with a plain Celery app (not
+    featureloc's client, which records the job first)."""
+    sender = Celery(broker=broker_url)
+    sender.conf.update(task_serializer="json", broker_connection_retry_on_startup=False)
+    sender.send_task(task, args=args, kwargs=kwargs or {}, queue=queue)
+    sender.close()
+
+
+def write_blob(blob_dir: Path, data: bytes) -> str:
+    """Store a photo as the README tells other services: SHA-256 key, temporary name, rename."""
+    key = hashlib.sha256(data).hexdigest()
+    path = blob_dir / key[:2] / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+    return key
 
 
 def submit_share(settings: Settings, images: list[bytes], map_name: str, options: dict) -> list:
