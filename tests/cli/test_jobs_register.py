@@ -11,9 +11,8 @@ from pathlib import Path
 
 from db import queries
 from db.session import Database
-from tests.support.faults import free_port
+from tests.support.faults import free_port, write_blob
 from tests.support.paths import REPO
-from workers.blobstore import BlobStore
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -33,13 +32,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_register_records_once_and_refuses_bad_or_conflicting_jobs(tmp_path):
     env = _env(tmp_path)
-    key = BlobStore(tmp_path / "blobs").put(b"a photo's bytes")
+    key = write_blob(tmp_path / "blobs", b"a photo's bytes")
     ok = _cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
     assert ok.returncode == 0 and "svc-1 registered" in ok.stdout, ok.stderr
     again = _cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
     assert again.returncode == 0 and "already registered" in again.stdout, again.stderr
 
-    other = BlobStore(tmp_path / "blobs").put(b"another photo")
+    other = write_blob(tmp_path / "blobs", b"another photo")
     refusals = {
         "taken by another request (its image_key differ)": ["svc-1", "--image-key", other],
         "invalid job id": ["x" * 65, "--image-key", key],

@@ -37,7 +37,8 @@ def test_stale_running_and_unsent_pending_jobs_are_sent_again(sqlite_url, tmp_pa
     with db.session() as s:
         for job_id in ("stale", "old", "fresh", "done"):
             queries.create_job(s, job_id, "m", f"img-{job_id}", {"top_k": 5})
-        queries.claim_job(s, "stale", "lost-worker").started_at = utcnow() - 2 * HOUR_AGO
+        stale = queries.claim_job(s, "stale", "lost-worker")
+        stale.started_at = stale.heartbeat_at = utcnow() - 2 * HOUR_AGO  # its heartbeat stopped
         queries.get_job(s, "old").created_at = utcnow() - 2 * HOUR_AGO
         queries.claim_job(s, "done", "w")
         queries.save_result(
