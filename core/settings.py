@@ -63,9 +63,9 @@ class Settings(BaseSettings):
     # heartbeat_interval s; with none for stale_after s its worker is taken for dead and the job
     # re-sent. Each worker checks every stale_check_interval s (0: only at start). Worst case a
     # dead worker's job is back in the queue stale_after + stale_check_interval s after death.
-    heartbeat_interval: float = 10.0
-    stale_after: float = 30.0
-    stale_check_interval: float = 15.0
+    heartbeat_interval: float = 5.0
+    stale_after: float = 20.0
+    stale_check_interval: float = 10.0
 
     # Queue names: map builds have their own queue so they never starve queries.
     localise_queue: str = "localise"

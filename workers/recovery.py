@@ -9,9 +9,9 @@ so the row is the truth and the message is re-sent from it:
   lost their worker: they are set back to ``pending`` and re-sent. A long job on a live worker
   keeps its heartbeat fresh and is left alone;
 - ``pending`` jobs whose message the broker does not hold are re-sent. Redis is looked into (the
-  queue list and the hash of delivered, unacknowledged messages), so this works right after a
-  restart; other brokers cannot be looked into, and their pending jobs are re-sent by age
-  (older than the hard time limit).
+  queue list and the hash of delivered, unacknowledged messages, less those delivered to a worker
+  that died before claiming them), so this works right after a restart; other brokers cannot be
+  looked into, and their pending jobs are re-sent by age (older than the hard time limit).
 
 Re-sending is safe: a delivery of a ``done`` job is skipped, so is one of a job another live
 process is running (fresh heartbeat), and a result replaces candidates in one transaction. It
@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,11 +42,17 @@ from workers.client import send_job
 
 log = logging.getLogger(__name__)
 
-# Redis transport's hash of delivered-but-unacknowledged messages (kombu's default name).
+# Redis transport's hash of delivered-but-unacknowledged messages and the sorted set of their
+# delivery times (kombu's default names).
 REDIS_UNACKED_KEY = "unacked"
+REDIS_UNACKED_INDEX_KEY = "unacked_index"
 # A pending job this young may be between its registration and its send (README: register, then
 # send); its sender is still on it.
 PENDING_GRACE = timedelta(seconds=2)
+# How long one recoverer keeps the others off: short, so that a worker killed while holding it
+# delays the next check by seconds. A longer recovery only risks a duplicate message, which the
+# task skips.
+RECOVERY_LOCK_SECONDS = 10.0
 
 
 @dataclass
@@ -83,12 +90,22 @@ def message_job_id(raw: bytes | str) -> str | None:
 
 
 def _queued_job_ids(celery: Celery, settings: Settings) -> set[str] | None:
-    """Job ids with a message in the broker; None when it cannot be looked into."""
+    """Job ids with a message in the broker that a worker will still run; None when the broker
+    cannot be looked into.
+
+    A message delivered to a worker more than ``stale_after`` seconds ago whose job is still
+    pending reached a worker that died before claiming it (a live one claims at once): it does
+    not count, although Redis would give it back only after the visibility timeout.
+    """
     if not _is_redis(settings):
         return None
     with celery.connection_for_write() as conn:
         client = conn.default_channel.client
-        raw = client.lrange(settings.localise_queue, 0, -1) + client.hvals(REDIS_UNACKED_KEY)
+        raw = client.lrange(settings.localise_queue, 0, -1)
+        delivered = dict(client.zrange(REDIS_UNACKED_INDEX_KEY, 0, -1, withscores=True))
+        unacked = client.hgetall(REDIS_UNACKED_KEY)
+    cutoff = time.time() - settings.stale_after
+    raw += [body for tag, body in unacked.items() if delivered.get(tag, cutoff + 1) > cutoff]
     return {j for j in map(message_job_id, raw) if j is not None}
 
 
@@ -125,7 +142,7 @@ def recover_jobs(
     settings = settings or get_settings()
     celery = celery or make_celery(settings)
     report = RecoveryReport()
-    with _one_recoverer(celery, settings, ttl=max(settings.stale_check_interval, 60)) as held:
+    with _one_recoverer(celery, settings, ttl=RECOVERY_LOCK_SECONDS) as held:
         if not held and not force:
             return report  # another worker is recovering right now
         db = Database(settings.database_url.get_secret_value())

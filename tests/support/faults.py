@@ -31,7 +31,7 @@ from db.models import CandidateMatch, Job
 from db.session import Database, init_db
 from tests.support.services import WorkerProcess, postgres_schema, service_env, service_settings
 from workers.celery_app import LOCALISE_TASK
-from workers.client import Client
+from workers.client import BrokerUnavailable, Client
 from workers.maps import build_and_register
 
 # Every job of the fault tests uses these options: a shortlist of 5 keeps a job near 50 ms.
@@ -194,12 +194,24 @@ class TcpProxy:
 # ------------------------------------------------------------------------------ tiny map, stack
 
 
-def make_tiny_scene(out: Path, num_queries: int = 8) -> Path:
-    """16 references at 240x180 (2x2 positions x 4 views) and ``num_queries`` query photos."""
+def make_tiny_scene(
+    out: Path,
+    num_queries: int = 8,
+    size: tuple[int, int] = (240, 180),
+    grid: tuple[int, int] = (2, 2),
+    views_per_position: int = 4,
+) -> Path:
+    """16 references at 240x180 (2x2 positions x 4 views) and ``num_queries`` query photos, or
+    smaller still for tests that run thousands of jobs."""
     from core.synthetic import generate_dataset
 
     generate_dataset(
-        out, seed=3, grid=(2, 2), views_per_position=4, num_queries=num_queries, size=(240, 180)
+        out,
+        seed=3,
+        grid=grid,
+        views_per_position=views_per_position,
+        num_queries=num_queries,
+        size=size,
     )
     return out
 
@@ -350,7 +362,28 @@ def write_blob(blob_dir: Path, data: bytes) -> str:
     return key
 
 
-def submit_share(settings: Settings, images: list[bytes], map_name: str, options: dict) -> list:
-    """Submit ``images`` from a fresh Client: the body of one load-test client process."""
+def submit_share(
+    settings: Settings,
+    images: list[bytes],
+    map_name: str,
+    options: dict,
+    broker_patience: float = 0.0,
+) -> list:
+    """Submit ``images`` from a fresh Client: the body of one load-test client process.
+
+    With ``broker_patience`` seconds, a photo refused because the broker is down is submitted
+    again (as the client's error tells its caller to) until it is accepted or patience runs out.
+    """
     client = Client(settings)
-    return [client.submit(img, map_name, options) for img in images]
+    ids = []
+    for img in images:
+        deadline = time.monotonic() + broker_patience
+        while True:
+            try:
+                ids.append(client.submit(img, map_name, options))
+                break
+            except BrokerUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    return ids

@@ -41,8 +41,14 @@ from workers.client import BrokerUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# Short limits so stale detection (older than the hard limit) happens within seconds.
-FAST_RECOVERY = {"task_time_limit": "6", "task_soft_time_limit": "5", "stale_check_interval": "1"}
+# Short limits and heartbeats so that stale detection happens within seconds.
+FAST_RECOVERY = {
+    "task_time_limit": "6",
+    "task_soft_time_limit": "5",
+    "stale_check_interval": "1",
+    "heartbeat_interval": "0.5",
+    "stale_after": "3",
+}
 
 
 @pytest.fixture(scope="module")

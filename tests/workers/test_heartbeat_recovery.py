@@ -1,0 +1,106 @@
+"""Recovery by heartbeat, with real workers on a private Redis and PostgreSQL: a whole worker
+SIGKILLed mid-job has its job done elsewhere within a minute with the default settings, and a
+job longer than the stale limit on a live worker is never sent twice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from core.settings import Settings
+from db import queries
+from tests.support.faults import (
+    JOB_OPTIONS,
+    PrivateRedis,
+    kill_tree,
+    make_tiny_scene,
+    pool_children,
+    query_images,
+    stack,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return make_tiny_scene(tmp_path_factory.mktemp("heartbeat-scene"), num_queries=1)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = PrivateRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def _upscaled_query(scene: Path, size: tuple[int, int]) -> bytes:
+    """A query upscaled so that SIFT takes seconds: a window to kill a worker in."""
+    image = cv2.resize(cv2.imread(str(query_images(scene)[0])), size)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return data.tobytes()
+
+
+def _holder(db, job_id: str) -> str:
+    seen: dict[str, str] = {}
+
+    def running() -> bool:
+        with db.session() as s:
+            job = queries.get_job(s, job_id)
+        if job is not None and job.status == "running":
+            seen["worker"] = job.worker
+        return "worker" in seen
+
+    wait_until(running, 60, f"job {job_id} to start", poll=0.02)
+    return seen["worker"]
+
+
+def test_a_dead_workers_job_is_done_within_a_minute_by_default(tmp_path, scene, redis):
+    defaults = Settings()
+    assert defaults.stale_after + defaults.stale_check_interval <= 45, "the promise of the README"
+    with stack(tmp_path, scene, broker_url=redis.url) as st:  # default recovery settings
+        workers = [st.worker("a").start(), st.worker("b").start()]
+        client, db = st.client(), st.db()
+        try:
+            job_id = client.submit(_upscaled_query(scene, (2000, 1500)), "tiny", JOB_OPTIONS)
+            pid = int(_holder(db, job_id).rsplit(":", 1)[1])
+            (victim,) = [w for w in workers if pid in pool_children(w.proc.pid)]
+            kill_tree(victim.proc.pid)
+            killed_at = time.monotonic()
+
+            result = client.wait(job_id, timeout=90)
+            back_after = time.monotonic() - killed_at
+            print(f"job done {back_after:.1f} s after its worker was killed")
+            assert result.status == "done" and back_after < 60, back_after
+            with db.session() as s:
+                assert queries.get_job(s, job_id).attempts == 2, "run once more, not twice more"
+        finally:
+            for w in workers:
+                w.stop()
+
+
+def test_a_long_job_on_a_live_worker_is_not_sent_twice(tmp_path, scene, redis):
+    """Heartbeats every 0.25 s, stale after 2 s, checks every 0.5 s; the job takes several
+    seconds. The old rule (stale after a fixed time) would have re-sent it."""
+    fast = {"heartbeat_interval": "0.25", "stale_after": "2", "stale_check_interval": "0.5"}
+    with stack(tmp_path, scene, broker_url=redis.url, **fast) as st:
+        workers = [st.worker("a").start(), st.worker("b").start()]
+        client, db = st.client(), st.db()
+        try:
+            t0 = time.monotonic()
+            job_id = client.submit(_upscaled_query(scene, (4000, 3000)), "tiny", JOB_OPTIONS)
+            result = client.wait(job_id, timeout=180)
+            took = time.monotonic() - t0
+            assert result.status == "done"
+            assert took > 3 * 2, f"the job ({took:.1f} s) must outlast the stale limit"
+            with db.session() as s:
+                assert queries.get_job(s, job_id).attempts == 1
+            assert not any("recovered" in w.log() for w in workers), "nothing was re-sent"
+        finally:
+            for w in workers:
+                w.stop()
