@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+
+# ``--since`` of the listing commands, read with parse_since.
+SinceOption = Annotated[str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")]
 
 
 def parse_options(option: list[str] | None, options_json: str | None) -> dict[str, Any]:

@@ -8,13 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import console, database, parse_since
+from cli.common import SinceOption, console, database, parse_since
 
 
 def dead_letters_command(
-    since: Annotated[
-        str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")
-    ] = None,
+    since: SinceOption = None,
     limit: int = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, database, parse_since
+from cli.common import SinceOption, console, database, parse_since
 
 CSV_COLUMNS = (
     "id",
@@ -65,9 +65,7 @@ def jobs_export_command(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv or json.")] = ExportFormat.json,
     map_name: Annotated[str | None, typer.Option("--map")] = None,
     status: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[
-        str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")
-    ] = None,
+    since: SinceOption = None,
     limit: int = 10_000,
     output: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
 ) -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cli.apikey import apikey_create, apikey_list, apikey_revoke
 from cli.common import (
+    SinceOption,
     console,
     database,
     database_unavailable,
@@ -277,9 +278,7 @@ def localise(
 def jobs_list(
     map_name: Annotated[str | None, typer.Option("--map")] = None,
     status: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[
-        str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")
-    ] = None,
+    since: SinceOption = None,
     limit: int = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:

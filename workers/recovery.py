@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -36,6 +38,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from core.settings import Settings, get_settings
 from db import queries
+from db.models import Job
 from db.session import Database
 from workers.celery_app import make_celery
 from workers.client import send_job
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 # delivery times (kombu's default names).
 REDIS_UNACKED_KEY = "unacked"
 REDIS_UNACKED_INDEX_KEY = "unacked_index"
+# The task id in a raw message's headers (``"root_id"``/``"parent_id"`` do not match).
+_TASK_ID = re.compile(rb'"id": ?"([^"]+)"')
 # A pending job this young may be between its registration and its send (README: register, then
 # send); its sender is still on it.
 PENDING_GRACE = timedelta(seconds=2)
@@ -89,9 +94,9 @@ def message_job_id(raw: bytes | str) -> str | None:
         return None
 
 
-def _queued_job_ids(celery: Celery, settings: Settings) -> set[str] | None:
-    """Job ids with a message in the broker that a worker will still run; None when the broker
-    cannot be looked into.
+def _queued_job_ids(celery: Celery, settings: Settings, candidates: set[str]) -> set[str] | None:
+    """Which of ``candidates`` (job ids) have a message in the broker that a worker will still
+    run; None when the broker cannot be looked into.
 
     A message delivered to a worker more than ``stale_after`` seconds ago whose job is still
     pending reached a worker that died before claiming it (a live one claims at once): it does
@@ -106,7 +111,19 @@ def _queued_job_ids(celery: Celery, settings: Settings) -> set[str] | None:
         unacked = client.hgetall(REDIS_UNACKED_KEY)
     cutoff = time.time() - settings.stale_after
     raw += [body for tag, body in unacked.items() if delivered.get(tag, cutoff + 1) > cutoff]
-    return {j for j in map(message_job_id, raw) if j is not None}
+    # Cheap first: featureloc's own messages carry the job id as their task id. Only what is
+    # left is decoded (other senders' messages: the job id is their first argument).
+    found: set[str] = set()
+    undecoded = []
+    for message in raw:
+        task_id = _TASK_ID.search(message)
+        if task_id and task_id.group(1).decode(errors="replace") in candidates:
+            found.add(task_id.group(1).decode())
+        else:
+            undecoded.append(message)
+    if candidates - found:
+        found |= {j for j in map(message_job_id, undecoded) if j in candidates}
+    return found
 
 
 @contextlib.contextmanager
@@ -146,8 +163,19 @@ def recover_jobs(
         if not held and not force:
             return report  # another worker is recovering right now
         db = Database(settings.database_url.get_secret_value())
-        _requeue_stale(db, celery, settings, older_than, report)
-        _resend_unqueued(db, celery, settings, older_than, report)
+        send = functools.partial(send_job, celery, settings)
+        default_stale = timedelta(seconds=settings.stale_after)
+        _requeue_stale(db, send, older_than if older_than is not None else default_stale, report)
+        if _is_redis(settings):
+            pending_age = PENDING_GRACE
+        else:  # the broker cannot be looked into: by age
+            pending_age = (
+                older_than
+                if older_than is not None
+                else timedelta(seconds=settings.task_time_limit)
+            )
+        queued = functools.partial(_queued_job_ids, celery, settings)
+        _resend_unqueued(db, send, pending_age, queued, report)
     if report.total:
         log.warning(
             "recovered %d stale running and %d unqueued pending job(s)",
@@ -158,42 +186,35 @@ def recover_jobs(
 
 
 def _requeue_stale(
-    db: Database,
-    celery: Celery,
-    settings: Settings,
-    older_than: timedelta | None,
-    report: RecoveryReport,
+    db: Database, send: Callable[[Job], None], stale_after: timedelta, report: RecoveryReport
 ) -> None:
-    stale_after = older_than if older_than is not None else timedelta(seconds=settings.stale_after)
     with db.session() as s:
         for job in queries.find_stale_jobs(s, stale_after):
             queries.mark_pending(job)  # so the next check sees it queued, not stale
-            send_job(celery, settings, job)  # inside the transaction: no reset without a message
+            send(job)  # inside the transaction: no reset without a message
             report.requeued_running.append(job.id)
 
 
 def _resend_unqueued(
     db: Database,
-    celery: Celery,
-    settings: Settings,
-    older_than: timedelta | None,
+    send: Callable[[Job], None],
+    min_age: timedelta,
+    queued_of: Callable[[set[str]], set[str] | None],
     report: RecoveryReport,
 ) -> None:
-    queued = _queued_job_ids(celery, settings)
-    if queued is None:  # cannot look: by age
-        min_age = (
-            older_than if older_than is not None else timedelta(seconds=settings.task_time_limit)
-        )
-    else:
-        min_age = PENDING_GRACE
+    """Pending jobs older than ``min_age`` whose message ``queued_of`` does not find (None: it
+    cannot look, every one is re-sent)."""
     with db.session() as s:
-        for job in queries.find_old_pending_jobs(s, min_age):
-            if job.id in report.requeued_running:
-                continue
-            if queued is not None and job.id in queued:
-                report.still_queued += 1
-                continue
-            send_job(celery, settings, job)
+        candidates = set(queries.old_pending_job_ids(s, min_age)) - set(report.requeued_running)
+    queued = queued_of(candidates) if candidates else set()
+    if queued is not None:
+        report.still_queued += len(queued)
+        candidates -= queued
+    if not candidates:
+        return
+    with db.session() as s:
+        for job in queries.find_old_pending_jobs(s, min_age, ids=candidates):
+            send(job)
             report.resent_pending.append(job.id)
 
 

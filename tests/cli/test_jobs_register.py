@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from db import queries
 from db.session import Database
 from tests.support.faults import free_port, write_blob
-from tests.support.paths import REPO
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.support.process import run_cli
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -33,9 +20,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_register_records_once_and_refuses_bad_or_conflicting_jobs(tmp_path):
     env = _env(tmp_path)
     key = write_blob(tmp_path / "blobs", b"a photo's bytes")
-    ok = _cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
+    ok = run_cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
     assert ok.returncode == 0 and "svc-1 registered" in ok.stdout, ok.stderr
-    again = _cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
+    again = run_cli(env, "jobs", "register", "svc-1", "--map", "getty", "--image-key", key)
     assert again.returncode == 0 and "already registered" in again.stdout, again.stderr
 
     other = write_blob(tmp_path / "blobs", b"another photo")
@@ -46,7 +33,7 @@ def test_register_records_once_and_refuses_bad_or_conflicting_jobs(tmp_path):
         "bad options": ["svc-3", "--image-key", key, "--option", "top_kk=3"],
     }
     for reason, args in refusals.items():
-        out = _cli(env, "jobs", "register", args[0], "--map", "getty", *args[1:])
+        out = run_cli(env, "jobs", "register", args[0], "--map", "getty", *args[1:])
         said = " ".join(out.stderr.split())
         assert out.returncode == 1 and reason in said, (reason, said)
 
@@ -58,13 +45,13 @@ def test_register_records_once_and_refuses_bad_or_conflicting_jobs(tmp_path):
 
 def test_dead_letters_are_listed(tmp_path):
     env = _env(tmp_path)
-    assert _cli(env, "db", "upgrade").returncode == 0
+    assert run_cli(env, "db", "upgrade").returncode == 0
     db = Database(f"sqlite:///{(tmp_path / 'featureloc.db').resolve()}")
     with db.session() as s:
         queries.record_dead_letter(
             s, task="featureloc.localise", args=[42], kwargs={}, reason="bad message: id 42"
         )
-    out = _cli(env, "jobs", "dead-letters", "--json")
+    out = run_cli(env, "jobs", "dead-letters", "--json")
     assert out.returncode == 0, out.stderr
     (row,) = [json.loads(line) for line in out.stdout.splitlines()]
     assert row["reason"] == "bad message: id 42" and json.loads(row["arguments"])["args"] == [42]
@@ -72,7 +59,7 @@ def test_dead_letters_are_listed(tmp_path):
 
 def test_unreachable_database_is_one_clear_line(tmp_path):
     url = f"postgresql+psycopg://postgres:s3cret@127.0.0.1:{free_port()}/x"
-    out = _cli(_env(tmp_path, FEATURELOC_DATABASE_URL=url), "jobs", "list")
+    out = run_cli(_env(tmp_path, FEATURELOC_DATABASE_URL=url), "jobs", "list")
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
     lines = out.stderr.strip().splitlines()

@@ -52,6 +52,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll=0.
         time.sleep(poll)
 
 
+def wait_running(db, job_id: str, timeout: float = 60) -> str:
+    """Wait until the job is running; returns the worker ("host:pid") that claimed it."""
+    seen: dict[str, str] = {}
+
+    def running() -> bool:
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None and job.status == "running":
+                seen["worker"] = job.worker
+                return True
+        return False
+
+    wait_until(running, timeout, f"job {job_id} to start", poll=0.02)
+    return seen["worker"]
+
+
 # --------------------------------------------------------------------------------- private Redis
 
 

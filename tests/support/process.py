@@ -1,5 +1,5 @@
-"""Start and stop real ``featureloc worker`` and ``featureloc serve`` processes: used by tests,
-benchmarks and tooling."""
+"""Start and stop real ``featureloc worker`` and ``featureloc serve`` processes, run the CLI: used
+by tests, benchmarks and tooling."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ import uuid
 from pathlib import Path
 
 from tests.support.paths import REPO
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``featureloc ARGS`` in a subprocess with ``env``; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class ServiceProcess:

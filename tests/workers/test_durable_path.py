@@ -5,8 +5,6 @@ never lost; jobs sent without registration survive only a persistent Redis."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from tests.support.faults import (
     wait_until,
     write_blob,
 )
-from tests.support.paths import REPO
+from tests.support.process import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,15 +64,10 @@ def test_registered_jobs_survive_a_redis_restart(tmp_path, scene, persistent):
                 for img in variants(query_images(scene)[0].read_bytes(), 6)
             ]
             registered = [f"svc-reg-{i}" for i in range(3)]
-            cli = subprocess.run(
-                [sys.executable, "-m", "cli.main", "jobs", "register", registered[0]]
-                + ["--map", "tiny", "--image-key", keys[0], "--option", "top_k=5"],
-                env=st.env,
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            cli = run_cli(
+                st.env, "jobs", "register", registered[0], "--map", "tiny",
+                "--image-key", keys[0], "--option", "top_k=5",
+            )  # fmt: skip
             assert cli.returncode == 0, cli.stderr
             for job_id, key in zip(registered[1:], keys[1:3], strict=True):
                 assert st.client().register(job_id, "tiny", key, OPTIONS)
@@ -90,14 +83,7 @@ def test_registered_jobs_survive_a_redis_restart(tmp_path, scene, persistent):
             assert _broker_holds(broker, queue) == (6 if persistent else 0)
 
             if not persistent:  # right after the restart, without --older-than
-                recover = subprocess.run(
-                    [sys.executable, "-m", "cli.main", "jobs", "recover"],
-                    env=st.env,
-                    cwd=REPO,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
+                recover = run_cli(st.env, "jobs", "recover")
                 assert recover.returncode == 0, recover.stderr
                 assert "re-sent 3 pending job(s) without a message" in recover.stdout
 

@@ -31,9 +31,10 @@ from tests.support.faults import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "2000"))
+DEADLINE = 300 + JOBS * 0.2  # seconds for each phase; the whole test gets twice that
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2 * DEADLINE)]
+
 CLIENTS = 4
 BAD_EVERY = 100  # every 100th photo is truncated: it must fail, with its reason
 CHEAP = {"top_k": 1, "estimator": "best", "placement": False}
@@ -60,7 +61,7 @@ def test_every_job_ends_once_through_a_killed_worker_and_a_redis_restart(
     photos = [p[: len(p) // 2] if i in bad else p for i, p in enumerate(photos)]
     shares = [photos[k::CLIENTS] for k in range(CLIENTS)]
     patience = 120.0  # seconds a client keeps submitting again while Redis is down
-    deadline = 300 + JOBS * 0.2
+    deadline = DEADLINE
 
     redis = PrivateRedis(tmp_path / "redis").start()
     try:

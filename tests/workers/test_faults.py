@@ -33,6 +33,7 @@ from tests.support.faults import (
     query_images,
     stack,
     variants,
+    wait_running,
     wait_until,
 )
 from tests.support.paths import REPO
@@ -71,29 +72,13 @@ def _big_query(scene: Path) -> bytes:
     return data.tobytes()
 
 
-def _wait_running(db, job_id: str, timeout: float = 60) -> str:
-    """Wait until the job is running; returns the worker ("host:pid") that claimed it."""
-    seen: dict[str, str] = {}
-
-    def running() -> bool:
-        with db.session() as s:
-            job = queries.get_job(s, job_id)
-            if job is not None and job.status == "running":
-                seen["worker"] = job.worker
-                return True
-        return False
-
-    wait_until(running, timeout, f"job {job_id} to start", poll=0.02)
-    return seen["worker"]
-
-
 def test_pool_process_killed_mid_job_is_redelivered_once(tmp_path, scene, redis):
     with stack(tmp_path, scene, broker_url=redis.url, **FAST_RECOVERY) as st:
         worker = st.worker().start()
         client, db = st.client(), st.db()
         try:
             job_id = client.submit(_big_query(scene), "tiny", JOB_OPTIONS)
-            victim = _wait_running(db, job_id)
+            victim = wait_running(db, job_id)
             os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)
 
             result = client.wait(job_id, timeout=60)
@@ -116,7 +101,7 @@ def test_whole_worker_killed_then_recovered(tmp_path, scene, redis):
         worker = st.worker("first").start()
         client, db = st.client(), st.db()
         job_id = client.submit(_big_query(scene), "tiny", JOB_OPTIONS)
-        victim = _wait_running(db, job_id)
+        victim = wait_running(db, job_id)
         kill_tree(worker.proc.pid)
         worker.stop()
         assert job_summary(db) == {"running": 1}, "the job is stuck running"

@@ -20,7 +20,7 @@ from tests.support.faults import (
     pool_children,
     query_images,
     stack,
-    wait_until,
+    wait_running,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,20 +46,6 @@ def _upscaled_query(scene: Path, size: tuple[int, int]) -> bytes:
     return data.tobytes()
 
 
-def _holder(db, job_id: str) -> str:
-    seen: dict[str, str] = {}
-
-    def running() -> bool:
-        with db.session() as s:
-            job = queries.get_job(s, job_id)
-        if job is not None and job.status == "running":
-            seen["worker"] = job.worker
-        return "worker" in seen
-
-    wait_until(running, 60, f"job {job_id} to start", poll=0.02)
-    return seen["worker"]
-
-
 def test_a_dead_workers_job_is_done_within_a_minute_by_default(tmp_path, scene, redis):
     defaults = Settings()
     assert defaults.stale_after + defaults.stale_check_interval <= 45, "the promise of the README"
@@ -68,7 +54,7 @@ def test_a_dead_workers_job_is_done_within_a_minute_by_default(tmp_path, scene, 
         client, db = st.client(), st.db()
         try:
             job_id = client.submit(_upscaled_query(scene, (2000, 1500)), "tiny", JOB_OPTIONS)
-            pid = int(_holder(db, job_id).rsplit(":", 1)[1])
+            pid = int(wait_running(db, job_id).rsplit(":", 1)[1])
             (victim,) = [w for w in workers if pid in pool_children(w.proc.pid)]
             kill_tree(victim.proc.pid)
             killed_at = time.monotonic()

@@ -9,6 +9,7 @@ from db import queries
 from db.session import Database, init_db
 from db.types import utcnow
 from workers.celery_app import LOCALISE_TASK, make_celery
+from workers.client import send_job
 from workers.recovery import recover_jobs
 
 HOUR_AGO = timedelta(hours=1)
@@ -63,3 +64,48 @@ def test_stale_running_and_unsent_pending_jobs_are_sent_again(sqlite_url, tmp_pa
     # old pending job is sent again by its age alone (the task skips a duplicate delivery).
     again = recover_jobs(settings, older_than=HOUR_AGO, celery=app)
     assert (again.requeued_running, again.resent_pending) == ([], ["old"])
+
+
+def test_on_redis_pending_jobs_are_resent_only_when_their_message_is_gone(sqlite_url, tmp_path):
+    """A private Redis holds: one featureloc message, one sent by name by another service (its
+    own task id), one delivered to a worker that died before claiming its job long ago, one
+    delivered a moment ago. The fifth job has no message: only it and the dead worker's are
+    re-sent, at once (no age needed), and a second check re-sends nothing."""
+    import json
+    import time as clock
+
+    from tests.support.faults import PrivateRedis, send_by_name
+
+    redis = PrivateRedis(tmp_path / "redis").start()
+    try:
+        settings = Settings(
+            data_dir=tmp_path, broker_url=redis.url, database_url=sqlite_url,
+            localise_queue="recovery-redis", stale_after=30,
+        )  # fmt: skip
+        init_db(sqlite_url)
+        db = Database(sqlite_url)
+        ids = ["own", "by-name", "dead-delivery", "live-delivery", "lost"]
+        with db.session() as s:
+            for job_id in ids:
+                queries.create_job(s, job_id, "m", f"img-{job_id}", {})
+                queries.get_job(s, job_id).created_at = utcnow() - timedelta(seconds=5)
+        app = make_celery(settings)
+        with app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            for job_id, age in (("dead-delivery", 3600), ("live-delivery", 1)):
+                send_by_name(redis.url, "recovery-redis", [job_id, "m", f"img-{job_id}", {}])
+                raw = client.rpop("recovery-redis")  # as kombu delivers: off the list ...
+                tag = f"tag-{job_id}"  # ... into the unacknowledged hash, with its time
+                client.hset("unacked", tag, json.dumps([json.loads(raw), "", "recovery-redis"]))
+                client.zadd("unacked_index", {tag: clock.time() - age})
+        with db.session() as s:
+            send_job(app, settings, queries.get_job(s, "own"))
+        send_by_name(redis.url, "recovery-redis", ["by-name", "m", "img-by-name", {}])
+
+        report = recover_jobs(settings, celery=app)
+        assert sorted(report.resent_pending) == ["dead-delivery", "lost"]
+        assert report.still_queued == 3
+        again = recover_jobs(settings, celery=app)
+        assert again.resent_pending == [] and again.still_queued == 5
+    finally:
+        redis.stop()
