@@ -87,6 +87,7 @@ def _localise(fields: JobFields, sent_at: datetime | None, worker: str) -> dict[
         with db.session() as s:
             record_job(s, fields, created_at=sent_at)
             job = queries.claim_job(s, job_id, worker, held_elsewhere=_held_elsewhere)
+            assert job is not None  # recorded just above, in this transaction
             status, holder, attempts = job.status, job.worker, job.attempts
             # What is computed is the stored request (equal to the message: checked above).
             stored = (job.map_name, job.image_key, dict(job.options or {}))

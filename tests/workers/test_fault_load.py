@@ -31,7 +31,7 @@ from tests.support.faults import (
     wait_until,
 )
 
-JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "2000"))
+JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "3000"))
 DEADLINE = 300 + JOBS * 0.2  # seconds for each phase; the whole test gets twice that
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2 * DEADLINE)]
 
