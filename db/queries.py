@@ -255,12 +255,13 @@ def list_jobs(
 
 def heartbeat(s: Session, job_id: str, worker: str) -> bool:
     """Say that ``worker`` is still on the job; False when it no longer holds it."""
-    result = s.execute(
+    held = s.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING.value)
         .values(heartbeat_at=utcnow())
+        .returning(Job.id)
     )
-    return result.rowcount == 1
+    return held.first() is not None
 
 
 def find_stale_jobs(s: Session, older_than: timedelta) -> list[Job]:
