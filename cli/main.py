@@ -372,7 +372,7 @@ def jobs_recover(
     database()
     age = timedelta(seconds=older_than) if older_than is not None else None
     try:
-        report = recover_jobs(get_settings(), age, make_celery(get_settings()), force=True)
+        report = recover_jobs(get_settings(), age, make_celery(get_settings()), on_demand=True)
     except (BrokerError, OSError) as exc:
         fail(f"recovery failed, the broker or database is unavailable: {exc}")
     console.print(

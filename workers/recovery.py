@@ -52,7 +52,7 @@ REDIS_UNACKED_INDEX_KEY = "unacked_index"
 # The task id in a raw message's headers (``"root_id"``/``"parent_id"`` do not match).
 _TASK_ID = re.compile(rb'"id": ?"([^"]+)"')
 # A pending job this young may be between its registration and its send (README: register, then
-# send); its sender is still on it.
+# send): the periodic checks leave it to its sender (a duplicate would be skipped, but needless).
 PENDING_GRACE = timedelta(seconds=2)
 # How long one recoverer keeps the others off: short, so that a worker killed while holding it
 # delays the next check by seconds. A longer recovery only risks a duplicate message, which the
@@ -147,27 +147,28 @@ def recover_jobs(
     settings: Settings | None = None,
     older_than: timedelta | None = None,
     celery: Celery | None = None,
-    force: bool = False,
+    on_demand: bool = False,
 ) -> RecoveryReport:
     """Re-send the messages of jobs that lost theirs (see the module docstring).
 
     ``older_than``: how long without a heartbeat makes a running job stale (default
     ``stale_after``), and on brokers that cannot be looked into, how old a pending job must be
-    (default: the hard time limit). ``force``: run even while a worker's check holds the lock
-    (a person asked for it).
+    (default: the hard time limit). ``on_demand``: a person asked for it (``featureloc jobs
+    recover``): it runs even while a worker's check holds the lock, and re-sends pending jobs
+    however young.
     """
     settings = settings or get_settings()
     celery = celery or make_celery(settings)
     report = RecoveryReport()
     with _one_recoverer(celery, settings, ttl=RECOVERY_LOCK_SECONDS) as held:
-        if not held and not force:
+        if not held and not on_demand:
             return report  # another worker is recovering right now
         db = Database(settings.database_url.get_secret_value())
         send = functools.partial(send_job, celery, settings)
         default_stale = timedelta(seconds=settings.stale_after)
         _requeue_stale(db, send, older_than if older_than is not None else default_stale, report)
         if _is_redis(settings):
-            pending_age = PENDING_GRACE
+            pending_age = timedelta(0) if on_demand else PENDING_GRACE
         else:  # the broker cannot be looked into: by age
             pending_age = (
                 older_than

@@ -170,8 +170,9 @@ def _fail_quietly(job_id: str, reason: str, worker: str) -> None:
         log.exception("job %s: could not record failure", job_id)
 
 
-# Messages the worker cannot even hand to a task: an unknown task name, or a body it refuses to
-# decode (e.g. pickle). Celery logs and drops them; a dead letter keeps them readable.
+# Messages the worker cannot even hand to a task: an unknown task name, or a message that is not
+# a task at all. Celery logs and drops them; a dead letter keeps them readable. (A body Celery
+# cannot decode, e.g. pickle, raises no signal: Celery only logs it.)
 
 
 @task_unknown.connect
@@ -181,8 +182,9 @@ def _on_unknown_task(name=None, id=None, message=None, **_kwargs) -> None:
 
 @task_rejected.connect
 def _on_rejected_message(message=None, exc=None, **_kwargs) -> None:
-    name = (getattr(message, "headers", None) or {}).get("task", "?")
-    _dead_letter(str(name), None, message, f"message refused: {type(exc).__name__}: {exc}")
+    headers = getattr(message, "headers", None) or {}
+    reason = f"message refused: {type(exc).__name__}: {exc}" if exc else "not a task message"
+    _dead_letter(str(headers.get("task", "?")), headers.get("id"), message, reason)
 
 
 def _dead_letter(task: str, message_id: Any, message: Any, reason: str) -> None:
