@@ -20,6 +20,9 @@ class CandidateOut(BaseModel):
     inliers: int = Field(description="Matches that passed geometric verification.")
     inlier_ratio: float
     mean_match_score: float
+    stage: str = Field(
+        description="coarse (the shortlist) or fine (re-verified, accurate profile)."
+    )
 
 
 class JobOut(BaseModel):
@@ -35,6 +38,7 @@ class JobOut(BaseModel):
     worker: str | None
     matcher: str | None
     method: str | None = Field(description="How the estimate was made, e.g. cluster+placement.")
+    map_version: str | None = Field(description="The exact map version the job used.")
     options: dict[str, Any]
     created_at: datetime | None
     started_at: datetime | None

@@ -18,7 +18,7 @@ under the job's own ``matcher_conf``: XFeat descriptors need a cosine threshold 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from core.config import Conf
 from core.verify import VerifyConfig
@@ -84,3 +84,19 @@ TOP_K = DEFAULT.top_k
 def preset_for(extractor: str, matcher: str) -> Preset | None:
     """The preset pairing this extractor with this matcher, if there is one."""
     return PRESETS.get(f"{extractor}+{matcher}")
+
+
+# "fast" (the coarse stage alone) or "accurate" (the coarse-to-fine cascade, core/finestage.py)
+# for jobs that do not choose; workers can set their own (FEATURELOC_PROFILE). See README.
+Profile = Literal["fast", "accurate"]
+DEFAULT_PROFILE: Profile = "fast"
+
+# The fine stage (core/finestage.py): the map's second feature set. 512 ALIKED keypoints: on a
+# CPU LightGlue costs about a third of what 1024 cost, and a place is told apart by a few dozen
+# inliers (BENCHMARKS.md).
+FINE_EXTRACTOR = "aliked"
+FINE_EXTRACTOR_CONF: dict[str, Any] = {"max_keypoints": 512}
+# The map's self-measurement (core/heldout.py): held-out positions, and the coarse confidence
+# below which the fit also runs the fine stage (escalation is never fitted above it).
+HELDOUT_QUERIES = 200
+HELDOUT_FINE_BELOW = 0.6

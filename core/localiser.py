@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,28 @@ from pydantic import (
 )
 
 from core import registry
+from core.calibration import calibrate
 from core.camera import Camera
 from core.config import Conf, error_text
-from core.defaults import DEFAULT, preset_for
-from core.errors import InputError, MapError
+from core.defaults import DEFAULT, DEFAULT_PROFILE, Profile, preset_for
+from core.errors import ImageError, InputError, MapError
 from core.estimation import ESTIMATORS
-from core.mapstore import ReferenceMap
+from core.finestage import (
+    DEFAULT_ESCALATE_BELOW,
+    FineConf,
+    decide,
+    match_places,
+    place_estimate,
+    top_places,
+)
+from core.images import read_image
+from core.mapstore import FINE_SET, ReferenceMap, append_features
 from core.placement import Link, PlacementConfig, place_query
 from core.types import CandidateResult, Estimate, Features, LocalisationResult, Matches
 from core.verify import VerifyConfig, verify
+
+# The matcher trained for each fine extractor's features.
+FINE_MATCHERS = {"aliked": "lightglue", "disk": "lightglue", "superpoint": "superglue"}
 
 
 class LocaliseOptions(BaseModel):
@@ -70,6 +84,15 @@ class LocaliseOptions(BaseModel):
     query_camera: Camera | None = Field(
         default=None, description="the query photo's intrinsics; default: the map's camera"
     )
+    profile: Profile = Field(
+        default=DEFAULT_PROFILE,
+        description="fast: the coarse stage only; accurate: the fine stage (core.finestage)"
+        " re-verifies the top places when the coarse answer is in doubt and the map has fine"
+        " features",
+    )
+    fine_conf: dict[str, Any] = Field(
+        default_factory=dict, description="core.finestage.FineConf fields"
+    )
 
     @field_validator("estimator")
     @classmethod
@@ -93,6 +116,7 @@ class LocaliseOptions(BaseModel):
             self.matcher_conf, f"matcher_conf of matcher {self.matcher!r}"
         )
         self.estimator_config()
+        self.fine_config()
         self.placement_config()
         self.verify_config()
         return self
@@ -115,6 +139,9 @@ class LocaliseOptions(BaseModel):
         conf = {**base, **self.estimator_conf}
         what = f"estimator_conf of estimator {self.estimator!r}"
         return ESTIMATORS[self.estimator].Conf.make(conf, what)
+
+    def fine_config(self) -> FineConf:
+        return FineConf.make(self.fine_conf, "fine_conf")
 
     def placement_config(self) -> PlacementConfig:
         return PlacementConfig.make(self.placement_conf, "placement_conf")
@@ -148,8 +175,16 @@ class VerifiedMatches:
 class Localiser:
     """Holds one map's features, its retriever, the extractor that built it, and matchers."""
 
-    def __init__(self, ref_map: ReferenceMap, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        ref_map: ReferenceMap,
+        device: str = "cpu",
+        fine_source: Callable[[str], Path] | None = None,
+    ) -> None:
+        """``fine_source`` (reference id -> its photo) lets the fine stage extract the fine
+        features a map lacks when it first needs them, and add them to the map."""
         self.map = ref_map
+        self.fine_source = fine_source
         self.device = device
         ext = ref_map.extractor
         self.extractor = registry.create_extractor(ext["name"], ext.get("conf"), device)
@@ -157,6 +192,7 @@ class Localiser:
         self.retriever = registry.retriever_class(ret["name"])(ret.get("conf"))
         self.retriever.prepare(ref_map)
         self._matchers: dict[tuple[str, str], Any] = {}
+        self._fine: tuple[Any, Any] | None = None
 
     def matcher(self, name: str, conf: dict[str, Any]):
         key = (name, repr(sorted(conf.items())))
@@ -208,8 +244,15 @@ class Localiser:
         return out, match_s
 
     def localise(
-        self, image: np.ndarray, options: LocaliseOptions | None = None
+        self,
+        image: np.ndarray,
+        options: LocaliseOptions | None = None,
+        hidden: np.ndarray | None = None,
+        calibrated: bool = True,
     ) -> LocalisationResult:
+        """Localise one BGR image. ``hidden`` (bool per reference) localises as if those
+        references were not in the map, and ``calibrated=False`` keeps the raw confidence: how
+        the map measures itself (core/heldout.py)."""
         opts = options or LocaliseOptions()
         pconf = opts.placement_config()
         matcher = self.job_matcher(opts)  # fails before any work when it cannot match this map
@@ -220,7 +263,7 @@ class Localiser:
         timings["extract"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        order, scores = self.retriever.shortlist(query, self.map, opts.top_k)
+        order, scores = self.retriever.shortlist(query, self.map, opts.top_k, hidden)
         timings["retrieve"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -242,12 +285,134 @@ class Localiser:
         estimate = ESTIMATORS[opts.estimator](candidates, opts.estimator_config())
         timings["estimate"] = time.perf_counter() - t0
 
+        fine: list[CandidateResult] = []
+        if self._escalate(opts, estimate):
+            t0 = time.perf_counter()
+            estimate, fine = self._refine(image, estimate, candidates, opts.fine_config())
+            if fine:  # else no chosen view had fine features, and the coarse answer stands
+                timings["fine"] = time.perf_counter() - t0
+
         # Placement builds on verified inliers, so it needs verification.
         if opts.placement and opts.verify and estimate.localised and self.map.camera is not None:
             t0 = time.perf_counter()
-            estimate = self._place(query, estimate, links, matcher, opts, pconf)
+            estimate = self._place(query, estimate, links, matcher, opts, pconf, hidden)
             timings["place"] = time.perf_counter() - t0
-        return LocalisationResult(estimate, candidates, timings, opts.model_dump())
+        if calibrated:
+            estimate = self._calibrated(estimate, "fine" if fine else "coarse")
+        return LocalisationResult(estimate, candidates + fine, timings, opts.model_dump())
+
+    def _calibrated(self, estimate: Estimate, path: str) -> Estimate:
+        """The confidence as P(error < 5) and the localised call, by the curves fitted on the
+        map's held-out positions (core/heldout.py); unchanged for a map without them."""
+        training = self.map.training
+        curve = training.get("calibration", {}).get(path)
+        if curve is None:
+            return estimate
+        p = calibrate(curve, estimate.confidence)
+        localised = estimate.x is not None and p >= training["localised_probability"]
+        return dataclasses.replace(estimate, confidence=p, localised=localised)
+
+    def _escalate(self, opts: LocaliseOptions, coarse: Estimate) -> bool:
+        """Whether the fine stage runs: the accurate profile, a map with fine features, and a
+        coarse confidence below the job's, the map's fitted, or the default threshold."""
+        if opts.profile != "accurate" or not opts.verify or self.map.fine_extractor is None:
+            return False
+        below = opts.fine_config().escalate_below
+        if below is None:
+            below = self.map.training.get("escalate_below", DEFAULT_ESCALATE_BELOW)
+        return coarse.confidence < below
+
+    def fine_models(self) -> tuple[Any, Any]:
+        """The fine extractor and matcher of this map (loaded on first use)."""
+        if self._fine is None:
+            ident = self.map.fine_extractor
+            assert ident is not None
+            extractor = registry.create_extractor(ident["name"], ident.get("conf"), self.device)
+            matcher = registry.create_matcher(FINE_MATCHERS[ident["name"]], {}, self.device)
+            if not matcher.accepts(ident["name"]):
+                raise MapError(f"no fine matcher for {ident['name']!r} features")
+            self._fine = (extractor, matcher)
+        return self._fine
+
+    def _fill_fine(self, indices: Sequence[int]) -> None:
+        """Extract and store the fine features of ``indices`` that the map lacks, from
+        ``fine_source`` (nothing without one)."""
+        fine = self.map.feature_set(FINE_SET)
+        todo = [i for i in dict.fromkeys(indices) if not fine.has(i)]
+        if todo:
+            fine.refresh()  # another worker may have added them
+            todo = [i for i in todo if not fine.has(i)]
+        if not todo or self.fine_source is None:
+            return
+        extractor, _ = self.fine_models()
+        items = []
+        for i in todo:
+            rid = self.map.ids[i]
+            try:
+                items.append((rid, extractor.extract(read_image(self.fine_source(rid)))))
+            except (ImageError, OSError):
+                continue  # that view is skipped, as any view without fine features
+        if items:
+            append_features(self.map.path, FINE_SET, items)
+            fine.refresh()
+
+    def _refine(
+        self,
+        image: np.ndarray,
+        coarse: Estimate,
+        candidates: list[CandidateResult],
+        conf: FineConf,
+    ) -> tuple[Estimate, list[CandidateResult]]:
+        """Re-verify the strongest coarse places with the fine features; the estimate the
+        fine evidence supports, and one candidate row per fine-matched view."""
+        extractor, matcher = self.fine_models()
+        places = top_places(
+            candidates,
+            self.map.index.__getitem__,
+            conf.radius,
+            conf.inlier_floor,
+            conf.places,
+            conf.views,
+        )
+        query = extractor.extract(image)
+        self._fill_fine([i for p in places for i in p.views])
+        fine_feats = self.map.feature_set(FINE_SET)
+        vconf = VerifyConfig.make({"threshold_px": conf.verify_threshold_px})
+        fine = match_places(
+            query, places, lambda i: fine_feats[i] if fine_feats.has(i) else None, matcher, vconf
+        )
+        decision = decide(places, fine, conf)
+        rows = [
+            CandidateResult(
+                reference_id=self.map.ids[m.index],
+                position=(
+                    float(self.map.positions[m.index, 0]),
+                    float(self.map.positions[m.index, 1]),
+                ),
+                retrieval_rank=m.place,
+                retrieval_score=places[m.place].evidence,
+                query_keypoints=len(query),
+                reference_keypoints=len(fine_feats[m.index]),
+                tentative_matches=m.tentative,
+                inliers=m.inliers,
+                mean_match_score=m.mean_score,
+                match_seconds=m.seconds,
+                verify_seconds=0.0,
+                stage="fine",
+            )
+            for m in fine
+        ]
+        if decision.place is None:
+            return coarse, rows
+        if decision.switched or coarse.x is None:
+            x, y, views = place_estimate(decision.place, fine, self.map.positions)
+            support = [self.map.ids[i] for i in views]
+            estimate = Estimate(x, y, decision.score, True, "fine", support)
+        else:
+            estimate = dataclasses.replace(
+                coarse, confidence=decision.score, method=f"{coarse.method}+fine"
+            )
+        return estimate, rows
 
     def _place(
         self,
@@ -257,6 +422,7 @@ class Localiser:
         matcher: Any,
         opts: LocaliseOptions,
         conf: PlacementConfig,
+        hidden: np.ndarray | None = None,
     ) -> Estimate:
         """The estimate moved to where the geometry of its supporting views puts the query."""
         ref_camera = self.map.camera
@@ -275,6 +441,7 @@ class Localiser:
             (estimate.x, estimate.y),
             conf,
             similar=self.retriever.reference_similarity,
+            hidden=hidden,
         )
         if placed is None:
             return estimate

@@ -12,7 +12,14 @@ from core.defaults import DEFAULT
 from core.errors import ImageError, InputError
 from core.features.base import Extractor
 from core.images import ImageLimits, read_image
-from core.mapstore import MapStore, Reference, existing_reference_ids, write_part
+from core.mapstore import (
+    FINE_SET,
+    MapStore,
+    Reference,
+    append_features,
+    existing_reference_ids,
+    write_part,
+)
 from core.registry import create_extractor, retriever_class
 from core.types import Features
 
@@ -32,6 +39,27 @@ class BuildReport:
     failed: dict[str, str] = field(default_factory=dict)  # id -> reason
 
 
+def images_by_stem(images_dir: Path) -> dict[str, Path]:
+    """The photos of a folder by file stem (a reference's id)."""
+    by_stem: dict[str, Path] = {}
+    for p in sorted(Path(images_dir).iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(p.stem, p)
+    return by_stem
+
+
+def map_photos(ref_map_ids: list[str], images_dir: Path) -> Callable[[str], Path]:
+    """Reference id -> its photo in ``images_dir``; InputError naming the first id without
+    one (found before any work starts)."""
+    by_stem = images_by_stem(images_dir)
+    missing = [rid for rid in ref_map_ids if rid not in by_stem]
+    if missing:
+        raise InputError(
+            f"{len(missing)} reference(s) have no photo in {images_dir} (e.g. {missing[0]!r})"
+        )
+    return by_stem.__getitem__
+
+
 def read_positions_csv(csv_path: Path, images_dir: Path) -> list[RefEntry]:
     """Parse ``id,x,y`` (id = image file stem) and check every row before any work starts.
 
@@ -43,10 +71,7 @@ def read_positions_csv(csv_path: Path, images_dir: Path) -> list[RefEntry]:
         raise InputError(f"positions CSV not found: {csv_path}")
     if not images_dir.is_dir():
         raise InputError(f"images directory not found: {images_dir}")
-    by_stem: dict[str, Path] = {}
-    for p in images_dir.iterdir():
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            by_stem.setdefault(p.stem, p)
+    by_stem = images_by_stem(images_dir)
     problems: list[str] = []
     entries: list[RefEntry] = []
     seen: set[str] = set()
@@ -157,3 +182,37 @@ def finalise_map(store: MapStore, name: str) -> None:
     ref_map = store.open(name)
     retriever = retriever_class(ref_map.retriever["name"])(ref_map.retriever.get("conf"))
     retriever.fit(ref_map)
+
+
+def add_fine_features(
+    store: MapStore,
+    name: str,
+    entries: list[RefEntry],
+    extractor_name: str,
+    extractor_conf: dict | None = None,
+    device: str = "cpu",
+    limits: ImageLimits | None = None,
+    chunk_size: int = 200,
+    on_done: Callable[[str], None] | None = None,
+) -> BuildReport:
+    """Extract the fine feature set (core/finestage.py) of the map's references in
+    ``entries`` that do not have it yet, one part per chunk; others are skipped."""
+    extractor = create_extractor(extractor_name, extractor_conf, device)
+    path = store.set_fine_extractor(name, extractor.identity())
+    ref_map = store.open(name)
+    fine = ref_map.feature_set(FINE_SET)
+    todo: list[RefEntry] = []
+    skipped: list[str] = []
+    for e in entries:
+        i = ref_map.index.get(e.reference.id)
+        if i is None or fine.has(i):
+            skipped.append(e.reference.id)  # not in the map, or done already
+        else:
+            todo.append(e)
+    report = BuildReport(skipped=skipped)
+    for start in range(0, len(todo), chunk_size):
+        done, failed = extract_entries(todo[start : start + chunk_size], extractor, limits, on_done)
+        append_features(path, FINE_SET, [(ref.id, feats) for ref, feats in done])
+        report.added.extend(ref.id for ref, _ in done)
+        report.failed.update(failed)
+    return report

@@ -6,7 +6,10 @@ Layout of ``<maps_dir>/<name>/`` (format 2)::
                             images_dir (the folder of the reference photos)
     parts/part-*.feat       references (id, x, y) with their default ("coarse") features,
                             one file per build chunk
-    sets/<set>/part-*.feat  another named feature set (e.g. "fine") for some references
+    sets/<set>/part-*.feat  another named feature set for some references: "fine", the fine
+                            stage's (core/finestage.py; extractor in "fine_extractor")
+    training.json           optional: what was fitted on the map's own held-out positions
+                            (core/heldout.py)
     retrieval/              state fitted by the retriever (codebook, global descriptors, index)
 
 Every ``.feat`` file is a flat array file (``core/flatfile.py``): ids, image sizes, per-reference
@@ -54,6 +57,9 @@ from core.types import Features
 
 FORMAT_VERSION = 2
 IMAGES_DIR_KEY = "images_dir"  # manifest key: folder of the reference photos (optional)
+FINE_SET = "fine"  # the feature set of the fine stage (core/finestage.py)
+FINE_EXTRACTOR_KEY = "fine_extractor"  # manifest key: the extractor of that set
+TRAINING_FILE = "training.json"  # what was fitted on held-out positions (core/heldout.py)
 DEFAULT_SET = "coarse"
 PART_SUFFIX = ".feat"
 _PART_RE = re.compile(r"part-[A-Za-z0-9_-]+\.feat")
@@ -158,6 +164,19 @@ class MapStore:
     def open(self, name: str) -> ReferenceMap:
         return ReferenceMap.load(self._existing(name))
 
+    def set_fine_extractor(self, name: str, identity: dict[str, Any]) -> Path:
+        """Record the extractor of the map's fine feature set (core/finestage.py); features
+        of another extractor are refused, since they could not be matched together."""
+        existing = self.manifest(name).get(FINE_EXTRACTOR_KEY)
+        if existing is not None and existing != identity:
+            raise MapError(
+                f"map {name!r} has fine features from {existing}, not {identity}: remove "
+                f"its sets/{FINE_SET} folder and its {FINE_EXTRACTOR_KEY!r} to change them"
+            )
+        if existing is None:
+            self._set_manifest_key(name, FINE_EXTRACTOR_KEY, identity)
+        return self.path(name)
+
     def upgrade(self, name: str) -> int:
         """Convert an old-format map in place (see ``upgrade_map``); returns parts converted."""
         return upgrade_map(self._existing(name))
@@ -167,6 +186,13 @@ class MapStore:
         if not (path / "manifest.json").is_file():
             raise MapError(f"unknown map {name!r}")
         return path
+
+
+def write_training(map_path: Path, record: dict[str, Any]) -> Path:
+    """Store a map's training record (core/heldout.py); read back by ReferenceMap.training."""
+    path = Path(map_path) / TRAINING_FILE
+    _atomic_write_text(path, json.dumps(record, indent=2))
+    return path
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -332,6 +358,16 @@ class ReferenceMap:
         self.positions = positions  # (N, 2) float64
         self.index = {rid: i for i, rid in enumerate(ids)}
         self._sets: dict[str, FeatureSet] = {}
+
+    @property
+    def fine_extractor(self) -> dict[str, Any] | None:
+        return self.manifest.get(FINE_EXTRACTOR_KEY)
+
+    @cached_property
+    def training(self) -> dict[str, Any]:
+        """What was fitted on the map's held-out positions (core/heldout.py), or {}."""
+        path = self.path / TRAINING_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     @property
     def features(self) -> FeatureSet:

@@ -74,16 +74,18 @@ def place_query(
     around: tuple[float, float],
     conf: PlacementConfig | None = None,
     similar: Callable[[int], np.ndarray | None] | None = None,
+    hidden: np.ndarray | None = None,
 ) -> Placement | None:
     """The query's (x, y) from pairs of linked references, or None when no pair gives one.
 
     ``features``/``positions`` are the map's, indexed by ``Link.index``; ``ref_k(i)`` is the
     intrinsic matrix of reference ``i``, ``query_k`` the query's; ``match`` matches two
     references with the job's matcher; ``around`` is the estimate being refined; ``similar(i)``
-    optionally gives every reference's global similarity to reference ``i``.
+    optionally gives every reference's global similarity to reference ``i``; ``hidden`` (bool
+    per reference) marks references that must not serve as B (held-out positions).
     """
     conf = conf or PlacementConfig()
-    pairs = _pairs(links, positions, similar or (lambda _i: None), conf)
+    pairs = _pairs(links, positions, similar or (lambda _i: None), conf, hidden)
     found: list[tuple[float, float, int]] = []
     for a, b in pairs:
         got = _place_from_pair(query, query_k, a, b, features, positions, ref_k, match, conf)
@@ -105,6 +107,7 @@ def _pairs(
     positions: np.ndarray,
     similar: Callable[[int], np.ndarray | None],
     conf: PlacementConfig,
+    hidden: np.ndarray | None = None,
 ) -> list[tuple[Link, Link]]:
     """(A, B) to try: A among the strongest links; B first among the other linked references,
     then any map reference near A, most similar to A first (B must share points with A, not
@@ -115,6 +118,8 @@ def _pairs(
     for a in by_strength[: conf.anchors]:
         baseline = np.hypot(*(positions - positions[a.index]).T)
         in_range = (baseline >= conf.min_baseline) & (baseline <= conf.max_baseline)
+        if hidden is not None:
+            in_range &= ~hidden
         partners = [b for b in by_strength if b is not a and in_range[b.index]]
         sim = similar(a.index)
         rank = np.argsort(-sim) if sim is not None else np.argsort(baseline)

@@ -79,6 +79,10 @@ class CandidateResult:
     mean_match_score: float
     match_seconds: float = 0.0
     verify_seconds: float = 0.0
+    # "coarse": the shortlist's matches (retrieval rank and score are the shortlist's);
+    # "fine": a view re-verified by the fine stage (rank = its place, 0 = the coarse winner's;
+    # score = that place's pooled coarse evidence), see core/finestage.py.
+    stage: str = "coarse"
 
     # The keys of a row, in column order.
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -93,6 +97,7 @@ class CandidateResult:
         "inliers",
         "inlier_ratio",
         "mean_match_score",
+        "stage",
     )
 
     @property
@@ -113,6 +118,7 @@ class CandidateResult:
             "inliers": int(self.inliers),
             "inlier_ratio": float(self.inlier_ratio),
             "mean_match_score": float(self.mean_match_score),
+            "stage": str(self.stage),
         }
 
     @classmethod
@@ -131,6 +137,7 @@ class CandidateResult:
             tentative_matches=row["tentative_matches"],
             inliers=row["inliers"],
             mean_match_score=row["mean_match_score"],
+            stage=row["stage"],
         )
 
 

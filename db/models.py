@@ -151,7 +151,7 @@ class CandidateMatch(Base):
     """
 
     __tablename__ = "candidate_matches"
-    __table_args__ = (UniqueConstraint("job_id", "reference_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "stage", "reference_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -166,6 +166,8 @@ class CandidateMatch(Base):
     inliers: Mapped[int] = mapped_column(Integer)
     inlier_ratio: Mapped[float] = mapped_column(Float)
     mean_match_score: Mapped[float] = mapped_column(Float)
+    # "coarse" (the shortlist) or "fine" (re-verified by core/finestage.py)
+    stage: Mapped[str] = mapped_column(String(16), default="coarse", server_default="coarse")
 
     job: Mapped[Job] = relationship(back_populates="candidates")
 

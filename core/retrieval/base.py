@@ -39,9 +39,15 @@ class Retriever(ABC):
 
     @abstractmethod
     def shortlist(
-        self, query: Features, ref_map: ReferenceMap, top_k: int | None
+        self,
+        query: Features,
+        ref_map: ReferenceMap,
+        top_k: int | None,
+        hidden: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into ``ref_map.ids`` (best first) and their scores; ``top_k=None``: all."""
+        """Indices into ``ref_map.ids`` (best first) and their scores; ``top_k=None``: all.
+        ``hidden`` (bool per reference) hides references, as if they were not in the map:
+        how a map localises its own held-out positions (core/heldout.py)."""
 
     def reference_similarity(self, index: int) -> np.ndarray | None:
         """Every reference's global similarity to reference ``index`` (map order), or None

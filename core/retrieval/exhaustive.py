@@ -13,6 +13,8 @@ class ExhaustiveRetriever(Retriever):
 
     name = "exhaustive"
 
-    def shortlist(self, query, ref_map, top_k):
-        n = len(ref_map.ids)
-        return np.arange(n), np.zeros(n, np.float32)
+    def shortlist(self, query, ref_map, top_k, hidden=None):
+        order = np.arange(len(ref_map.ids))
+        if hidden is not None:
+            order = order[~hidden]
+        return order, np.zeros(len(order), np.float32)

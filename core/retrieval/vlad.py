@@ -225,7 +225,13 @@ class VladRetriever(Retriever):
         """Float32 descriptors of the references at ``indices`` (map order)."""
         return _take(self.blocks, self.map_to_row[np.asarray(indices, np.int64)])
 
-    def shortlist(self, query: Features, ref_map: ReferenceMap, top_k: int | None):
+    def shortlist(
+        self,
+        query: Features,
+        ref_map: ReferenceMap,
+        top_k: int | None,
+        hidden: np.ndarray | None = None,
+    ):
         if len(self.map_to_row) != len(ref_map):
             self.prepare(ref_map)
         q = self.describe(query)
@@ -239,6 +245,9 @@ class VladRetriever(Retriever):
         else:
             cand = np.arange(n)
             scores = self._pooled(cand, self.scores(query, ref_map, q))
+        if hidden is not None:
+            keep = ~hidden[cand]
+            cand, scores = cand[keep], scores[keep]
         k = min(k, len(cand))
         if k < len(cand):
             part = np.argpartition(-scores, k - 1)[:k]

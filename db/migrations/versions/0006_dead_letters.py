@@ -1,6 +1,6 @@
 """dead_letters: messages no job could be made of; jobs.heartbeat_at for quick recovery.
 
-Revision ID: 0004_dead_letters
+Revision ID: 0006_dead_letters
 Revises: 0005_map_versions
 Create Date: 2026-11-29
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_dead_letters"
+revision: str = "0006_dead_letters"
 down_revision: str | None = "0005_map_versions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

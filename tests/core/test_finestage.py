@@ -1,0 +1,102 @@
+"""The fine stage's choices (core/finestage.py): which places and views it re-verifies, and
+when its evidence moves the answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import InputError
+from core.finestage import FineConf, FineMatch, Place, decide, place_estimate, top_places
+from core.types import CandidateResult
+
+
+def _cand(rid: str, x: float, y: float, inliers: int, score: float = 0.5) -> CandidateResult:
+    return CandidateResult(
+        reference_id=rid,
+        position=(x, y),
+        retrieval_rank=0,
+        retrieval_score=score,
+        query_keypoints=1024,
+        reference_keypoints=1024,
+        tentative_matches=inliers + 10,
+        inliers=inliers,
+        mean_match_score=0.9,
+        match_seconds=0.0,
+        verify_seconds=0.0,
+    )
+
+
+ROWS = {"a1": 0, "a2": 1, "a3": 2, "b1": 3, "b2": 4, "c1": 5}
+
+
+def _places(cands, **kw):
+    args = {"radius": 9.0, "inlier_floor": 20.0, "places": 3, "views": 2, **kw}
+    return top_places(cands, ROWS.__getitem__, **args)
+
+
+def test_places_are_ranked_by_pooled_evidence_and_keep_their_best_views() -> None:
+    cands = [
+        _cand("a1", 0, 0, 50),  # place A: 30 + 25 + 5 above the floor = 60 pooled
+        _cand("a2", 0, 0, 45),
+        _cand("a3", 2, 0, 25),  # within the radius of A: same place
+        _cand("b1", 100, 0, 70),  # place B: one strong view, 50 pooled
+        _cand("c1", 0, 100, 21),
+    ]
+    places = _places(cands)
+    assert [p.seed for p in places] == [(0.0, 0.0), (100.0, 0.0), (0.0, 100.0)]
+    assert places[0].evidence == pytest.approx(60.0)
+    assert places[0].views == (ROWS["a1"], ROWS["a2"])  # the two with most inliers
+    assert places[1].views == (ROWS["b1"],)
+
+
+def test_weak_candidates_still_form_places_ranked_by_their_best_view() -> None:
+    cands = [_cand("a1", 0, 0, 8), _cand("b1", 50, 0, 15), _cand("c1", 100, 0, 3)]
+    places = _places(cands, places=2, views=1)
+    assert [p.views for p in places] == [(ROWS["b1"],), (ROWS["a1"],)]
+
+
+def _fine(*per_place: list[int]) -> list[FineMatch]:
+    return [
+        FineMatch(index=10 * p + k, place=p, tentative=n + 5, inliers=n, mean_score=0.5,
+                  seconds=0.0)
+        for p, views in enumerate(per_place)
+        for k, n in enumerate(views)
+    ]  # fmt: skip
+
+
+def test_another_place_wins_only_with_a_clear_lead() -> None:
+    conf = FineConf.make({"switch_inliers": 40, "switch_ratio": 1.5})
+    places = [Place((0, 0), 1, ()), Place((50, 0), 1, ()), Place((0, 50), 1, ())]
+    clear = decide(places, _fine([10, 30], [151, 12], [20]), conf)
+    assert clear.switched and clear.place == 1
+    narrow = decide(places, _fine([100], [140], [20]), conf)  # 140 < 1.5 * 100
+    assert not narrow.switched and narrow.place == 0
+    weak = decide(places, _fine([5], [35], [0]), conf)  # below switch_inliers
+    assert not weak.switched
+    assert clear.scores == (30.0, 151.0, 20.0)
+    assert 0 < weak.score < clear.score < 1
+
+
+def test_no_fine_features_no_decision() -> None:
+    d = decide([Place((0, 0), 1, (0,))], [], FineConf.make({}))
+    assert d.place is None and not d.switched and d.score == 0.0
+
+
+def test_a_place_estimate_leans_to_its_strongest_views() -> None:
+    positions = np.array([[0.0, 0.0], [4.0, 0.0]] + [[99.0, 99.0]] * 9)
+    fine = [
+        FineMatch(index=0, place=1, tentative=90, inliers=90, mean_score=0.5, seconds=0.0),
+        FineMatch(index=1, place=1, tentative=30, inliers=30, mean_score=0.5, seconds=0.0),
+        FineMatch(index=5, place=0, tentative=50, inliers=50, mean_score=0.5, seconds=0.0),
+    ]
+    x, y, views = place_estimate(1, fine, positions)
+    assert views == [0, 1]
+    assert x == pytest.approx(4.0 * 30**2 / (90**2 + 30**2)) and y == 0.0
+
+
+def test_fine_conf_refuses_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(InputError, match="plaices"):
+        FineConf.make({"plaices": 2})
+    with pytest.raises(InputError, match="escalate_below"):
+        FineConf.make({"escalate_below": 1.5})
