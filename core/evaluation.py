@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.calibration import expected_calibration_error
 from core.types import CandidateResult, LocalisationResult
 
 Query = tuple[str, Path | str, float, float]  # (id, image path, x, y)
@@ -56,6 +57,8 @@ class QueryRow:
     seconds: float
     nearest_rank: int | None  # first retrieval rank with a reference within recall_radius
     ranks_checked: int  # how deep the ranked list behind nearest_rank went
+    method: str = ""  # how the estimate was made (Estimate.method)
+    escalated: bool = False  # the fine stage re-verified this query (core/finestage.py)
 
 
 @dataclass
@@ -112,7 +115,8 @@ def score_result(
         sx, sy, how = best.position[0], best.position[1], "best_candidate"
     else:
         sx, sy, how = fallback_position[0], fallback_position[1], "map"
-    by_rank = sorted(result.candidates, key=lambda c: c.retrieval_rank)
+    coarse = [c for c in result.candidates if c.stage == "coarse"]
+    by_rank = sorted(coarse, key=lambda c: c.retrieval_rank)
     rank = first_rank_within(np.array([c.position for c in by_rank]), truth, recall_radius)
     return QueryRow(
         id=query_id,
@@ -130,6 +134,8 @@ def score_result(
         seconds=seconds,
         nearest_rank=None if rank is None else by_rank[rank].retrieval_rank,
         ranks_checked=len(by_rank),
+        method=est.method,
+        escalated=len(coarse) < len(result.candidates),
     )
 
 
@@ -196,7 +202,7 @@ def summarise(rows: Sequence[QueryRow], recall_radius: float = 5.0) -> dict:
         return {"queries": 0}
     err = np.array([r.error for r in rows])
     conf = np.array([r.confidence for r in rows])
-    out: dict[str, float | int | list[float] | None] = {
+    out: dict[str, float | int | list[float] | list[tuple[float, float, int]] | None] = {
         "queries": len(rows),
         "mae": float(err.mean()),
         "mae_ci95": list(bootstrap_ci(err)),
@@ -215,8 +221,16 @@ def summarise(rows: Sequence[QueryRow], recall_radius: float = 5.0) -> dict:
     for frac in (0.5, 0.8):
         top = order[: max(1, int(round(frac * len(rows))))]
         out[f"mae_top{int(frac * 100)}_confident"] = float(err[top].mean())
+    # Is the confidence a probability of being within 5? (calibrated maps: core/heldout.py)
+    hits = err < 5.0
+    out["ece_within_5"], out["reliability"] = expected_calibration_error(conf, hits)
+    sure = conf >= 0.5
+    out["confident_share"] = float(sure.mean())
+    out["within_5_confident"] = float(hits[sure].mean()) if sure.any() else None
+    out["escalated"] = float(np.mean([r.escalated for r in rows]))
     out["candidates_per_query"] = float(np.mean([r.candidates for r in rows]))
     out["seconds_per_query"] = float(np.mean([r.seconds for r in rows]))
+    out["seconds_p95"] = float(np.percentile([r.seconds for r in rows], 95))
     # Recall@K only up to the depth every query's ranked list was checked to.
     depth = min(r.ranks_checked for r in rows)
     for k in RECALL_KS:

@@ -1,0 +1,236 @@
+"""The map measures itself: views of held-out positions localised against the rest of the map.
+
+A map is labelled data. Hide every view of one reference position, localise one of those views
+against the remaining references, and the error is known. Such pseudo-queries behave like the
+photos users send (on the Getty set their MAE, median and share within 5 are close to those of
+the real query set), so the map's own escalation rule, confidence calibration and "not
+localised" threshold are fitted on them (:func:`fit`) — never on anyone's test queries.
+
+The run is resumable: each pseudo-query's row is appended to a JSON-lines file as soon as it is
+done, and a restarted run skips the rows already there. :func:`fit` turns the rows into the
+map's training record (``training.json`` in the map folder, read by ``ReferenceMap.training``).
+
+Each pseudo-query is localised twice when its coarse answer is in doubt: with the fast profile
+(the coarse stage alone) and with the fine stage forced on, so the fit can weigh every possible
+escalation threshold against the same queries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.calibration import isotonic
+from core.defaults import HELDOUT_FINE_BELOW, HELDOUT_QUERIES
+from core.evaluation import l1_error, map_centroid, score_result
+from core.images import read_image
+from core.localiser import LocaliseOptions, Localiser
+from core.mapstore import MapStore, ReferenceMap, write_training
+
+WITHIN = 5.0  # the calibrated confidence is P(error < WITHIN)
+HELDOUT_FILE = "heldout.jsonl"  # in the map folder: one row per pseudo-query done
+
+
+@dataclass
+class HeldoutRow:
+    """One pseudo-query: its truth, where each profile's answer is scored (the estimate, or
+    for a declined one its best candidate), and each profile's raw confidence."""
+
+    reference_id: str
+    truth_x: float
+    truth_y: float
+    coarse_x: float | None
+    coarse_y: float | None
+    coarse_score: float  # the coarse stage's raw confidence
+    fine_x: float | None = None  # the fine stage's answer, when it ran
+    fine_y: float | None = None
+    fine_score: float | None = None
+    fine_switched: bool | None = None
+    seconds: float = 0.0
+
+    def error(self, x: float | None, y: float | None, fallback: tuple[float, float]) -> float:
+        if x is None or y is None:
+            x, y = fallback
+        return l1_error(x, y, self.truth_x, self.truth_y)
+
+
+def sample_heldout(ref_map: ReferenceMap, n: int, seed: int = 0) -> list[int]:
+    """Map rows of one view at each of ``n`` distinct positions (all positions if fewer),
+    chosen reproducibly from ``seed``."""
+    keys = np.round(ref_map.positions, 6)
+    _, groups = np.unique(keys, axis=0, return_inverse=True)
+    groups = groups.ravel()
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(int(groups.max()) + 1 if len(groups) else 0)[:n]
+    return [int(rng.choice(np.flatnonzero(groups == g))) for g in chosen]
+
+
+def hidden_mask(ref_map: ReferenceMap, row: int) -> np.ndarray:
+    """Every reference at the position of ``row``: hidden while that view is the query."""
+    return (np.abs(ref_map.positions - ref_map.positions[row]).sum(1) < 1e-6).astype(bool)
+
+
+def run_heldout(
+    localiser: Localiser,
+    rows: Iterable[int],
+    image_of: Callable[[str], Path],
+    out: Path,
+    options: dict[str, Any] | None = None,
+    fine_below: float = 1.0,
+    on_done: Callable[[HeldoutRow], None] | None = None,
+) -> list[HeldoutRow]:
+    """Localise the views ``rows`` with their positions hidden; rows are appended to ``out``
+    (JSON lines), and rows already there are not run again. The fine stage runs on those whose
+    coarse confidence is below ``fine_below`` (when the map has a fine feature set)."""
+    ref_map = localiser.map
+    done = {r.reference_id: r for r in read_rows(out)}
+    fast = LocaliseOptions.parse({**(options or {}), "profile": "fast"})
+    fine_conf = {**(options or {}).get("fine_conf", {}), "escalate_below": 1.0}
+    accurate = LocaliseOptions.parse({**(options or {}), "profile": "accurate",
+                                      "fine_conf": fine_conf})  # fmt: skip
+    centroid = map_centroid(ref_map.positions)
+    result = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for row in rows:
+            rid = ref_map.ids[row]
+            if rid in done:
+                result.append(done[rid])
+                continue
+            t0 = time.perf_counter()
+            image = read_image(image_of(rid))
+            hidden = hidden_mask(ref_map, row)
+            truth = (float(ref_map.positions[row, 0]), float(ref_map.positions[row, 1]))
+            res = localiser.localise(image, fast, hidden, calibrated=False)
+            # Scored as an evaluation scores (core/evaluation.py): a declined answer at its
+            # best candidate, so the fit weighs what users would be told.
+            coarse = score_result(rid, truth, res, 0.0, centroid)
+            rec = HeldoutRow(
+                rid, *truth, coarse.scored_x, coarse.scored_y, float(res.estimate.confidence)
+            )
+            if ref_map.fine_extractor is not None and coarse.confidence < fine_below:
+                res = localiser.localise(image, accurate, hidden, calibrated=False)
+                if "fine" in res.timings:  # it ran (the views had fine features)
+                    fine = score_result(rid, truth, res, 0.0, centroid)
+                    rec.fine_x, rec.fine_y = fine.scored_x, fine.scored_y
+                    rec.fine_score = float(res.estimate.confidence)
+                    rec.fine_switched = res.estimate.method.startswith("fine")
+            rec.seconds = time.perf_counter() - t0
+            f.write(json.dumps(asdict(rec)) + "\n")
+            f.flush()
+            result.append(rec)
+            if on_done:
+                on_done(rec)
+    return result
+
+
+def read_rows(path: Path) -> list[HeldoutRow]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(HeldoutRow(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut short by a crash: that query runs again
+    return rows
+
+
+def fit(
+    rows: list[HeldoutRow],
+    fallback: tuple[float, float],
+    max_escalated: float = 1.0,
+) -> dict[str, Any]:
+    """The training record: escalation threshold, calibration curves and held-out figures.
+
+    The escalation threshold is the coarse confidence below which the fine stage's answer
+    gives the lowest held-out MAE, escalating at most ``max_escalated`` of the queries (ties:
+    the lower threshold, which costs less). Confidence becomes P(error < 5), fitted per path
+    (coarse answer, fine answer) by isotonic regression; a query is "localised" when that
+    probability is at least 1/2.
+    """
+    if not rows:
+        raise ValueError("no held-out rows to fit on")
+    coarse_err = np.array([r.error(r.coarse_x, r.coarse_y, fallback) for r in rows])
+    coarse_score = np.array([r.coarse_score for r in rows])
+    has_fine = np.array([r.fine_score is not None for r in rows])
+    fine_err = np.array(
+        [r.error(r.fine_x, r.fine_y, fallback) if r.fine_score is not None else np.nan
+         for r in rows]
+    )  # fmt: skip
+    fine_score = np.array([r.fine_score if r.fine_score is not None else np.nan for r in rows])
+    candidates = np.unique(np.concatenate([[0.0], coarse_score[has_fine] + 1e-9]))
+    best = (np.inf, 0.0)
+    table = []
+    for t in candidates:
+        esc = has_fine & (coarse_score < t)
+        if esc.mean() > max_escalated:
+            continue
+        err = np.where(esc, fine_err, coarse_err)
+        table.append((float(t), float(err.mean()), float(esc.mean())))
+        if err.mean() < best[0] - 1e-9:
+            best = (float(err.mean()), float(t))
+    escalate_below = best[1]
+    esc = has_fine & (coarse_score < escalate_below)
+    final_err = np.where(esc, fine_err, coarse_err)
+    return {
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "heldout_queries": len(rows),
+        "escalate_below": escalate_below,
+        "calibration": {
+            "coarse": isotonic(coarse_score, coarse_err < WITHIN),
+            "fine": isotonic(fine_score[has_fine], fine_err[has_fine] < WITHIN),
+        },
+        "localised_probability": 0.5,
+        "heldout": {
+            "coarse_mae": float(coarse_err.mean()),
+            "mae": float(final_err.mean()),
+            "median": float(np.median(final_err)),
+            "within_5": float((final_err < WITHIN).mean()),
+            "escalated": float(esc.mean()),
+            "fine_run": int(has_fine.sum()),
+        },
+    }
+
+
+def fit_map(
+    store: MapStore,
+    name: str,
+    image_of: Callable[[str], Path],
+    queries: int = HELDOUT_QUERIES,
+    seed: int = 0,
+    fine_below: float = HELDOUT_FINE_BELOW,
+    device: str = "cpu",
+    batch: int | None = None,
+    on_done: Callable[[HeldoutRow], None] | None = None,
+) -> dict[str, Any] | None:
+    """Measure the map on ``queries`` held-out positions and store its training record.
+
+    The rows go to ``heldout.jsonl`` in the map folder, so an interrupted fit resumes; with
+    ``batch``, at most that many new pseudo-queries run and None is returned while some are
+    left (how a build worker fits a big map in several short tasks). The fine stage is fitted
+    when the map has a fine feature set; references lacking fine features get them from
+    ``image_of`` as the fit needs them.
+    """
+    ref_map = store.open(name)
+    loc = Localiser(ref_map, device, fine_source=image_of)
+    rows = sample_heldout(ref_map, queries, seed)
+    out = ref_map.path / HELDOUT_FILE
+    done = {r.reference_id for r in read_rows(out)}
+    todo = [r for r in rows if ref_map.ids[r] not in done]
+    if batch is not None and len(todo) > batch:
+        run_heldout(loc, todo[:batch], image_of, out, fine_below=fine_below, on_done=on_done)
+        return None
+    got = run_heldout(loc, rows, image_of, out, fine_below=fine_below, on_done=on_done)
+    record = fit(got, map_centroid(ref_map.positions))
+    record.update(queries=queries, seed=seed, fine_below=fine_below)
+    write_training(ref_map.path, record)
+    return record

@@ -1,0 +1,114 @@
+"""The coarse-to-fine cascade and the map's self-measurement on a real map of the synthetic
+scene: real XFeat and ALIKED features, real LightGlue, real MAGSAC."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import registry
+from core.heldout import fit, hidden_mask, read_rows, run_heldout, sample_heldout
+from core.images import read_image
+from core.localiser import LocaliseOptions, Localiser
+from core.mapbuild import add_fine_features, build_map, read_positions_csv
+from core.mapstore import MapStore, write_training
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+FINE = {"max_keypoints": 256}
+
+
+def _image_of(scene: Path):
+    return lambda rid: next((scene / "images").glob(f"{rid}.*"))
+
+
+@pytest.fixture(scope="module")
+def store(scene: Path, tmp_path_factory) -> MapStore:
+    store = MapStore(tmp_path_factory.mktemp("maps"))
+    entries = read_positions_csv(scene / "references.csv", scene / "images")
+    build_map(store, "scene", entries, "xfeat", retriever_name="vlad")
+    # A fine set for a few references only; the rest are filled when a query needs them.
+    report = add_fine_features(store, "scene", entries[:4], "aliked", FINE)
+    assert len(report.added) == 4
+    return store
+
+
+def _query(scene: Path, k: int = 0) -> tuple[np.ndarray, tuple[float, float]]:
+    row = list(csv.DictReader((scene / "queries.csv").open()))[k]
+    return read_image(_image_of(scene)(row["id"])), (float(row["x"]), float(row["y"]))
+
+
+def test_the_accurate_profile_reverifies_doubtful_answers_with_fine_features(
+    store: MapStore, scene: Path
+) -> None:
+    loc = Localiser(store.open("scene"), fine_source=_image_of(scene))
+    image, _ = _query(scene)
+    fast = loc.localise(image, LocaliseOptions.parse({"profile": "fast"}))
+    assert all(c.stage == "coarse" for c in fast.candidates) and "fine" not in fast.timings
+
+    always = {"profile": "accurate", "fine_conf": {"escalate_below": 1.0, "places": 2}}
+    res = loc.localise(image, LocaliseOptions.parse(always))
+    fine = [c for c in res.candidates if c.stage == "fine"]
+    assert 1 <= len(fine) <= 4 and "fine" in res.timings
+    assert "fine" in res.estimate.method
+    assert max(c.inliers for c in fine) > 0
+    # The coarse rows are the same as the fast profile's: the fine stage only adds.
+    coarse = [c for c in res.candidates if c.stage == "coarse"]
+    assert [c.reference_id for c in coarse] == [c.reference_id for c in fast.candidates]
+    # The fine features it lacked were extracted once and added to the map.
+    reopened = store.open("scene")
+    stored = reopened.feature_set("fine")
+    assert all(stored.has(loc.map.index[c.reference_id]) for c in fine)
+
+    never = {"profile": "accurate", "fine_conf": {"escalate_below": 0.0}}
+    res = loc.localise(image, LocaliseOptions.parse(never))
+    assert all(c.stage == "coarse" for c in res.candidates)
+
+
+def test_hidden_references_are_neither_candidates_nor_placement_partners(
+    store: MapStore, scene: Path
+) -> None:
+    loc = Localiser(store.open("scene"))
+    row = sample_heldout(loc.map, 1, seed=3)[0]
+    hidden = hidden_mask(loc.map, row)
+    assert hidden[row] and hidden.sum() >= 1
+    image = read_image(_image_of(scene)(loc.map.ids[row]))
+    seen = loc.localise(image).candidates
+    assert loc.map.ids[row] in {c.reference_id for c in seen}  # it finds itself ...
+    res = loc.localise(image, None, hidden)
+    ids = {c.reference_id for c in res.candidates}
+    assert not ids & {loc.map.ids[i] for i in np.flatnonzero(hidden)}  # ... unless hidden
+
+
+def test_the_map_fits_its_confidence_on_its_own_held_out_positions(
+    store: MapStore, scene: Path, tmp_path: Path
+) -> None:
+    ref_map = store.open("scene")
+    loc = Localiser(ref_map)
+    rows = sample_heldout(ref_map, 6, seed=0)
+    assert len({tuple(ref_map.positions[r]) for r in rows}) == 6
+    out = tmp_path / "heldout.jsonl"
+    got = run_heldout(loc, rows[:4], _image_of(scene), out, fine_below=0.0)
+    got = run_heldout(loc, rows, _image_of(scene), out, fine_below=0.0)  # resumes: 2 more
+    assert len(got) == 6 and len(read_rows(out)) == 6
+    assert all(r.fine_score is None for r in got)  # fine_below=0: coarse only
+    record = fit(got, fallback=tuple(ref_map.positions.mean(0)))
+    assert record["heldout_queries"] == 6 and record["escalate_below"] == 0.0
+    write_training(ref_map.path, record)
+
+    calibrated = Localiser(store.open("scene"))
+    image, _ = _query(scene, 1)
+    raw = loc.localise(image).estimate  # the map as loaded before: no training
+    est = calibrated.localise(image).estimate
+    curve = record["calibration"]["coarse"]
+    assert est.confidence == pytest.approx(float(np.interp(raw.confidence, curve["x"], curve["y"])))
+    assert (est.x, est.y) == (raw.x, raw.y)  # calibration changes the confidence, not the answer
+    assert est.localised == (est.x is not None and est.confidence >= 0.5)
+
+
+def test_fine_features_come_from_one_extractor_per_map(store: MapStore) -> None:
+    other = registry.create_extractor("aliked", {"max_keypoints": 128}).identity()
+    with pytest.raises(Exception, match="fine features"):
+        store.set_fine_extractor("scene", other)
