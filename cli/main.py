@@ -32,6 +32,7 @@ from cli.flower import flower_command
 from cli.jobs_export import jobs_export_command
 from cli.jobs_register import jobs_register_command
 from cli.map_build import build_in_process, build_via_queue, map_add_command
+from cli.map_fit import map_fine, map_fit
 from cli.serve import serve_command
 from core import defaults
 from core.errors import InputError
@@ -84,15 +85,25 @@ def map_build(
     restart: Annotated[
         bool, typer.Option(help="With --via-queue: abandon a build of this map still running.")
     ] = False,
+    fine: Annotated[
+        bool,
+        typer.Option(
+            "--fine", help="Also extract the fine feature set (the accurate profile's); in process."
+        ),
+    ] = False,
 ) -> None:
     """Build a map (or add the photos a map does not have yet); re-running resumes."""
 
     database()
+    if fine and via_queue:
+        fail("--fine runs in process: build with --via-queue, then run `featureloc map fine`")
     if via_queue:
         build_via_queue(name, images, positions, extractor, retriever, chunk_size, restart)
     else:
         build_in_process(name, images, positions, extractor, retriever)
     _record_images_dir(name, images)
+    if fine:
+        map_fine(name, images)
 
 
 def _record_images_dir(name: str, images: Path) -> None:
@@ -439,6 +450,8 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (map_app, "builds", map_builds),
     (map_app, "camera", map_camera),
     (map_app, "images", map_images),
+    (map_app, "fine", map_fine),
+    (map_app, "fit", map_fit),
     (map_app, "list", map_list),
     (app, "localise", localise),
     (jobs_app, "list", jobs_list),

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The profile of jobs that do not choose one (core/localiser.py LocaliseOptions.profile);
+    # None: core/defaults.py DEFAULT_PROFILE. "accurate" suits GPU workers (README).
+    profile: Literal["fast", "accurate"] | None = None
+    # Queue the map's held-out fit (workers/fit.py) after each queued build or extension.
+    fit_after_build: bool = False
     # Checkpoints featureloc may not ship (core/weights.py resolve_user_weights); a plug-in's
     # own "weights" option wins over these.
     superpoint_weights: Path | None = Field(default=None, description="superpoint_v1.pth")

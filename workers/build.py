@@ -29,13 +29,17 @@ from typing import Any
 from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from core import defaults
 from core.errors import InputError, MapError
 from core.features.base import Extractor
 from core.mapbuild import RefEntry, extract_entries, read_positions_csv
 from core.mapstore import (
+    FINE_EXTRACTOR_KEY,
+    FINE_SET,
     PART_SUFFIX,
     MapStore,
     Reference,
+    append_features,
     existing_reference_ids,
     read_manifest,
     write_part,
@@ -47,6 +51,7 @@ from db.models import BuildStatus, ChunkStatus, MapBuild
 from db.session import Database
 from workers import runtime
 from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
+from workers.fit import send_fit
 from workers.maps import image_limits, register_map
 from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
 
@@ -233,6 +238,7 @@ def _extract_chunk(
         todo = [e for e in refs if e.reference.id not in have]
         done, failed = extract_entries(todo, ext, image_limits(settings))
         write_part(path, done, name=own_part)
+        _extract_fine(path, done, refs, own_part, image_limits(settings))
         return len(done), len(refs) - len(todo), failed, None
     except SoftTimeLimitExceeded:
         reason = f"chunk {index} exceeded the time limit of {settings.task_soft_time_limit} s"
@@ -246,6 +252,23 @@ def _extract_chunk(
     return 0, 0, {e.reference.id: reason for e in refs}, reason
 
 
+def _extract_fine(
+    path: Path,
+    done: list[tuple[Reference, Any]],
+    refs: list[RefEntry],
+    part: str,
+    limits: Any,
+) -> None:
+    """The chunk's fine features too, when the map has a fine set (``map build --fine``)."""
+    ident = read_manifest(path).get(FINE_EXTRACTOR_KEY)
+    if ident is None or not done:
+        return
+    fine = _extractor(ident["name"], json.dumps(ident.get("conf") or {}, sort_keys=True))
+    ok = {ref.id for ref, _ in done}
+    feats, _ = extract_entries([e for e in refs if e.reference.id in ok], fine, limits)
+    append_features(path, FINE_SET, [(ref.id, f) for ref, f in feats], name=part)
+
+
 @shared_task(name=FINALISE_BUILD_TASK, bind=True, **RETRY_POLICY)
 def finalise_build(self, build_id: str) -> dict[str, Any]:
     """Fit retrieval over everything the map holds and register it; idempotent."""
@@ -257,10 +280,14 @@ def finalise_build(self, build_id: str) -> dict[str, Any]:
                 return {"build": build_id, "status": "skipped"}
             map_name = build.map_name
         error = None
+        settings = runtime.settings()
         try:
-            register_map(runtime.settings(), map_name)
+            register_map(settings, map_name)
         except (InputError, MapError, OSError, ValueError) as exc:
             error = f"finalising map {map_name!r} failed: {exc}"
+        photos = MapStore(settings.maps_dir).images_dir(map_name) if error is None else None
+        if settings.fit_after_build and photos is not None:
+            send_fit(self.app, settings, map_name, defaults.HELDOUT_QUERIES)
         with db.session() as s:
             build_queries.finish_build(s, build_id, error)
         return {"build": build_id, "status": "failed" if error else "done"}

@@ -19,6 +19,7 @@ from core.settings import Settings, get_settings
 LOCALISE_TASK = "featureloc.localise"
 BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py
 FINALISE_BUILD_TASK = "featureloc.finalise_build"
+FIT_MAP_TASK = "featureloc.fit_map"  # workers/fit.py
 
 
 def broker_options(settings: Settings) -> tuple[str, dict]:
@@ -45,7 +46,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, transport_options = broker_options(settings)
     app = Celery(
-        "featureloc", broker=url, include=["workers.tasks", "workers.recovery", "workers.build"]
+        "featureloc",
+        broker=url,
+        include=["workers.tasks", "workers.recovery", "workers.build", "workers.fit"],
     )
     app.conf.update(
         task_serializer="json",
@@ -68,6 +71,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             LOCALISE_TASK: {"queue": settings.localise_queue},
             BUILD_CHUNK_TASK: {"queue": settings.build_queue},
             FINALISE_BUILD_TASK: {"queue": settings.build_queue},
+            FIT_MAP_TASK: {"queue": settings.build_queue},
         },
         worker_hijack_root_logger=False,
         # Recycle a process now and then so a slow leak cannot grow without bound.

@@ -7,16 +7,24 @@ on disk (``map_backend=dir``) or the version published to object storage (``s3``
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from core.errors import MapError
+from core.errors import ImageError, MapError
 from core.localiser import Localiser
-from core.mapstore import MapStore, ReferenceMap, part_files, validate_map_name
+from core.mapstore import (
+    IMAGES_DIR_KEY,
+    MapStore,
+    ReferenceMap,
+    part_files,
+    validate_map_name,
+)
 from core.settings import Settings, get_settings
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
@@ -82,6 +90,22 @@ def _published_version(map_name: str) -> str:
     return version
 
 
+def _fine_source(ref_map: ReferenceMap) -> Callable[[str], Path] | None:
+    """Where the fine stage finds the photo of a reference that lacks fine features: in the
+    folder the map records (``featureloc map images``), when it exists on this host."""
+    folder = ref_map.manifest.get(IMAGES_DIR_KEY)
+    if not folder or not Path(folder).is_dir():
+        return None
+
+    def photo(rid: str) -> Path:
+        found = sorted(Path(folder).glob(f"{glob.escape(rid)}.*"))
+        if not found:
+            raise ImageError(f"no photo of reference {rid!r} in {folder}")
+        return found[0]
+
+    return photo
+
+
 def localiser(map_name: str) -> tuple[Localiser, str]:
     """The localiser of the map's current version, and that version's id.
 
@@ -105,6 +129,7 @@ def localiser(map_name: str) -> tuple[Localiser, str]:
         cached = _localisers.get(map_name)
         if cached and cached[0] == version:
             return cached[1], version
-    loc = Localiser(ReferenceMap.load(path), device=s.resolved_device())
+    ref_map = ReferenceMap.load(path)
+    loc = Localiser(ref_map, device=s.resolved_device(), fine_source=_fine_source(ref_map))
     _localisers[map_name] = (version, loc)
     return loc, version

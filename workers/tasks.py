@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from core.errors import InputError
 from core.images import decode_image
 from core.localiser import LocaliseOptions
+from core.settings import Settings
 from db import queries
 from db.models import Job
 from db.types import utcnow
@@ -120,7 +121,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
     settings = runtime.settings()
     t0 = time.perf_counter()
     try:
-        opts = LocaliseOptions.parse(options)
+        opts = LocaliseOptions.parse(with_worker_defaults(options, settings))
         image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
         loc, map_version = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
@@ -205,3 +206,11 @@ def _dead_letter(task: str, message_id: Any, message: Any, reason: str) -> None:
             )
     except Exception:
         log.exception("could not store a dead letter for %s", task)
+
+
+def with_worker_defaults(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A job's options with this worker's defaults under them: the profile
+    (``FEATURELOC_PROFILE``) when the job does not choose one."""
+    if settings.profile is None or "profile" in options:
+        return options
+    return {**options, "profile": settings.profile}

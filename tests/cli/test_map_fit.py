@@ -1,0 +1,78 @@
+"""`featureloc map build --fine`, `map fine` and `map fit` as a user runs them: real processes,
+a SQLite file, real XFeat and ALIKED on a corner of the synthetic scene."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core.heldout import HELDOUT_FILE, read_rows
+from core.mapstore import FINE_SET, MapStore
+from tests.support.paths import REPO
+from tests.support.services import service_env
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, scene) -> tuple[dict, Path, MapStore]:
+    """Map 'small' of 4 positions (16 photos), built with its fine set."""
+    data = tmp_path_factory.mktemp("fit")
+    env = service_env(data, f"sqlite:///{data / 'fl.db'}", uuid.uuid4().hex[:8])
+    with (scene / "references.csv").open() as f:
+        rows = list(csv.DictReader(f))[:16]
+    positions = data / "refs.csv"
+    with positions.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "x", "y"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
+    built = _cli(env, "map", "build", "small", "--images", str(scene / "images"),
+                 "--positions", str(positions), "--fine")  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    return env, data, MapStore(data / "maps")
+
+
+def test_build_with_fine_features_then_refuses_nothing_twice(small) -> None:
+    env, _, store = small
+    ref_map = store.open("small")
+    assert ref_map.fine_extractor["name"] == "aliked"
+    assert ref_map.feature_set(FINE_SET).count() == len(ref_map) == 16
+    again = _cli(env, "map", "fine", "small")  # the recorded photo folder; all done already
+    assert again.returncode == 0, again.stderr
+    assert "added for 0, 16 had them, 0 failed" in again.stdout
+
+
+def test_fit_writes_the_training_record_and_resumes(small) -> None:
+    env, _, store = small
+    first = _cli(env, "map", "fit", "small", "--queries", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    path = store.path("small")
+    record = json.loads((path / "training.json").read_text())
+    assert record["heldout_queries"] == 2 and record["queries"] == 2
+    assert len(read_rows(path / HELDOUT_FILE)) == 2
+    # More positions: the two done are kept, two more run.
+    more = _cli(env, "map", "fit", "small", "--queries", "4")
+    assert more.returncode == 0, more.stderr
+    rows = read_rows(path / HELDOUT_FILE)
+    assert len(rows) == 4 and len({r.reference_id for r in rows}) == 4
+    assert json.loads((path / "training.json").read_text())["heldout_queries"] == 4
+
+
+def test_fit_needs_the_photos(small, tmp_path) -> None:
+    env, _, _ = small
+    bad = _cli(env, "map", "fit", "small", "--images", str(tmp_path))
+    assert bad.returncode != 0
+    assert "have no photo in" in bad.stdout + bad.stderr

@@ -1,0 +1,79 @@
+"""The accurate profile and the map's held-out fit through a real worker: Redis, a Celery
+worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from core.heldout import HELDOUT_FILE, read_rows
+from core.mapstore import MapStore
+from db.session import init_db
+from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
+from workers.celery_app import make_celery
+from workers.client import Client
+from workers.fit import FIT_BATCH, send_fit
+from workers.maps import build_and_register
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, scene):
+    require_redis()
+    data = tmp_path_factory.mktemp("cascade")
+    db_url = f"sqlite:///{data / 'featureloc.db'}"
+    env = service_env(data, db_url, uuid.uuid4().hex[:8])
+    env["FEATURELOC_PROFILE"] = "accurate"  # this worker's jobs cascade unless they say not
+    settings = service_settings(env)
+    init_db(db_url)
+    build_and_register(
+        settings, "scene", scene / "images", scene / "references.csv", "xfeat", retriever="vlad"
+    )
+    store = MapStore(settings.maps_dir)
+    store.set_images_dir("scene", scene / "images")  # the fine stage and the fit find photos
+    from core import defaults, registry
+
+    ident = registry.create_extractor(
+        defaults.FINE_EXTRACTOR, {"max_keypoints": 128}
+    ).identity()  # a small fine set: the test is about the plumbing, not the figures
+    store.set_fine_extractor("scene", ident)
+    worker = WorkerProcess(env, data / "worker.log").start()
+    try:
+        yield settings, Client(settings), store
+    finally:
+        worker.stop()
+
+
+def test_a_worker_cascades_by_its_own_default_and_stores_both_stages(service, scene) -> None:
+    settings, client, _ = service
+    photo = next((scene / "images").glob("query_0000.*"))
+    always = {"fine_conf": {"escalate_below": 1.0, "places": 2}}
+    job = client.wait(client.submit(photo, "scene", always), timeout=240)
+    assert job.status == "done", job.error
+    stages = [c.stage for c in job.candidates]
+    assert stages.count("fine") in (1, 2) and stages.count("coarse") >= 2
+    assert "fine" in job.timings and "fine" in (job.method or "")
+    # A job that asks for the fast profile is not cascaded, whatever the worker's default.
+    fast = client.wait(client.submit(photo, "scene", {"profile": "fast"}), timeout=240)
+    assert fast.status == "done" and {c.stage for c in fast.candidates} == {"coarse"}
+
+
+def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> None:
+    settings, _, store = service
+    queries = FIT_BATCH + 2  # two steps: the task sends itself once more
+    send_fit(make_celery(settings), settings, "scene", queries)
+    path = store.path("scene") / "training.json"
+    deadline = time.monotonic() + 420
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert path.is_file(), "the fit did not finish"
+    record = json.loads(path.read_text())
+    assert record["heldout_queries"] == queries
+    rows = read_rows(store.path("scene") / HELDOUT_FILE)
+    assert len(rows) == queries and len({r.reference_id for r in rows}) == queries
+    assert 0.0 <= record["escalate_below"] <= 1.0
+    assert set(record["calibration"]) == {"coarse", "fine"}

@@ -1,0 +1,57 @@
+"""The map's self-measurement on the build queue (core/heldout.py), in short resumable steps.
+
+``featureloc.fit_map(map_name, queries)`` localises up to ``FIT_BATCH`` held-out positions,
+appends them to the map's ``heldout.jsonl`` and sends itself again until every position is done;
+the last step fits and writes ``training.json``. A worker killed mid-step loses at most the
+position it was on: the next delivery (acks_late) or ``featureloc map fit`` goes on from the file.
+Workers find the photos in the folder the map records (``featureloc map images``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from core import defaults
+from core.errors import InputError
+from core.heldout import fit_map
+from core.mapbuild import map_photos
+from core.mapstore import MapStore
+from core.settings import Settings
+from workers import runtime
+from workers.celery_app import FIT_MAP_TASK
+from workers.retry import RETRY_POLICY
+
+log = logging.getLogger(__name__)
+
+# Held-out positions per task: well inside the soft time limit even when every one escalates
+# to the fine stage on a CPU (~30 s each on 2 busy cores).
+FIT_BATCH = 8
+
+
+def send_fit(celery: Any, settings: Settings, map_name: str, queries: int) -> None:
+    celery.send_task(FIT_MAP_TASK, args=[map_name, queries], queue=settings.build_queue)
+
+
+@shared_task(name=FIT_MAP_TASK, bind=True, **RETRY_POLICY)
+def fit_map_task(self, map_name: str, queries: int = defaults.HELDOUT_QUERIES) -> dict[str, Any]:
+    settings = runtime.settings()
+    store = MapStore(settings.maps_dir)
+    try:
+        folder = store.images_dir(map_name)
+        if folder is None:
+            raise InputError(f"map {map_name!r} records no photo folder (featureloc map images)")
+        photo = map_photos(store.open(map_name).ids, folder)
+        record = fit_map(
+            store, map_name, photo, queries=queries, device=settings.resolved_device(),
+            batch=FIT_BATCH,
+        )  # fmt: skip
+    except InputError as exc:
+        log.error("fitting map %s failed: %s", map_name, exc)
+        return {"map": map_name, "status": "failed", "error": str(exc)}
+    if record is None:
+        send_fit(self.app, settings, map_name, queries)
+        return {"map": map_name, "status": "continuing"}
+    return {"map": map_name, "status": "done", "escalate_below": record["escalate_below"]}
