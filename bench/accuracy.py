@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.getty_maps import GETTY, ensure_map
+from bench.getty_maps import GETTY, ensure_fine_and_training, ensure_map, getty_image
 from core import defaults
 from core.evaluation import RECALL_KS, EvaluationReport, bootstrap_ci, evaluate
 from core.images import read_image
@@ -44,6 +44,8 @@ MAP_NAME = "getty-xfeat"
 
 CONFIGS: dict[str, dict] = {
     "default": {},
+    # The coarse-to-fine cascade (core/finestage.py) with the map's fitted escalation rule.
+    "accurate": {"profile": "accurate"},
     "top20-cluster": {"top_k": 20},
     "top50-best": {"estimator": "best", "verify_threshold_px": 1.0},
     "top50-most-matches": {"estimator": "most_matches"},
@@ -96,8 +98,9 @@ def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport
 HEADER = (
     f"{'configuration':22s} {'n':>4s} {'MAE':>6s} {'95% int.':>11s} {'median':>6s} "
     f"{'p90':>6s} {'<5':>5s} "
-    f"{'R@5':>5s} {'R@10':>5s} {'R@20':>5s} {'R@30':>5s} {'R@50':>5s} {'pairs':>6s} "
-    f"{'s/q':>5s} {'cpu/q':>5s} {'notloc':>6s} {'top50%':>6s} {'MiB':>6s}"
+    f"{'R@1':>5s} {'R@5':>5s} {'R@20':>5s} {'R@50':>5s} {'pairs':>6s} "
+    f"{'s/q':>5s} {'p95':>5s} {'cpu/q':>5s} {'esc':>5s} {'notloc':>6s} {'ECE':>5s} "
+    f"{'<5|c>.5':>7s} {'MiB':>6s}"
 )
 
 
@@ -106,13 +109,31 @@ def format_row(name: str, s: dict) -> str:
         v = s.get(f"recall@{k}")
         return f"{v:5.2f}" if v is not None else f"{'-':>5s}"
 
+    sure = s.get("within_5_confident")
     return (
         f"{name:22s} {s['queries']:4d} {s['mae']:6.2f} "
         f"{s['mae_ci95'][0]:5.1f}-{s['mae_ci95'][1]:<5.1f} {s['median']:6.2f} {s['p90']:6.2f} "
-        f"{s['within_5']:5.2f} {r(5)} {r(10)} {r(20)} {r(30)} {r(50)} "
+        f"{s['within_5']:5.2f} {r(1)} {r(5)} {r(20)} {r(50)} "
         f"{s['candidates_per_query']:6.0f} {s['seconds_per_query']:5.2f} "
-        f"{s['cpu_seconds_per_query']:5.2f} "
-        f"{s['not_localised']:6d} {s['mae_top50_confident']:6.2f} {s['peak_rss_mib']:6.0f}"
+        f"{s['seconds_p95']:5.2f} {s['cpu_seconds_per_query']:5.2f} {s['escalated']:5.2f} "
+        f"{s['not_localised']:6d} {s['ece_within_5']:5.3f} "
+        f"{'-' if sure is None else f'{sure:.2f}':>7s} {s['peak_rss_mib']:6.0f}"
+    )
+
+
+def compare(name: str, ours: EvaluationReport, base: EvaluationReport, base_name: str) -> str:
+    """Paired on the same queries (noise largely cancels): MAE and within-5 differences with
+    bootstrap 95 % intervals."""
+    theirs = {r.id: r.error for r in base.rows}
+    a, b = np.array([(r.error, theirs[r.id]) for r in ours.rows if r.id in theirs]).T
+    lo, hi = bootstrap_ci(a - b)
+    hits = (a < 5).astype(float) - (b < 5).astype(float)
+    hlo, hhi = bootstrap_ci(hits)
+    return (
+        f"{name} vs {base_name} on the same {len(a)} queries: MAE {a.mean():.2f} vs "
+        f"{b.mean():.2f}, difference {(a - b).mean():+.2f} (95 % {lo:+.2f} to {hi:+.2f}); "
+        f"within 5 {(a < 5).mean():.0%} vs {(b < 5).mean():.0%}, difference {hits.mean():+.0%} "
+        f"(95 % {hlo:+.0%} to {hhi:+.0%})"
     )
 
 
@@ -148,13 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         f"map {MAP_NAME}: {build['references']} references, built in {build['seconds']:.0f} s "
         f"= {build['ms_per_reference']:.0f} ms/reference (extraction + VLAD fit)"
     )
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    image_of = getty_image(args.getty)
+    fine: dict = {}
+    if any(CONFIGS[n].get("profile") == "accurate" for n in names):
+        fine = ensure_fine_and_training(store, MAP_NAME, image_of, print)
     t0 = time.perf_counter()
-    loc = Localiser(store.open(MAP_NAME))
+    loc = Localiser(store.open(MAP_NAME), fine_source=image_of)
     print(f"map loaded in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
 
     queries = load_queries(args.getty, args.queries)[: args.limit]
     shortlists = retrieval_recall(loc, queries)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
     results = {}
     print(HEADER)
     for name in names:
@@ -163,31 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             n = args.exhaustive_queries or len(queries)
             qs = queries[:: max(1, len(queries) // max(n, 1))][:n]
         results[name] = run_config(loc, name, CONFIGS[name], qs, shortlists, print)
-    if "original" in results and "default" in results:
-        # Compare on the same queries: the default's rows for the original's subset.
-        original = {r.id: r.error for r in results["original"].rows}
-        ours, theirs = np.array(
-            [(r.error, original[r.id]) for r in results["default"].rows if r.id in original]
-        ).T
-        lo, hi = bootstrap_ci(ours - theirs)  # paired: the same queries, so noise largely cancels
-        print(
-            f"on the {len(original)} queries of 'original': default MAE {ours.mean():.2f} "
-            f"vs original {theirs.mean():.2f}; difference {(ours - theirs).mean():+.2f} "
-            f"(paired bootstrap 95 % interval {lo:+.2f} to {hi:+.2f})"
-        )
-        # Within 5 is steadier than the MAE, which a few far-off answers decide.
-        hits = (ours < 5).astype(float) - (theirs < 5).astype(float)
-        lo, hi = bootstrap_ci(hits)
-        print(
-            f"within 5: default {(ours < 5).mean():.0%} vs original {(theirs < 5).mean():.0%}; "
-            f"difference {hits.mean():+.0%} "
-            f"(paired bootstrap 95 % interval {lo:+.0%} to {hi:+.0%})"
-        )
+    if "default" in results:
+        for name, report in results.items():
+            if name != "default":
+                print(compare(name, report, results["default"], "default"))
     out = args.out / "accuracy.json"
     out.write_text(
         json.dumps(
             {
                 "build": build,
+                "fine": fine,
                 "threads": args.threads,
                 "results": {k: json.loads(v.to_json()) for k, v in results.items()},
             },
