@@ -157,7 +157,7 @@ def _identities(
     if extractor is None:
         raise MapError(f"unknown map {name!r}: give an extractor to create it")
     # Validate names and options here, in the sender, rather than failing every chunk.
-    ret = retriever_class(retriever or "exhaustive")(retriever_conf)
+    ret = retriever_class(retriever or defaults.DEFAULT.retriever)(retriever_conf)
     return extractor_identity(extractor, extractor_conf), ret.identity()
 
 

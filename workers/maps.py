@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from core.defaults import DEFAULT
 from core.images import ImageLimits
 from core.mapbuild import BuildReport, build_map, finalise_map, read_positions_csv
 from core.mapstore import MapStore
@@ -29,7 +30,7 @@ def build_and_register(
     positions_csv: Path,
     extractor: str,
     extractor_conf: dict | None = None,
-    retriever: str = "exhaustive",
+    retriever: str = DEFAULT.retriever,
     retriever_conf: dict | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[str], None] | None = None,

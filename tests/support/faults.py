@@ -294,7 +294,14 @@ def stack(
         env.update({f"FEATURELOC_{k.upper()}": str(v) for k, v in overrides.items()})
         settings = service_settings(env)
         init_db(db_url)
-        build_and_register(settings, "tiny", scene / "images", scene / "references.csv", "sift")
+        build_and_register(
+            settings,
+            "tiny",
+            scene / "images",
+            scene / "references.csv",
+            "sift",
+            retriever="exhaustive",
+        )
         yield Stack(tmp, db_url, env, settings, scene)
 
 

@@ -132,7 +132,14 @@ def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp
     )
     settings = service_settings(env)
     init_db(db_url)
-    build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
+    build_and_register(
+        settings,
+        "scene",
+        scene / "images",
+        scene / "references.csv",
+        "sift",
+        retriever="exhaustive",
+    )
     with (scene / "queries.csv").open() as f:
         query_id = next(csv.DictReader(f))["id"]
     photo = (scene / "images" / f"{query_id}.jpg").read_bytes()

@@ -192,7 +192,9 @@ def test_two_hosts_serve_a_published_map_extended_mid_load(s3_endpoint, versions
         w = csv.DictWriter(f, ["id", "x", "y"])
         w.writeheader()
         w.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows[: len(rows) // 2])
-    build_and_register(builder, "scene", scene / "images", first_csv, "sift")
+    build_and_register(
+        builder, "scene", scene / "images", first_csv, "sift", retriever="exhaustive"
+    )
     v1 = versions.latest("scene")
     with (scene / "queries.csv").open() as f:
         queries = list(csv.DictReader(f))[:4]
@@ -203,7 +205,9 @@ def test_two_hosts_serve_a_published_map_extended_mid_load(s3_endpoint, versions
         client = Client(builder)
         early = [client.submit(p, "scene", {"top_k": k}) for p in photos for k in (5, 6)]
         client.wait_many(early[:4], timeout=180)
-        build_and_register(builder, "scene", scene / "images", all_csv, "sift")  # extend
+        build_and_register(
+            builder, "scene", scene / "images", all_csv, "sift", retriever="exhaustive"
+        )  # extend
         v2 = versions.latest("scene")
         late = [client.submit(p, "scene", {"top_k": k}) for p in photos for k in (7,)]
         results = client.wait_many(early + late, timeout=300)

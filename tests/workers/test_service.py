@@ -42,7 +42,14 @@ def service(request, tmp_path_factory, scene):
         env = service_env(data, db_url, uuid.uuid4().hex[:8])
         settings = service_settings(env)
         init_db(db_url)
-        build_and_register(settings, "scene", scene / "images", scene / "references.csv", "sift")
+        build_and_register(
+            settings,
+            "scene",
+            scene / "images",
+            scene / "references.csv",
+            "sift",
+            retriever="exhaustive",
+        )
         worker = WorkerProcess(env, data / "worker.log").start()
         try:
             yield settings, Client(settings), worker

@@ -118,6 +118,7 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
         scene / "images",
         scene / "references.csv",
         extractor="sift",
+        retriever="exhaustive",
         chunk_size=3,
     )
     assert (plan.total, plan.skipped, plan.chunks) == (16, 0, 6)
@@ -193,6 +194,7 @@ def test_a_corrupt_photo_fails_alone_and_the_map_stays_usable(svc, tmp_path):
         images,
         svc.scene / "references.csv",
         extractor="sift",
+        retriever="exhaustive",
         chunk_size=4,
     )
     build = _wait_build(svc, plan.build_id)
