@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.paths import GETTY, getty_present
 
-pytest_plugins = ["tests.support.db"]
+pytest_plugins = ["tests.support.db", "tests.support.s3"]
 
 
 @pytest.fixture(scope="session")

@@ -5,27 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO
+from tests.support.process import run_cli
 from tests.support.services import WorkerProcess, require_redis, service_env
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    proc = run_cli(env, *args, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"featureloc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

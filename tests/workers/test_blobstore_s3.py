@@ -7,43 +7,22 @@ from __future__ import annotations
 
 import csv
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
 
 from core.settings import Settings
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_client
 from workers.blobstore import BlobNotFound, InvalidBlobKey, S3BlobStore, blob_key, make_blob_store
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-# moto accepts any credentials; passing them explicitly keeps the host's AWS config out of it.
-ACCESS_KEY = "testing-key"
-SECRET_KEY = "testing-secret"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
 
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
     name = f"featureloc-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    ).create_bucket(Bucket=name)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
     return name
 
 

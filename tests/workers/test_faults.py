@@ -243,3 +243,84 @@ def test_pool_children_helper_sees_the_pool(tmp_path, scene, redis):
             assert len(pool_children(worker.proc.pid)) == 2
         finally:
             worker.stop()
+
+
+def _big_references(scene: Path, out: Path, count: int) -> Path:
+    """The first ``count`` references of the scene upscaled to 2000x1500 (about a second of
+    SIFT each: a build chunk lasts long enough to be killed in), with their positions CSV."""
+    import csv
+
+    with (scene / "references.csv").open() as f:
+        rows = list(csv.DictReader(f))[:count]
+    (out / "images").mkdir(parents=True)
+    for r in rows:
+        image = cv2.imread(str(scene / "images" / f"{r['id']}.jpg"))
+        cv2.imwrite(str(out / "images" / f"{r['id']}.jpg"), cv2.resize(image, (2000, 1500)))
+    with (out / "references.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "x", "y"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
+    return out
+
+
+def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, redis):
+    """The pool process extracting a chunk is SIGKILLed after another chunk's part is written:
+    the chunk is redelivered and rewrites its own part, and the map holds every reference
+    exactly once."""
+    from sqlalchemy import select
+
+    from core.flatfile import read_arrays
+    from core.mapstore import MapStore, part_files
+    from db.models import MapBuildChunk
+    from workers.build import build_progress, submit_build
+
+    refs = _big_references(scene, tmp_path / "big", count=6)
+    with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **FAST_RECOVERY) as st:
+        worker = st.worker().start()
+        db = st.db()
+        try:
+            plan = submit_build(
+                st.settings,
+                st.client().app,
+                "big",
+                refs / "images",
+                refs / "references.csv",
+                extractor="sift",
+                chunk_size=2,
+            )
+            parts = st.settings.maps_dir / "big" / "parts"
+            seen: dict[str, tuple[int, str]] = {}
+
+            def running_after_a_part() -> bool:
+                if not (parts.is_dir() and part_files(parts)):
+                    return False
+                with db.session() as s:
+                    stmt = select(MapBuildChunk).where(
+                        MapBuildChunk.build_id == plan.build_id, MapBuildChunk.status == "running"
+                    )
+                    chunk = s.scalars(stmt).first()
+                    if chunk is not None and chunk.worker:
+                        seen["chunk"] = (chunk.index, chunk.worker)
+                return "chunk" in seen
+
+            wait_until(running_after_a_part, 120, "a chunk running after a written part", 0.02)
+            victim, victim_worker = seen["chunk"]
+            os.kill(int(victim_worker.rsplit(":", 1)[1]), signal.SIGKILL)
+
+            wait_until(
+                lambda: build_progress(st.settings, plan.build_id).status in ("done", "failed"),
+                180,
+                f"build {plan.build_id}",
+            )
+            build = build_progress(st.settings, plan.build_id)
+        finally:
+            worker.stop()
+    assert (build.status, build.added, build.failed) == ("done", 6, {}), build.error
+    with db.session() as s:
+        stmt = select(MapBuildChunk).where(MapBuildChunk.build_id == plan.build_id)
+        attempts = {c.index: c.attempts for c in s.scalars(stmt)}
+    assert attempts[victim] == 2, "the killed chunk ran again"
+    stored = [str(i) for p in part_files(parts) for i in read_arrays(p)["ids"]]
+    expected = sorted(e.stem for e in (refs / "images").glob("*.jpg"))
+    assert sorted(stored) == expected, "no reference missing or stored twice"
+    assert MapStore(st.settings.maps_dir).open("big").ids == expected

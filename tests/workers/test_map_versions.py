@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +17,19 @@ import pytest
 
 from core.mapstore import MapStore, Reference, write_part
 from core.types import Features
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_client
 from workers.mapversions import VERSION_FILE, MapVersionError, MapVersions, map_files
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
-ACCESS_KEY, SECRET_KEY = "testing-key", "testing-secret"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _client(endpoint: str):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
 
 
 @pytest.fixture
 def versions(s3_endpoint) -> MapVersions:
     bucket = f"maps-{uuid.uuid4().hex[:12]}"
-    client = _client(s3_endpoint)
+    client = s3_client(s3_endpoint)
     client.create_bucket(Bucket=bucket)
     return MapVersions(client, bucket, "maps")
 
