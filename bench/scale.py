@@ -48,6 +48,7 @@ from bench.common import (
     write_json,
     write_subset_map,
 )
+from bench.distractors import GroupChimeras
 from core.evaluation import first_rank_within
 
 # --- 1. one map size, in a child process ---------------------------------------------------
@@ -79,11 +80,13 @@ def measure_map(
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss_mib()
     loc.localise(images[0], opts)  # warm-up: lazy model and matcher set-up
-    seconds, stages = [], {}
+    seconds, stages, estimates = [], {}, []
     for img in images:
         t = time.perf_counter()
         res = loc.localise(img, opts)
         seconds.append(time.perf_counter() - t)
+        est = res.estimate
+        estimates.append(None if est.x is None else (est.x, est.y))
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
     return {
@@ -91,11 +94,15 @@ def measure_map(
         "queries": len(images),
         "load_seconds": load_s,
         "seconds_per_query": float(np.mean(seconds)),
+        "s_per_query_p50": float(np.percentile(seconds, 50)),
         "seconds_per_query_p95": float(np.percentile(seconds, 95)),
         "stages": {k: float(np.mean(v)) for k, v in stages.items()},
+        "retrieve_ms_p50": 1000 * float(np.percentile(stages.get("retrieve", [np.nan]), 50)),
         "rss_before_map_mib": rss_start,
         "rss_after_load_mib": rss_loaded,
+        "rss_after_queries_mib": current_rss_mib(),
         "peak_rss_mib": peak_rss_mib(),
+        "estimates": estimates,
     }
 
 
@@ -132,74 +139,114 @@ def map_size_rows(args, src, query_images: list[Path], options: dict) -> list[di
     return rows
 
 
-# --- 2. retrieval only, up to a million references ----------------------------------------
+# --- 1b. full pipeline: real references plus distractors, one and two worker processes ----
 
 
-class GroupChimeras:
-    """Distractor global descriptors that need no storage: distractor j takes each of ``groups``
-    word groups (word w is in group w mod groups) from one of two real references at different
-    positions, then is renormalised. Exact full-dimensional scores and PCA projections of any
-    distractor follow from per-reference, per-group sums, so a million of them cost a few
-    hundred MiB and their exact search stays exact."""
+def pss_mib(pid: int) -> float:
+    """Proportional set size: pages shared with other processes (the page cache of a
+    memory-mapped map, libraries) count once across them all."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no Pss for process {pid}")
 
-    def __init__(
-        self,
-        real: np.ndarray,
-        positions: np.ndarray,
-        words: int,
-        count: int,
-        groups: int = 8,
-        seed: int = 0,
-    ) -> None:
-        rng = np.random.default_rng(seed)
-        n, dim = real.shape
-        self.real = real
-        self.group_of_col = (np.arange(dim) // (dim // words)) % groups
-        self.groups = groups
-        a = rng.integers(0, n, count)
-        b = rng.integers(0, n, count)
-        same = np.all(positions[a] == positions[b], axis=1)
-        b[same] = (b[same] + n // 2) % n  # another place (the map spans many positions)
-        take_a = rng.random((count, groups)) < 0.5
-        self.src = np.where(take_a, a[:, None], b[:, None]).astype(np.int32)  # (count, G)
-        sq = self._per_group(real * real)  # (n, G) squared norms
-        self.norm = np.sqrt(sq[self.src, np.arange(groups)].sum(1)).astype(np.float32)
 
-    def __len__(self) -> int:
-        return len(self.src)
+class HeldChild:
+    """``bench.scale --child`` that localises the queries, reports, then stays alive (its
+    memory can be read) until released."""
 
-    def _per_group(self, values: np.ndarray) -> np.ndarray:
-        """Sum of ``values`` (n, D) over each group's columns: (n, G)."""
-        return np.stack(
-            [values[:, self.group_of_col == g].sum(1) for g in range(self.groups)], axis=1
+    def __init__(self, spec: dict) -> None:
+        cmd = [sys.executable, "-m", "bench.scale", "--child", json.dumps({**spec, "hold": True})]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
 
-    def query_sums(self, query: np.ndarray) -> np.ndarray:
-        """Per real reference and group, its dot product with ``query``: (n, G). Computed once
-        per query, outside the timed shortlist: it stands in for reading stored descriptors."""
-        return self._per_group(self.real * query[None, :])
+    def report(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"child exited with {self.proc.wait()} before reporting")
+        return json.loads(line)
 
-    def scores(self, per: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Exact cosines with the distractors ``rows`` (all when None), from ``query_sums``."""
-        src = self.src if rows is None else self.src[rows]
-        norm = self.norm if rows is None else self.norm[rows]
-        return per[src, np.arange(self.groups)].sum(1) / norm
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the child's read returns: it exits
+        self.proc.wait(timeout=60)
 
-    def projections(self, a: np.ndarray, b: np.ndarray, chunk: int = 50_000):
-        """PCA projections ``x @ a.T + b`` of every distractor, ``chunk`` rows at a time."""
-        per = np.stack(
-            [
-                self.real[:, self.group_of_col == g] @ a[:, self.group_of_col == g].T
-                for g in range(self.groups)
-            ],
-            axis=1,
-        )  # (n, G, dim)
-        for start in range(0, len(self), chunk):
-            src = self.src[start : start + chunk]
-            acc = per[src[:, 0], 0].copy()
-            for g in range(1, self.groups):
-                acc += per[src[:, g], g]
-            yield acc / self.norm[start : start + chunk, None] + b
+
+def two_workers(spec: dict, second_queries: int) -> dict:
+    """One worker's figures and PSS alone, then the PSS of it and a second worker on the same
+    map (after the second localised ``second_queries`` queries) together."""
+    first = HeldChild(spec)
+    try:
+        row = first.report()
+        row["pss_one_mib"] = pss_mib(first.proc.pid)
+        second = HeldChild({**spec, "images": spec["images"][:second_queries]})
+        try:
+            second.report()
+            row["pss_two_mib"] = pss_mib(first.proc.pid) + pss_mib(second.proc.pid)
+        finally:
+            second.release()
+    finally:
+        first.release()
+    row["worker_rss_mib"] = row["rss_after_queries_mib"]
+    return row
+
+
+def full_pipeline(args, src, query_images: list[Path], truths, options: dict) -> dict:
+    """The real map and a copy grown with distractors to ``--references`` (written once under
+    ``--scale-maps``, fitted by the map's own finalisation), each served by worker processes."""
+    from bench.distractors import write_distractor_map
+    from core.mapbuild import finalise_map
+    from core.mapstore import MapStore
+
+    store = MapStore(args.scale_maps)
+    grown = f"{src.name}-{args.references}"
+    prepare_s = None
+    if not store.exists(grown) or len(store.open(grown)) != args.references:
+        print(f"  writing {args.references - len(src)} distractors into {store.path(grown)}")
+        t = time.perf_counter()
+        write_distractor_map(src, store, grown, args.references)
+        finalise_map(store, grown)
+        prepare_s = time.perf_counter() - t
+    rows = []
+    for maps_dir, name in ((src.path.parent, src.name), (store.root, grown)):
+        print(f"  {name}: one worker, then two ...", flush=True)
+        spec = {
+            "maps_dir": str(maps_dir),
+            "name": name,
+            "images": [str(p) for p in query_images],
+            "options": options,
+            "threads": args.threads,
+        }
+        row = two_workers(spec, args.second_worker_queries)
+        errors = [
+            None if e is None else float(np.hypot(e[0] - t[0], e[1] - t[1]))
+            for e, t in zip(row.pop("estimates"), truths, strict=True)
+        ]
+        row["within_5"] = float(np.mean([e is not None and e <= 5 for e in errors]))
+        row["index_bytes"] = _index_bytes(maps_dir / name)
+        rows.append(row)
+    base, big = rows
+    return {
+        **big,
+        "distractor_method": "group chimeras (bench/distractors.py): VLAD descriptors of 8 word "
+        "groups from two real references, local features of the first, 1e6 away in x",
+        "distractors_written_seconds": prepare_s,
+        "baseline": base,
+        "s_per_query_ratio": big["s_per_query_p50"] / base["s_per_query_p50"],
+        "pss_two_over_one": big["pss_two_mib"] / big["pss_one_mib"],
+        "threads": args.threads,
+    }
+
+
+def _index_bytes(map_dir: Path) -> int | None:
+    """Size of the map's compressed retrieval index file (None: ranked exactly)."""
+    files = list((map_dir / "retrieval").glob("vlad-index-*.arr"))
+    return max(f.stat().st_size for f in files) if files else None
+
+
+# --- 2. retrieval only, up to a million references ----------------------------------------
 
 
 def retrieval_only(args, src, query_feats, truths) -> dict:
@@ -328,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrieval-only", action="store_true", help="only section 2, at --references")
     p.add_argument("--references", type=int, default=1_000_000, help="real + distractor refs")
     p.add_argument("--index-conf", default="", help="IndexConfig fields as JSON")
+    p.add_argument(
+        "--full-pipeline",
+        action="store_true",
+        help="the map and a copy grown to --references with distractors: s/query, RSS, PSS",
+    )
+    p.add_argument("--scale-maps", type=Path, help="where the grown copy is written")
+    p.add_argument("--second-worker-queries", type=int, default=3, help="for the PSS of two")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -340,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             spec["options"],
             spec["threads"],
         )
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        if spec.get("hold"):
+            sys.stdin.read()  # until the parent has read this process's memory
         return 0
     if not args.getty.is_dir():
         print(f"no Getty set at {args.getty}: the scale benchmark needs it", file=sys.stderr)
@@ -375,6 +431,36 @@ def main(argv: list[str] | None = None) -> int:
         cv2.setNumThreads(args.threads)
     extractor = create_extractor(src.extractor["name"], src.extractor.get("conf"), "cpu")
     truths = [(q.reference.x, q.reference.y) for q in queries]
+    if args.full_pipeline:
+        args.scale_maps = (args.scale_maps or args.out / "scale" / "maps").resolve()
+        row = full_pipeline(args, src, images, truths, options)
+        print_table(
+            f"full pipeline, {len(images)} queries, 1-thread worker processes, options {options}",
+            ["references", "s/query p50", "p95", "retrieve ms p50", "RSS MiB", "PSS one MiB"]
+            + ["PSS two MiB", "within 5"],
+            [
+                (
+                    r["references"],
+                    r["s_per_query_p50"],
+                    r["seconds_per_query_p95"],
+                    r["retrieve_ms_p50"],
+                    r["worker_rss_mib"],
+                    r["pss_one_mib"],
+                    r["pss_two_mib"],
+                    r["within_5"],
+                )
+                for r in (row["baseline"], row)
+            ],
+        )
+        print(
+            f"s/query {row['s_per_query_ratio']:.2f}x the {row['baseline']['references']}-"
+            f"reference figure; two workers {row['pss_two_over_one']:.2f}x the PSS of one"
+        )
+        row["machine"] = machine_info()
+        if args.json:
+            args.json.write_text(json.dumps(row, indent=2))
+            print(f"wrote {args.json}")
+        return 0
     if args.retrieval_only:
         feats = [extractor.extract(read_image(p)) for p in images]
         row = retrieval_only(args, src, feats, truths)

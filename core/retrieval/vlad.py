@@ -26,6 +26,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -126,14 +127,21 @@ class VladRetriever(Retriever):
         before = sum(len(read_arrays(out / f)["ids"]) for f in state["desc_files"])
         for start in range(0, len(new), _DESCRIBE_PART):
             rows = new[start : start + _DESCRIBE_PART]
-            desc = np.stack([self.describe(ref_map.features[i]) for i in rows]).astype(np.float16)
-            name = f"vlad-desc-{uuid.uuid4().hex}.arr"
-            ids = np.array([ref_map.ids[i] for i in rows], dtype=str)
-            write_arrays(out / name, {"ids": ids, "descriptors": desc})
-            state["desc_files"].append(name)
+            desc = np.stack([self.describe(ref_map.features[i]) for i in rows])
+            _store_descriptors(out, state, [ref_map.ids[i] for i in rows], desc)
         self._update_index(ref_map, state, before)
         self._write_state(ref_map, state)
         self.prepare(ref_map)
+
+    def add_descriptors(self, ref_map: ReferenceMap, ids: list[str], desc: np.ndarray) -> None:
+        """Store global descriptors computed elsewhere (the scale benchmark's distractors,
+        ``bench/distractors.py``) for references of a fitted map; the next ``fit`` indexes them
+        and describes nothing it finds here."""
+        state = self._read_state(ref_map)
+        if state is None:
+            raise MapError(f"map {ref_map.name!r} has no VLAD state: finalise the map first")
+        _store_descriptors(ref_map.retrieval_dir, state, ids, desc)
+        self._write_state(ref_map, state)
 
     def _update_index(self, ref_map: ReferenceMap, state: dict, before: int) -> None:
         """Train, extend or drop the compressed index to match the descriptors now stored."""
@@ -353,6 +361,15 @@ class VladRetriever(Retriever):
         for f in out.glob("vlad-*.arr"):
             if f.name not in keep and time.time() - f.stat().st_mtime > _STALE_SECONDS:
                 f.unlink(missing_ok=True)
+
+
+def _store_descriptors(out: Path, state: dict, ids: list[str], desc: np.ndarray) -> None:
+    """One new descriptor file (float16) listed in ``state``; written before the state is."""
+    name = f"vlad-desc-{uuid.uuid4().hex}.arr"
+    write_arrays(
+        out / name, {"ids": np.array(ids, dtype=str), "descriptors": desc.astype(np.float16)}
+    )
+    state["desc_files"].append(name)
 
 
 def _take(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:

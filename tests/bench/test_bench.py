@@ -11,7 +11,7 @@ import pytest
 
 from bench.calibration import calibration_figures, plot_calibration
 from bench.common import spread_subset, write_subset_map
-from bench.scale import GroupChimeras
+from bench.distractors import FAR_AWAY, GroupChimeras, write_distractor_map
 from bench.throughput import latency_figures
 
 
@@ -67,6 +67,40 @@ def test_subset_map_holds_the_chosen_references_and_localises(scene: Path, tmp_p
     assert res.candidates[0].reference_id == keep[3]
 
 
+@pytest.mark.integration  # builds a map, grows a copy and indexes it
+def test_distractor_map_grows_a_copy_with_far_away_chimeras_and_indexes_them(
+    scene: Path, tmp_path
+) -> None:
+    from core.mapbuild import build_map, finalise_map, read_positions_csv
+    from core.mapstore import MapStore
+    from core.registry import retriever_class
+
+    entries = read_positions_csv(scene / "references.csv", scene / "images")[:16]
+    store = MapStore(tmp_path / "maps")
+    conf = {"num_clusters": 8, "index_min_references": 40, "index": {"dim": 8, "rerank": 60}}
+    build_map(store, "real", entries, "sift", retriever_name="vlad", retriever_conf=conf)
+    real = store.open("real")
+    write_distractor_map(real, store, "grown", 70, chunk=20)
+    finalise_map(store, "grown")
+
+    grown = store.open("grown")
+    assert len(grown) == 70 and set(real.ids) < set(grown.ids)
+    assert len(store.open("real")) == 16, "the source map is unchanged"
+    fake = [i for i, rid in enumerate(grown.ids) if rid.startswith("distractor-")]
+    assert len(fake) == 54 and (grown.positions[fake, 0] >= FAR_AWAY).all()
+    vlad = retriever_class("vlad")(grown.retriever["conf"])
+    vlad.prepare(grown)
+    assert vlad.index is not None and len(vlad.index) == 70
+    source = retriever_class("vlad")(conf)
+    source.prepare(real)
+    np.testing.assert_array_equal(vlad.centroids, source.centroids)  # the codebook is kept
+    # Stored chimera descriptors, not descriptors of the copied features: no tie with a source.
+    src_desc = vlad.descriptor_rows([grown.index[rid] for rid in real.ids])
+    fake_desc = vlad.descriptor_rows(fake)
+    assert (src_desc @ fake_desc.T).max() < 0.999
+    np.testing.assert_allclose(np.linalg.norm(fake_desc, axis=1), 1.0, atol=1e-2)
+
+
 def test_group_chimeras_score_and_project_like_the_vectors_they_stand_for() -> None:
     rng = np.random.default_rng(1)
     words, d = 8, 3
@@ -82,6 +116,7 @@ def test_group_chimeras_score_and_project_like_the_vectors_they_stand_for() -> N
     per = fake.query_sums(q)
     np.testing.assert_allclose(fake.scores(per), explicit @ q, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fake.scores(per, np.array([4, 1])), explicit[[4, 1]] @ q, atol=1e-6)
+    np.testing.assert_allclose(fake.descriptors(np.array([4, 1])), explicit[[4, 1]], atol=1e-6)
     a, b = rng.normal(size=(5, words * d)).astype(np.float32), np.ones(5, np.float32)
     proj = np.concatenate(list(fake.projections(a, b, chunk=7)))
     np.testing.assert_allclose(proj, explicit @ a.T + b, rtol=1e-4, atol=1e-5)
