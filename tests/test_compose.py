@@ -36,3 +36,12 @@ def test_compose_api_service_serves_the_http_api():
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert "featureloc-data:/data" in api["volumes"], "the API reads the maps and blobs"
     assert set(api["depends_on"]) == {"redis", "postgres"}
+
+
+def test_compose_minio_serves_map_versions_on_loopback_without_secrets_in_the_file():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    minio = compose["services"]["minio"]
+    assert minio["profiles"] == ["s3"], "object storage is opt-in: the local directory is default"
+    assert all(p.startswith("127.0.0.1:") for p in minio["ports"])
+    assert all(v.startswith("${") for v in minio["environment"].values()), "no secret in the file"
+    assert "minio-data:/data" in minio["volumes"] and "minio-data" in compose["volumes"]
