@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -91,13 +90,16 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far: the kernel's high-water mark of its own
+    address space (``ru_maxrss`` would carry over a bigger parent's peak across exec)."""
+    return current_rss_mib("VmHWM")
 
 
-def current_rss_mib() -> float:
+def current_rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory now (``VmRSS``), or its ``RssAnon`` (the process's own pages) or
+    ``RssFile`` (mapped files: shared page cache) part, from /proc/self/status."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

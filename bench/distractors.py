@@ -145,10 +145,11 @@ def write_distractor_map(
         first = chimeras.src[rows, 0]
         items = [
             (
-                Reference(rid, float(src.positions[a, 0] + FAR_AWAY), float(src.positions[a, 1])),
+                # Each alone, 10 apart: no two distractors vote for one place.
+                Reference(rid, FAR_AWAY + 10.0 * j, float(src.positions[a, 1])),
                 src.features[int(a)],
             )
-            for rid, a in zip(ids, first, strict=True)
+            for rid, j, a in zip(ids, rows, first, strict=True)
         ]
         write_part(path, items, name=f"part-distractors-{start // chunk:05d}.feat")
         described.append((ids, rows))

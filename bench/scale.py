@@ -55,11 +55,18 @@ from core.evaluation import first_rank_within
 
 
 def measure_map(
-    maps_dir: Path, name: str, query_images: list[Path], options: dict, threads: int = 1
+    maps_dir: Path,
+    name: str,
+    query_images: list[Path],
+    options: dict,
+    threads: int = 1,
+    hold: bool = False,
 ) -> dict:
     """Load a map and localise the queries; run in a fresh process for clean memory figures.
 
     ``threads``: torch and OpenCV threads, 1 like a CPU worker process (0: library defaults).
+    ``hold``: print the figures, then keep the map loaded until stdin closes, so that another
+    process can read this one's memory as a serving worker's.
     """
     if threads:
         import cv2
@@ -89,7 +96,7 @@ def measure_map(
         estimates.append(None if est.x is None else (est.x, est.y))
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
-    return {
+    row = {
         "references": len(ref_map),
         "queries": len(images),
         "load_seconds": load_s,
@@ -101,9 +108,15 @@ def measure_map(
         "rss_before_map_mib": rss_start,
         "rss_after_load_mib": rss_loaded,
         "rss_after_queries_mib": current_rss_mib(),
+        "rss_anon_after_queries_mib": current_rss_mib("RssAnon"),
+        "rss_file_after_queries_mib": current_rss_mib("RssFile"),
         "peak_rss_mib": peak_rss_mib(),
         "estimates": estimates,
     }
+    if hold:
+        print(json.dumps(row), flush=True)
+        sys.stdin.read()  # the map stays loaded until the parent has read this memory
+    return row
 
 
 def map_size_rows(args, src, query_images: list[Path], options: dict) -> list[dict]:
@@ -142,13 +155,14 @@ def map_size_rows(args, src, query_images: list[Path], options: dict) -> list[di
 # --- 1b. full pipeline: real references plus distractors, one and two worker processes ----
 
 
-def pss_mib(pid: int) -> float:
+def pss_mib(pid: int, field: str = "Pss") -> float:
     """Proportional set size: pages shared with other processes (the page cache of a
-    memory-mapped map, libraries) count once across them all."""
+    memory-mapped map, libraries) count once across them all. ``field``: ``Pss``, or its
+    ``Pss_Anon`` (the process's own heap: Python, torch, models) or ``Pss_File`` part."""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise LookupError(f"no Pss for process {pid}")
+    raise LookupError(f"no {field} for process {pid}")
 
 
 class HeldChild:
@@ -163,10 +177,10 @@ class HeldChild:
 
     def report(self) -> dict:
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"child exited with {self.proc.wait()} before reporting")
-        return json.loads(line)
+        for line in self.proc.stdout:  # the report is the child's one JSON line
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"child exited with {self.proc.wait()} before reporting")
 
     def release(self) -> None:
         assert self.proc.stdin is not None
@@ -181,6 +195,8 @@ def two_workers(spec: dict, second_queries: int) -> dict:
     try:
         row = first.report()
         row["pss_one_mib"] = pss_mib(first.proc.pid)
+        row["pss_one_anon_mib"] = pss_mib(first.proc.pid, "Pss_Anon")
+        row["pss_one_file_mib"] = pss_mib(first.proc.pid, "Pss_File")
         second = HeldChild({**spec, "images": spec["images"][:second_queries]})
         try:
             second.report()
@@ -190,6 +206,7 @@ def two_workers(spec: dict, second_queries: int) -> dict:
     finally:
         first.release()
     row["worker_rss_mib"] = row["rss_after_queries_mib"]
+    row["worker_rss_anon_mib"] = row["rss_anon_after_queries_mib"]
     return row
 
 
@@ -231,7 +248,7 @@ def full_pipeline(args, src, query_images: list[Path], truths, options: dict) ->
     return {
         **big,
         "distractor_method": "group chimeras (bench/distractors.py): VLAD descriptors of 8 word "
-        "groups from two real references, local features of the first, 1e6 away in x",
+        "groups from two real references, local features of the first, each alone at x >= 1e6",
         "distractors_written_seconds": prepare_s,
         "baseline": base,
         "s_per_query_ratio": big["s_per_query_p50"] / base["s_per_query_p50"],
@@ -305,7 +322,7 @@ def retrieval_only(args, src, query_feats, truths) -> dict:
         "references": total,
         "distractors": extra,
         "distractor_method": "group chimeras: 8 VLAD word groups, each from one of two real "
-        "references at different positions, renormalised",
+        "references at different positions (both used), renormalised",
         "index": {**conf.__dict__, "dim": len(pca[1])},
         "shortlist_ms_p50": float(np.percentile(times, 50)),
         "shortlist_ms_p95": float(np.percentile(times, 95)),
@@ -393,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             [Path(i) for i in spec["images"]],
             spec["options"],
             spec["threads"],
+            spec.get("hold", False),
         )
-        print(json.dumps(row), flush=True)
-        if spec.get("hold"):
-            sys.stdin.read()  # until the parent has read this process's memory
+        if not spec.get("hold"):
+            print(json.dumps(row))
         return 0
     if not args.getty.is_dir():
         print(f"no Getty set at {args.getty}: the scale benchmark needs it", file=sys.stderr)

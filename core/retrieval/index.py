@@ -37,10 +37,13 @@ INDEX_MIN_REFERENCES = 20_000
 
 @dataclass(frozen=True)
 class IndexConfig:
-    dim: int = 256  # PCA outputs
-    m: int = 64  # PQ bytes per reference
-    nprobe: int = 48
-    rerank: int = 500  # candidates scored exactly
+    # Measured on Getty + distractors up to 1,000,000 (BENCHMARKS.md, "Scale (issue 14)"):
+    # 512 PCA outputs rank true references far better than 256 (worst exact top-50 hit at
+    # 100,000: index rank 47 against 196), 128 PQ bytes keep most of that (64 lose it).
+    dim: int = 512  # PCA outputs
+    m: int = 128  # PQ bytes per reference
+    nprobe: int = 64
+    rerank: int = 2000  # candidates scored exactly (read from the memory-mapped descriptors)
     pca_sample: int = 2500  # descriptors the PCA is fitted on
     train_sample: int = 60_000  # projections the IVF-PQ is trained on
 
