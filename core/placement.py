@@ -73,19 +73,20 @@ def place_query(
     match: MatchFn,
     around: tuple[float, float],
     conf: PlacementConfig | None = None,
-    similar: Callable[[int], np.ndarray | None] | None = None,
+    similar: Callable[[int, np.ndarray], np.ndarray | None] | None = None,
     hidden: np.ndarray | None = None,
 ) -> Placement | None:
     """The query's (x, y) from pairs of linked references, or None when no pair gives one.
 
     ``features``/``positions`` are the map's, indexed by ``Link.index``; ``ref_k(i)`` is the
     intrinsic matrix of reference ``i``, ``query_k`` the query's; ``match`` matches two
-    references with the job's matcher; ``around`` is the estimate being refined; ``similar(i)``
-    optionally gives every reference's global similarity to reference ``i``; ``hidden`` (bool
-    per reference) marks references that must not serve as B (held-out positions).
+    references with the job's matcher; ``around`` is the estimate being refined;
+    ``similar(i, among)`` optionally gives the global similarity of the references ``among``
+    (map rows near ``i``) to reference ``i``; ``hidden`` (bool per reference) marks references
+    that must not serve as B (held-out positions).
     """
     conf = conf or PlacementConfig()
-    pairs = _pairs(links, positions, similar or (lambda _i: None), conf, hidden)
+    pairs = _pairs(links, positions, similar or (lambda _i, _among: None), conf, hidden)
     found: list[tuple[float, float, int]] = []
     for a, b in pairs:
         got = _place_from_pair(query, query_k, a, b, features, positions, ref_k, match, conf)
@@ -105,7 +106,7 @@ def place_query(
 def _pairs(
     links: Sequence[Link],
     positions: np.ndarray,
-    similar: Callable[[int], np.ndarray | None],
+    similar: Callable[[int, np.ndarray], np.ndarray | None],
     conf: PlacementConfig,
     hidden: np.ndarray | None = None,
 ) -> list[tuple[Link, Link]]:
@@ -121,9 +122,10 @@ def _pairs(
         if hidden is not None:
             in_range &= ~hidden
         partners = [b for b in by_strength if b is not a and in_range[b.index]]
-        sim = similar(a.index)
-        rank = np.argsort(-sim) if sim is not None else np.argsort(baseline)
-        near = [int(j) for j in rank if in_range[j] and int(j) not in linked]
+        nearby = np.flatnonzero(in_range)
+        sim = similar(a.index, nearby)
+        key = -sim if sim is not None else baseline[nearby]
+        near = [int(j) for j in nearby[np.argsort(key)] if int(j) not in linked]
         empty = np.zeros(0, np.int64)
         partners += [Link(j, empty, empty) for j in near]
         pairs += [(a, b) for b in partners[: conf.partners]]

@@ -49,8 +49,9 @@ class Retriever(ABC):
         ``hidden`` (bool per reference) hides references, as if they were not in the map:
         how a map localises its own held-out positions (core/heldout.py)."""
 
-    def reference_similarity(self, index: int) -> np.ndarray | None:
-        """Every reference's global similarity to reference ``index`` (map order), or None
-        when this retriever has no global descriptors. Used to pick views that face the same
-        way (core.placement)."""
+    def reference_similarity(self, index: int, among: np.ndarray) -> np.ndarray | None:
+        """The global similarity of the references ``among`` (map rows) to reference
+        ``index``, or None when this retriever has no global descriptors. Used to pick views
+        that face the same way (core.placement); only the few references near ``index`` are
+        asked about, so a big map's descriptors are not all read."""
         return None

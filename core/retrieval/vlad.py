@@ -284,18 +284,11 @@ class VladRetriever(Retriever):
         np.maximum.at(best, groups, sims)
         return sims + w * best[groups]
 
-    def reference_similarity(self, index: int) -> np.ndarray | None:
+    def reference_similarity(self, index: int, among: np.ndarray) -> np.ndarray | None:
         if not self.blocks:
             return None
         v = self.descriptor_rows([index])[0]
-        if self.index is None:
-            return exact_scores(self.blocks, v)[self.map_to_row]
-        # Big maps: only the index's candidates are scored; the rest rank last.
-        rows = self.index.candidates(v)
-        rows = rows[self.row_to_map[rows] >= 0]
-        sims = np.full(len(self.map_to_row), -np.inf, np.float32)
-        sims[self.row_to_map[rows]] = _take(self.blocks, rows) @ v
-        return sims
+        return self.descriptor_rows(among) @ v
 
     def describe(self, feats: Features) -> np.ndarray:
         """The VLAD vector (k*d,) of one image's local features, unit length (zeros if none)."""
