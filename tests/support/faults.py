@@ -29,10 +29,15 @@ from sqlalchemy import func, select
 from core.settings import Settings
 from db.models import CandidateMatch, Job
 from db.session import Database, init_db
-from tests.support.services import WorkerProcess, postgres_schema, service_env, service_settings
+from tests.support.services import (
+    WorkerProcess,
+    postgres_schema,
+    register_scene_map,
+    service_env,
+    service_settings,
+)
 from workers.celery_app import LOCALISE_TASK
 from workers.client import BrokerUnavailable, Client
-from workers.maps import build_and_register
 
 # Every job of the fault tests uses these options: a shortlist of 5 keeps a job near 50 ms.
 JOB_OPTIONS = {"top_k": 5}
@@ -294,14 +299,7 @@ def stack(
         env.update({f"FEATURELOC_{k.upper()}": str(v) for k, v in overrides.items()})
         settings = service_settings(env)
         init_db(db_url)
-        build_and_register(
-            settings,
-            "tiny",
-            scene / "images",
-            scene / "references.csv",
-            "sift",
-            retriever="exhaustive",
-        )
+        register_scene_map(settings, scene, "tiny")
         yield Stack(tmp, db_url, env, settings, scene)
 
 

@@ -62,3 +62,13 @@ def service_settings(env: Mapping[str, str]) -> Settings:
     prefix = "FEATURELOC_"
     values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
     return Settings(**values)
+
+
+def register_scene_map(settings: Settings, scene: Path, name: str = "scene") -> None:
+    """The synthetic scene's references as an exhaustive SIFT map, recorded in the database:
+    every reference is matched, so the service tests can check ranks and rows exactly."""
+    from workers.maps import build_and_register
+
+    build_and_register(
+        settings, name, scene / "images", scene / "references.csv", "sift", retriever="exhaustive"
+    )

@@ -94,9 +94,14 @@ def test_an_s3_backend_without_a_bucket_is_refused():
 @pytest.mark.integration
 def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp_path):
     from db.session import init_db
-    from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
+    from tests.support.services import (
+        WorkerProcess,
+        register_scene_map,
+        require_redis,
+        service_env,
+        service_settings,
+    )
     from workers.client import Client
-    from workers.maps import build_and_register
 
     require_redis()
     db_url = f"sqlite:///{tmp_path / 'featureloc.db'}"
@@ -111,14 +116,7 @@ def test_a_job_runs_end_to_end_with_photos_in_s3(s3_endpoint, bucket, scene, tmp
     )
     settings = service_settings(env)
     init_db(db_url)
-    build_and_register(
-        settings,
-        "scene",
-        scene / "images",
-        scene / "references.csv",
-        "sift",
-        retriever="exhaustive",
-    )
+    register_scene_map(settings, scene)
     with (scene / "queries.csv").open() as f:
         query_id = next(csv.DictReader(f))["id"]
     photo = (scene / "images" / f"{query_id}.jpg").read_bytes()

@@ -18,13 +18,13 @@ from db.session import Database, init_db
 from tests.support.services import (
     WorkerProcess,
     postgres_schema,
+    register_scene_map,
     require_redis,
     service_env,
     service_settings,
 )
 from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
-from workers.maps import build_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,7 @@ def service(request, tmp_path_factory, scene):
         env = service_env(data, db_url, uuid.uuid4().hex[:8])
         settings = service_settings(env)
         init_db(db_url)
-        build_and_register(
-            settings,
-            "scene",
-            scene / "images",
-            scene / "references.csv",
-            "sift",
-            retriever="exhaustive",
-        )
+        register_scene_map(settings, scene)
         worker = WorkerProcess(env, data / "worker.log").start()
         try:
             yield settings, Client(settings), worker
