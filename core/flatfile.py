@@ -4,7 +4,9 @@ Layout: the 8-byte magic ``FLARR001``, a little-endian uint64 header length, a J
 ``{"arrays": {name: {"dtype", "shape", "offset"}}}``, then each array's raw C-order bytes at
 its offset (aligned to 64 bytes). Readers map the file once (``numpy.memmap``, read-only), so
 every process on a host reading the same file shares one copy in the OS page cache, and only
-the pages of the rows actually read are ever loaded.
+the pages of the rows actually read are ever loaded. ``release_pages`` unmaps the pages a
+process has read from its own page tables (the page cache keeps them), so a long-lived reader's
+resident memory stays at what its current work reads instead of growing towards the file size.
 
 Writes go to a temporary name in the same directory, are fsynced, then renamed into place:
 a reader sees the old file or the new one, never half of one. A file replaced while mapped
@@ -14,9 +16,11 @@ keeps its old inode alive for the processes that mapped it.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +92,23 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
             raise FlatFileError(f"{path.name}: truncated (array {name!r})")
         out[name] = buf[begin : begin + nbytes].view(dtype).reshape(shape)
     return out
+
+
+def release_pages(arrays: Iterable[np.ndarray]) -> int:
+    """Drop this process's mappings of the file pages behind ``arrays`` (views returned by
+    ``read_arrays``); returns how many files were released. Pages stay in the OS page cache,
+    so the next read is a cheap minor fault; arrays not backed by a file are skipped.
+
+    Why: every page a process touches in a shared file mapping counts in its resident memory
+    until the kernel reclaims it, so a worker that reads scattered rows of a big map would
+    creep towards the whole map's size (``MADV_DONTNEED`` on a read-only shared mapping only
+    zaps page-table entries: madvise(2))."""
+    seen: set[int] = set()
+    for a in arrays:
+        base = a
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, mmap.mmap) and id(base) not in seen:
+            seen.add(id(base))
+            base.madvise(mmap.MADV_DONTNEED)
+    return len(seen)

@@ -253,7 +253,21 @@ class Localiser:
         """Localise one BGR image. ``hidden`` (bool per reference) localises as if those
         references were not in the map, and ``calibrated=False`` keeps the raw confidence: how
         the map measures itself (core/heldout.py)."""
-        opts = options or LocaliseOptions()
+        try:
+            return self._localise(image, options or LocaliseOptions(), hidden, calibrated)
+        finally:
+            # The map's pages this job read leave the process (the page cache keeps them):
+            # a worker's resident memory stays at one job's reads, whatever the map's size.
+            self.map.release_pages()
+            self.retriever.release_pages()
+
+    def _localise(
+        self,
+        image: np.ndarray,
+        opts: LocaliseOptions,
+        hidden: np.ndarray | None,
+        calibrated: bool,
+    ) -> LocalisationResult:
         pconf = opts.placement_config()
         matcher = self.job_matcher(opts)  # fails before any work when it cannot match this map
         timings: dict[str, float] = {}

@@ -52,7 +52,7 @@ import numpy as np
 
 from core.camera import Camera
 from core.errors import MapError
-from core.flatfile import read_arrays, write_arrays
+from core.flatfile import read_arrays, release_pages, write_arrays
 from core.types import Features
 
 FORMAT_VERSION = 2
@@ -347,6 +347,10 @@ class FeatureSet:
     def __iter__(self) -> Iterator[Features]:
         return (self[i] for i in range(len(self)))
 
+    def release_pages(self) -> None:
+        """Unmap the pages read so far from this process (core/flatfile.release_pages)."""
+        release_pages(array for part in self._parts for array in part.values())
+
 
 class ReferenceMap:
     """A loaded map: ids and positions in memory, feature sets memory-mapped."""
@@ -373,6 +377,12 @@ class ReferenceMap:
     def features(self) -> FeatureSet:
         """The default ("coarse") feature set, the one every reference has."""
         return self.feature_set(DEFAULT_SET)
+
+    def release_pages(self) -> None:
+        """Unmap the feature pages this process has read; a worker calls it after each job so
+        its resident memory does not grow with the map (core/flatfile.release_pages)."""
+        for feature_set in self._sets.values():
+            feature_set.release_pages()
 
     def feature_set(self, name: str = DEFAULT_SET) -> FeatureSet:
         if name not in self._sets:

@@ -37,6 +37,9 @@ class Retriever(ABC):
     def prepare(self, ref_map: ReferenceMap) -> None:  # noqa: B027 - optional hook
         """Load map-level state into memory; default: nothing."""
 
+    def release_pages(self) -> None:  # noqa: B027 - optional hook
+        """Unmap memory-mapped state read by the last queries; default: nothing."""
+
     @abstractmethod
     def shortlist(
         self,

@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from core import config
 from core.errors import MapError
-from core.flatfile import read_arrays, write_arrays
+from core.flatfile import read_arrays, release_pages, write_arrays
 from core.retrieval.base import Retriever
 from core.retrieval.index import (
     INDEX_MIN_REFERENCES,
@@ -228,6 +228,9 @@ class VladRetriever(Retriever):
         index_file = state["index_file"]
         self.index = CompressedIndex.load(out / index_file) if index_file else None
         self._position_groups = _position_groups(ref_map.positions)
+
+    def release_pages(self) -> None:
+        release_pages(self.blocks)
 
     def descriptor_rows(self, indices) -> np.ndarray:
         """Float32 descriptors of the references at ``indices`` (map order)."""

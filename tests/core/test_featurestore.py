@@ -21,6 +21,7 @@ from core.mapstore import (
     write_part,
 )
 from core.types import Features
+from tests.support.memory import mapped_kib
 
 
 def _features(rng: np.random.Generator, n: int, dim: int = 8) -> Features:
@@ -132,6 +133,24 @@ def test_features_are_read_through_the_page_cache_not_loaded(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) < 40, f"private memory grew {out.stdout.strip()} MiB"
+
+
+def test_released_pages_leave_the_process_but_the_features_stay_readable(tmp_path):
+    """A worker unmaps what a job read (ReferenceMap.release_pages), so its resident memory
+    does not creep towards the map's size as jobs read different references."""
+    rng = np.random.default_rng(4)
+    store = MapStore(tmp_path / "maps")
+    path = store.create("big", {"name": "sift", "conf": {}}, {"name": "exhaustive", "conf": {}})
+    feats = _features(rng, 4000, 128)  # 1 MiB of float16 descriptors per reference
+    write_part(path, [(Reference(f"r{i:02d}", i, 0), feats) for i in range(40)])
+    ref_map = store.open("big")
+    for i in range(40):
+        ref_map.features[i]
+    assert mapped_kib(path) > 35 * 1024  # every reference's rows were mapped in
+
+    ref_map.release_pages()
+    assert mapped_kib(path) < 1024
+    _same(ref_map.features[7], feats)  # read again from the page cache
 
 
 def test_a_format_1_map_is_refused_then_upgraded(tmp_path):

@@ -11,9 +11,11 @@ import pytest
 
 from core import registry
 from core.errors import MapError
+from core.localiser import Localiser
 from core.mapbuild import RefEntry, build_map, finalise_map, read_positions_csv
 from core.mapstore import MapStore, Reference, write_part
 from core.retrieval.vlad import STATE_FILE, VladRetriever
+from tests.support.memory import mapped_kib
 from tests.support.paths import GETTY, getty_present
 
 # Builds and searches a VLAD map of 40 photos: tens of seconds on 2 cores.
@@ -181,3 +183,14 @@ def test_a_big_map_shortlists_through_the_index_and_extensions_are_added(built, 
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(sa, sb, rtol=1e-5)
         assert a[0] == i
+
+
+def test_a_job_leaves_none_of_the_maps_pages_in_the_worker(built, dataset):
+    """After a localisation the features and descriptors it read are unmapped from the
+    process (the page cache keeps them): a worker's memory does not grow with the map."""
+    _, entries = dataset
+    _, ref_map = built
+    loc = Localiser(ref_map)
+    res = loc.localise(_perturbed(entries[3].image))
+    assert res.candidates  # the job did read references' features and descriptors
+    assert mapped_kib(ref_map.path) < 64  # headers and id arrays at most
