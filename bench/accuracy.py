@@ -46,6 +46,8 @@ CONFIGS: dict[str, dict] = {
     "default": {},
     # The coarse-to-fine cascade (core/finestage.py) with the map's fitted escalation rule.
     "accurate": {"profile": "accurate"},
+    # The fine stage for every query (escalation threshold 1): what a GPU can afford.
+    "accurate-all": {"profile": "accurate", "fine_conf": {"escalate_below": 1.0}},
     "top20-cluster": {"top_k": 20},
     "top50-best": {"estimator": "best", "verify_threshold_px": 1.0},
     "top50-most-matches": {"estimator": "most_matches"},
@@ -157,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         "default: all of them",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch threads (this box: 2 cores)")
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the models run: map build, fit and queries (default: cuda when present)",
+    )
     args = ap.parse_args(argv)
     if not (args.getty / args.queries).is_file():
         print(f"skipped: {args.getty / args.queries} not found")
@@ -164,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    store, build = ensure_map(args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER)
+    store, build = ensure_map(
+        args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty,
+        device=args.device,
+    )  # fmt: skip
     print(
         f"map {MAP_NAME}: {build['references']} references, built in {build['seconds']:.0f} s "
         f"= {build['ms_per_reference']:.0f} ms/reference (extraction + VLAD fit)"
@@ -173,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     image_of = getty_image(args.getty)
     fine: dict = {}
     if any(CONFIGS[n].get("profile") == "accurate" for n in names):
-        fine = ensure_fine_and_training(store, MAP_NAME, image_of, print)
+        fine = ensure_fine_and_training(store, MAP_NAME, image_of, print, args.device)
     t0 = time.perf_counter()
-    loc = Localiser(store.open(MAP_NAME), fine_source=image_of)
+    loc = Localiser(store.open(MAP_NAME), args.device, fine_source=image_of)
     print(f"map loaded in {time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
 
     queries = load_queries(args.getty, args.queries)[: args.limit]

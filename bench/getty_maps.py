@@ -32,6 +32,7 @@ def ensure_map(
     extractor_conf: dict | None = None,
     getty: Path = GETTY,
     log=print,
+    device: str = "cpu",
 ) -> tuple[MapStore, dict]:
     """The map ``name`` built from Getty's references.csv; built once, then reused."""
     store = MapStore(out / "maps")
@@ -58,6 +59,7 @@ def ensure_map(
         retriever_name=retriever,
         retriever_conf=retriever_conf,
         on_done=progress,
+        device=device,
     )
     seconds = time.perf_counter() - t0
     store.set_camera(name, GETTY_CAMERA)
@@ -69,6 +71,7 @@ def ensure_map(
         "ms_per_reference": 1000 * seconds / max(len(report.added), 1),
         "extractor": extractor,
         "retriever": retriever,
+        "device": device,
     }
     stats_path.write_text(json.dumps(stats, indent=2))
     return store, stats
@@ -80,7 +83,7 @@ def getty_image(getty: Path = GETTY) -> Callable[[str], Path]:
 
 
 def ensure_fine_and_training(
-    store: MapStore, name: str, image_of: Callable[[str], Path], log=print
+    store: MapStore, name: str, image_of: Callable[[str], Path], log=print, device: str = "cpu"
 ) -> dict:
     """The map's fine feature set and its held-out training record (core/heldout.py), made
     once; returns what they cost and what the fit found.
@@ -104,7 +107,7 @@ def ensure_fine_and_training(
         ]  # fmt: skip
         t0 = time.perf_counter()
         add_fine_features(store, name, entries, defaults.FINE_EXTRACTOR,
-                          defaults.FINE_EXTRACTOR_CONF)  # fmt: skip
+                          defaults.FINE_EXTRACTOR_CONF, device=device)  # fmt: skip
         out["ms_per_reference"] = 1000 * (time.perf_counter() - t0) / len(entries)
         out["measured_on"] = len(entries)
         log(f"fine set ({ident['name']}): {out['ms_per_reference']:.0f} ms/reference "
@@ -113,7 +116,7 @@ def ensure_fine_and_training(
     if not training:
         log(f"fitting on {defaults.HELDOUT_QUERIES} held-out positions of {name!r} ...")
         t0 = time.perf_counter()
-        training = fit_map(store, name, image_of) or {}
+        training = fit_map(store, name, image_of, device=device) or {}
         training["fit_seconds"] = time.perf_counter() - t0
         write_training(store.path(name), training)
     held = training["heldout"]
