@@ -4,9 +4,14 @@ Layout: the 8-byte magic ``FLARR001``, a little-endian uint64 header length, a J
 ``{"arrays": {name: {"dtype", "shape", "offset"}}}``, then each array's raw C-order bytes at
 its offset (aligned to 64 bytes). Readers map the file once (``numpy.memmap``, read-only), so
 every process on a host reading the same file shares one copy in the OS page cache, and only
-the pages of the rows actually read are ever loaded. ``release_pages`` unmaps the pages a
-process has read from its own page tables (the page cache keeps them), so a long-lived reader's
-resident memory stays at what its current work reads instead of growing towards the file size.
+the pages of the rows actually read are ever loaded.
+
+Rows that a long-lived reader picks here and there (a job's shortlisted references) are read
+with ``read_rows``, which copies them with ``pread`` instead of touching the mapping: the page
+cache may hold a file in huge (2 MiB) folios, and touching one 32 KiB row through a mapping maps
+its whole folio into the process (2000 scattered rows mapped 2.2 GiB at 100,000 references,
+BENCHMARKS.md). ``release_pages`` unmaps what a process did read through its mappings (the page
+cache keeps it), so its resident memory does not grow towards the files' size.
 
 Writes go to a temporary name in the same directory, are fsynced, then renamed into place:
 a reader sees the old file or the new one, never half of one. A file replaced while mapped
@@ -91,6 +96,59 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         if begin + nbytes > size:
             raise FlatFileError(f"{path.name}: truncated (array {name!r})")
         out[name] = buf[begin : begin + nbytes].view(dtype).reshape(shape)
+    return out
+
+
+def _file_of(array: np.ndarray) -> tuple[str, int] | None:
+    """(path, byte offset) of a C-contiguous view returned by ``read_arrays``; None for an
+    array that is not a view of a whole-file memory map."""
+    root = array
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base
+    if not isinstance(root, np.memmap) or not array.flags.c_contiguous or root.filename is None:
+        return None
+    return root.filename, int(root.offset) + array.ctypes.data - root.ctypes.data
+
+
+def read_rows(array: np.ndarray, start: int, stop: int | None = None) -> np.ndarray:
+    """A copy of ``array[start:stop]`` (default: the one row ``start``, kept as a leading axis
+    of 1), read from its file with ``pread``, not through the mapping (see the module's notes);
+    arrays not read from a file are sliced and copied."""
+    stop = start + 1 if stop is None else stop
+    return take_rows(array, np.arange(start, min(max(stop, start), len(array)), dtype=np.int64))
+
+
+def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A copy of ``array[rows]``, read from its file with ``pread`` (one call per run of
+    consecutive rows), not through the mapping; arrays not read from a file are indexed."""
+    rows = np.asarray(rows, np.int64)
+    where = _file_of(array) if array.ndim else None
+    if where is None:
+        return np.array(array[rows])
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(array)):
+        raise IndexError(f"rows outside 0..{len(array) - 1}")
+    path, offset = where
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    if out.nbytes == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    runs = np.split(sorted_rows, np.flatnonzero(np.diff(sorted_rows) != 1) + 1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        at = 0
+        for run in runs:
+            block = np.empty((len(run), *array.shape[1:]), array.dtype)
+            want = block.nbytes
+            got = os.preadv(fd, [memoryview(block.reshape(-1).view(np.uint8))],
+                            offset + int(run[0]) * row_bytes)  # fmt: skip
+            if got != want:
+                raise FlatFileError(f"{Path(path).name}: short read ({got} of {want} bytes)")
+            out[order[at : at + len(run)]] = block
+            at += len(run)
+    finally:
+        os.close(fd)
     return out
 
 

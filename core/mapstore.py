@@ -52,7 +52,7 @@ import numpy as np
 
 from core.camera import Camera
 from core.errors import MapError
-from core.flatfile import read_arrays, release_pages, write_arrays
+from core.flatfile import read_arrays, read_rows, release_pages, write_arrays
 from core.types import Features
 
 FORMAT_VERSION = 2
@@ -310,6 +310,11 @@ class FeatureSet:
         new = [p for p in part_files(self.directory) if p.name not in self._opened]
         for path in new:
             arrays = read_arrays(path)
+            # Row bounds and image sizes in memory (a few bytes per reference): reading them
+            # through the mapping would map a page-cache folio per part into the process.
+            for small in ("offsets", "sizes"):
+                if small in arrays:
+                    arrays[small] = np.array(arrays[small])
             k = len(self._parts)
             self._parts.append(arrays)
             self._opened.add(path.name)
@@ -336,11 +341,12 @@ class FeatureSet:
         a, row = self._parts[k], int(self._row[i])
         lo, hi = int(a["offsets"][row]), int(a["offsets"][row + 1])
         w, h = (int(v) for v in a["sizes"][row])
-        # Copies of the reference's rows: read-only mapped memory never leaks into matchers.
+        # Copies read with pread, not through the mapping (core/flatfile.read_rows): only the
+        # reference's bytes enter the process, and no read-only memory reaches the matchers.
         return Features(
-            np.array(a["keypoints"][lo:hi]),
-            np.array(a["descriptors"][lo:hi]),
-            a["scores"][lo:hi].astype(np.float32),
+            read_rows(a["keypoints"], lo, hi),
+            read_rows(a["descriptors"], lo, hi),
+            read_rows(a["scores"], lo, hi).astype(np.float32),
             (w, h),
         )
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.flatfile import read_arrays, write_arrays
+from core.flatfile import read_arrays, read_rows, write_arrays
 
 INDEX_MIN_REFERENCES = 20_000
 
@@ -168,15 +168,16 @@ def _project(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def exact_scores(blocks: list[np.ndarray], query: np.ndarray, rows: int = 4096) -> np.ndarray:
+def exact_scores(blocks: list[np.ndarray], query: np.ndarray, rows: int = 256) -> np.ndarray:
     """``query`` against every row of ``blocks`` (e.g. memory-mapped float16), concatenated;
-    converted to float32 a few thousand rows at a time so no full float32 copy is made."""
+    converted to float32 a few thousand rows at a time so no full float32 copy is made, and
+    read with pread (core/flatfile.read_rows) so a worker maps none of the file."""
     q = np.asarray(query, np.float32)
     out = np.empty(sum(len(b) for b in blocks), np.float32)
     at = 0
     for block in blocks:
         for start in range(0, len(block), rows):
-            chunk = np.asarray(block[start : start + rows], np.float32)
+            chunk = read_rows(block, start, start + rows).astype(np.float32)
             out[at : at + len(chunk)] = chunk @ q
             at += len(chunk)
     return out

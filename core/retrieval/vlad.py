@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from core import config
 from core.errors import MapError
-from core.flatfile import read_arrays, release_pages, write_arrays
+from core.flatfile import read_arrays, release_pages, take_rows, write_arrays
 from core.retrieval.base import Retriever
 from core.retrieval.index import (
     INDEX_MIN_REFERENCES,
@@ -376,8 +376,8 @@ def _take(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     start = 0
     for block in blocks:
         inside = (rows >= start) & (rows < start + len(block))
-        if inside.any():
-            out[inside] = block[np.sort(rows[inside]) - start][np.argsort(np.argsort(rows[inside]))]
+        if inside.any():  # read with pread, not through the mapping (core/flatfile.py)
+            out[inside] = take_rows(block, rows[inside] - start)
         start += len(block)
     return out
 

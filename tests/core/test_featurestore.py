@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from core.errors import MapError
-from core.flatfile import FlatFileError, read_arrays, write_arrays
+from core.flatfile import (
+    FlatFileError,
+    read_arrays,
+    read_rows,
+    release_pages,
+    take_rows,
+    write_arrays,
+)
 from core.mapstore import (
     MapStore,
     Reference,
@@ -135,22 +142,47 @@ def test_features_are_read_through_the_page_cache_not_loaded(tmp_path):
     assert int(out.stdout) < 40, f"private memory grew {out.stdout.strip()} MiB"
 
 
-def test_released_pages_leave_the_process_but_the_features_stay_readable(tmp_path):
-    """A worker unmaps what a job read (ReferenceMap.release_pages), so its resident memory
-    does not creep towards the map's size as jobs read different references."""
+def test_feature_reads_map_nothing_and_release_unmaps_what_was_touched(tmp_path):
+    """A worker reads a reference's rows with pread (core/flatfile.read_rows), so its resident
+    memory does not grow with the references it has read, however the page cache holds the
+    file; what was touched through a mapping is unmapped by release_pages."""
     rng = np.random.default_rng(4)
     store = MapStore(tmp_path / "maps")
     path = store.create("big", {"name": "sift", "conf": {}}, {"name": "exhaustive", "conf": {}})
     feats = _features(rng, 4000, 128)  # 1 MiB of float16 descriptors per reference
     write_part(path, [(Reference(f"r{i:02d}", i, 0), feats) for i in range(40)])
     ref_map = store.open("big")
+    ref_map.features[0]
+    ref_map.release_pages()  # the ids read when the map was opened
     for i in range(40):
-        ref_map.features[i]
-    assert mapped_kib(path) > 35 * 1024  # every reference's rows were mapped in
+        _same(ref_map.features[i], feats)
+    assert mapped_kib(path) < 64
 
-    ref_map.release_pages()
-    assert mapped_kib(path) < 1024
+    part = next((path / "parts").glob("*"))
+    arrays = read_arrays(part)
+    assert float(np.abs(arrays["descriptors"].astype(np.float32)).sum()) > 0  # all touched
+    assert mapped_kib(path) > 35 * 1024
+    assert release_pages(arrays.values()) == 1
+    assert mapped_kib(path) < 64
     _same(ref_map.features[7], feats)  # read again from the page cache
+
+
+def test_rows_read_with_pread_equal_the_mapped_rows(tmp_path):
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(100, 7)).astype(np.float16)
+    c = rng.normal(size=(30, 4, 3)).astype(np.float32)
+    write_arrays(tmp_path / "x.arr", {"a": a, "b": np.arange(50), "c": c})
+    r = read_arrays(tmp_path / "x.arr")
+    np.testing.assert_array_equal(read_rows(r["a"], 10, 20), a[10:20])
+    np.testing.assert_array_equal(read_rows(r["b"], 3), [3])
+    np.testing.assert_array_equal(read_rows(r["c"], 28, 40), c[28:])  # clipped at the end
+    assert read_rows(r["a"], 5, 5).shape == (0, 7)
+    rows = np.array([5, 3, 4, 99, 0, 3])  # unsorted, repeated
+    np.testing.assert_array_equal(take_rows(r["a"], rows), a[rows])
+    np.testing.assert_array_equal(take_rows(r["a"][10:], np.array([0, 5])), a[[10, 15]])
+    np.testing.assert_array_equal(take_rows(a, np.array([1, 2])), a[[1, 2]])  # in memory
+    with pytest.raises(IndexError):
+        take_rows(r["a"], np.array([100]))
 
 
 def test_a_format_1_map_is_refused_then_upgraded(tmp_path):
