@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     task_time_limit: int = 360
     torch_threads: int = 0  # 0: leave torch's default
     worker_max_tasks_per_child: int = 1000
+    preload_maps: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Maps a CPU worker loads in its main process before the pool forks"
+        " (comma-separated): its processes share one copy of the models and the maps' indexes"
+        " and none loads on its first job (workers/runtime.preload).",
+    )
     # Recovery (workers/recovery.py): a running job's process refreshes its heartbeat every
     # heartbeat_interval s; with none for stale_after s its worker is taken for dead and the job
     # re-sent. Each worker checks every stale_check_interval s (0: only at start). Worst case a
@@ -102,6 +108,13 @@ class Settings(BaseSettings):
             if values.get(key) is None:
                 values[key] = default
         return values
+
+    @field_validator("preload_maps", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [name.strip() for name in v.split(",") if name.strip()]
+        return v
 
     @classmethod
     def env_name(cls, field: str) -> str:

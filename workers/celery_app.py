@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.utils.log import get_logger
 from kombu import Queue
 
 from core.settings import Settings, get_settings
@@ -20,6 +21,11 @@ LOCALISE_TASK = "featureloc.localise"
 BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py
 FINALISE_BUILD_TASK = "featureloc.finalise_build"
 FIT_MAP_TASK = "featureloc.fit_map"  # workers/fit.py
+
+# The workers package logs through Celery's handlers and level (``--loglevel``): Celery leaves
+# the root logger alone (worker_hijack_root_logger is off), so without this parent the
+# package's INFO lines would go nowhere in a worker's log.
+get_logger("workers")
 
 
 def broker_options(settings: Settings) -> tuple[str, dict]:

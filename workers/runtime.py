@@ -2,17 +2,20 @@
 
 Models and map features load once per process (lazily, on the first task, so nothing touches
 CUDA in the parent before prefork forks); a map is reloaded when its version changes: its parts
-on disk (``map_backend=dir``) or the version published to object storage (``s3``).
+on disk (``map_backend=dir``) or the version published to object storage (``s3``). A CPU worker
+may instead load named maps in its main process before the pool forks (``preload``).
 """
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
+import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from core.settings import Settings, get_settings
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
 from workers.mapversions import MapVersions, make_map_versions
+
+log = logging.getLogger(__name__)
 
 _localisers: dict[str, tuple[str, Localiser]] = {}
 
@@ -129,7 +134,41 @@ def localiser(map_name: str) -> tuple[Localiser, str]:
         cached = _localisers.get(map_name)
         if cached and cached[0] == version:
             return cached[1], version
+    t0 = time.perf_counter()
     ref_map = ReferenceMap.load(path)
     loc = Localiser(ref_map, device=s.resolved_device(), fine_source=_fine_source(ref_map))
     _localisers[map_name] = (version, loc)
+    log.info(
+        "process %d loaded map %r (%s, %d references) in %.1f s",
+        os.getpid(), map_name, version, len(ref_map), time.perf_counter() - t0,
+    )  # fmt: skip
     return loc, version
+
+
+def preload(map_names: Iterable[str]) -> list[str]:
+    """Load the localisers of ``map_names`` in this process, which is a CPU worker's main
+    process about to fork its pool; returns the names loaded.
+
+    The pool's processes inherit them copy-on-write: N processes share one copy of the models,
+    the maps' ids and indexes (measured in BENCHMARKS.md, "Scale"), and none loads on its first
+    job. ``gc.freeze()`` moves everything loaded so far out of the collector's generations: a
+    collection in a child would otherwise write to every object's header and so copy the pages
+    it shares. Not on a GPU (CUDA does not survive a fork: each process loads its own), and a
+    map that fails to load is logged and left to load lazily, as without preloading.
+    """
+    s = settings()
+    if s.resolved_device() != "cpu":
+        log.warning("preload_maps ignored: device %s cannot be shared by fork", s.resolved_device())
+        return []
+    loaded = []
+    for name in map_names:
+        try:
+            localiser(name)
+            loaded.append(name)
+        except (MapError, OSError) as exc:
+            log.warning("map %r not preloaded: %s", name, exc)
+    # Clients made while loading (object storage) must not be shared by the forked processes.
+    map_versions.cache_clear()
+    blob_store.cache_clear()
+    gc.freeze()
+    return loaded

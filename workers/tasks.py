@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_rejected, task_unknown
+from celery.signals import celeryd_after_setup, task_rejected, task_unknown
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
@@ -214,3 +214,12 @@ def with_worker_defaults(options: dict[str, Any], settings: Settings) -> dict[st
     if settings.profile is None or "profile" in options:
         return options
     return {**options, "profile": settings.profile}
+
+
+@celeryd_after_setup.connect
+def _preload_maps(**_: Any) -> None:
+    """In the worker's main process, once logging is set up and before the pool forks: the
+    maps of ``preload_maps``."""
+    names = runtime.settings().preload_maps
+    if names:
+        log.info("preloaded maps %s before forking the pool", runtime.preload(names))
