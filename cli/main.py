@@ -409,7 +409,7 @@ def worker(
     if concurrency is None:
         concurrency = 1 if on_gpu else (os.cpu_count() or 1)
     if not on_gpu and concurrency > 1 and not settings.torch_threads:
-        # Several 1-thread processes beat one process with many threads (see MATCHERS.md).
+        # Several 1-thread processes beat one process with many threads (BENCHMARKS.md).
         os.environ["FEATURELOC_TORCH_THREADS"] = "1"
         get_settings.cache_clear()
     from workers.celery_app import make_celery

@@ -13,7 +13,7 @@ extractor with the matcher its weights were trained for, with the plug-ins' own 
 A job (core/localiser.py ``LocaliseOptions``) takes its defaults from the default preset. A map
 built with extractor E and queried with matcher M gets the matcher settings of preset "E+M"
 under the job's own ``matcher_conf``: XFeat descriptors need a cosine threshold with mutual NN
-(without it, wrong matches swamp the count; see MATCHERS.md).
+(without it, wrong matches swamp the count).
 """
 
 from __future__ import annotations

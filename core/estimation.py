@@ -66,7 +66,7 @@ def position_evidence(
     """Evidence pooled per reference position: the views of one place add up.
 
     A candidate's evidence is its inliers above ``inlier_floor`` (a wrong place still gets a
-    few dozen inliers from learned features, see MATCHERS.md), so noise does not accumulate.
+    few dozen inliers from learned features), so noise does not accumulate.
     Returns unique positions (P, 2), their evidence (P,) and the supporting reference ids.
     """
     by_pos: dict[tuple[float, float], tuple[float, list[str]]] = {}

