@@ -85,7 +85,20 @@ def measure_map(
     ref_map = MapStore(maps_dir).open(name)
     loc = Localiser(ref_map)
     load_s = time.perf_counter() - t0
-    rss_loaded = current_rss_mib()
+    row = {
+        "load_seconds": load_s,
+        "rss_before_map_mib": rss_start,
+        "rss_after_load_mib": current_rss_mib(),
+        **localise_all(loc, images, opts),
+    }
+    if hold:
+        print(json.dumps(row), flush=True)
+        sys.stdin.read()  # the map stays loaded until the parent has read this memory
+    return row
+
+
+def localise_all(loc, images: list, opts) -> dict:
+    """One warm-up, then the figures of localising ``images`` in this process."""
     loc.localise(images[0], opts)  # warm-up: lazy model and matcher set-up
     seconds, stages, estimates = [], {}, []
     for img in images:
@@ -96,27 +109,64 @@ def measure_map(
         estimates.append(None if est.x is None else (est.x, est.y))
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
-    row = {
-        "references": len(ref_map),
+    return {
+        "references": len(loc.map),
         "queries": len(images),
-        "load_seconds": load_s,
         "seconds_per_query": float(np.mean(seconds)),
         "s_per_query_p50": float(np.percentile(seconds, 50)),
         "seconds_per_query_p95": float(np.percentile(seconds, 95)),
         "stages": {k: float(np.mean(v)) for k, v in stages.items()},
         "retrieve_ms_p50": 1000 * float(np.percentile(stages.get("retrieve", [np.nan]), 50)),
-        "rss_before_map_mib": rss_start,
-        "rss_after_load_mib": rss_loaded,
         "rss_after_queries_mib": current_rss_mib(),
         "rss_anon_after_queries_mib": current_rss_mib("RssAnon"),
         "rss_file_after_queries_mib": current_rss_mib("RssFile"),
         "peak_rss_mib": peak_rss_mib(),
         "estimates": estimates,
     }
-    if hold:
-        print(json.dumps(row), flush=True)
-        sys.stdin.read()  # the map stays loaded until the parent has read this memory
-    return row
+
+
+def serve_pool(spec: dict) -> None:
+    """A prefork worker's process tree, as ``featureloc worker --concurrency N`` with
+    ``FEATURELOC_PRELOAD_MAPS`` runs it: this main process preloads the map with the worker's
+    own code (workers/runtime.preload), then, per line ``N`` on stdin, forks a worker process
+    that localises the first N queries with the inherited localiser, prints its figures (and
+    pid) as one JSON line and stays alive until stdin closes."""
+    import os
+
+    threads = int(spec["threads"])
+    os.environ.update(
+        FEATURELOC_MAPS_DIR=spec["maps_dir"],
+        FEATURELOC_DEVICE="cpu",
+        FEATURELOC_TORCH_THREADS=str(threads),
+    )
+    from core.images import read_image
+    from core.localiser import LocaliseOptions
+    from workers import runtime
+
+    opts = LocaliseOptions.parse(spec["options"])
+    images = [read_image(p) for p in spec["images"]]
+    t0 = time.perf_counter()
+    runtime.preload([spec["name"]])
+    load_s = time.perf_counter() - t0
+    children = []
+    for line in sys.stdin:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            for _, earlier in children:  # else an earlier worker never sees its pipe close
+                os.close(earlier)
+            os.close(write_end)
+            loc, _ = runtime.localiser(spec["name"])  # the inherited one: nothing loads
+            row = {"pid": os.getpid(), "load_seconds": load_s,
+                   **localise_all(loc, images[: int(line)], opts)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            os.read(read_end, 1)  # until the main process closes its end
+            os._exit(0)
+        os.close(read_end)
+        children.append((pid, write_end))
+    for pid, write_end in children:
+        os.close(write_end)
+        os.waitpid(pid, 0)
 
 
 def map_size_rows(args, src, query_images: list[Path], options: dict) -> list[dict]:
@@ -210,6 +260,40 @@ def two_workers(spec: dict, second_queries: int) -> dict:
     return row
 
 
+def pool_workers(spec: dict, second_queries: int) -> dict:
+    """One prefork worker with its map preloaded (bench.scale's ``serve_pool``): the PSS of its
+    main process and one worker process after the queries, then with a second worker process
+    (after ``second_queries`` queries); the worker processes' own figures."""
+    cmd = [sys.executable, "-m", "bench.scale", "--child", json.dumps({**spec, "pool": True})]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def fork(queries: int) -> dict:
+        proc.stdin.write(f"{queries}\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"pool exited with {proc.wait()} before reporting")
+
+    try:
+        first = fork(len(spec["images"]))
+        one = pss_mib(proc.pid) + pss_mib(first["pid"])
+        second = fork(second_queries)
+        two = pss_mib(proc.pid) + pss_mib(first["pid"]) + pss_mib(second["pid"])
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    return {
+        "pool_worker_rss_mib": first["rss_after_queries_mib"],
+        "pool_s_per_query_p50": first["s_per_query_p50"],
+        "pool_pss_one_mib": one,
+        "pool_pss_two_mib": two,
+        "pool_pss_two_over_one": two / one,
+        "pool_estimates_equal": first["estimates"] == spec.get("expected_estimates"),
+    }
+
+
 def full_pipeline(args, src, query_images: list[Path], truths, options: dict) -> dict:
     """The real map and a copy grown with distractors to ``--references`` (written once under
     ``--scale-maps``, fitted by the map's own finalisation), each served by worker processes."""
@@ -237,6 +321,9 @@ def full_pipeline(args, src, query_images: list[Path], truths, options: dict) ->
             "threads": args.threads,
         }
         row = two_workers(spec, args.second_worker_queries)
+        print(f"  {name}: a prefork worker with the map preloaded, 1 then 2 processes ...")
+        row.update(pool_workers({**spec, "expected_estimates": row["estimates"]},
+                                args.second_worker_queries))  # fmt: skip
         errors = [
             None if e is None else float(np.hypot(e[0] - t[0], e[1] - t[1]))
             for e, t in zip(row.pop("estimates"), truths, strict=True)
@@ -253,6 +340,7 @@ def full_pipeline(args, src, query_images: list[Path], truths, options: dict) ->
         "baseline": base,
         "s_per_query_ratio": big["s_per_query_p50"] / base["s_per_query_p50"],
         "pss_two_over_one": big["pss_two_mib"] / big["pss_one_mib"],
+        "pool_pss_two_over_one": big["pool_pss_two_over_one"],
         "threads": args.threads,
     }
 
@@ -404,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
+        if spec.get("pool"):
+            serve_pool(spec)
+            return 0
         row = measure_map(
             Path(spec["maps_dir"]),
             spec["name"],
@@ -471,7 +562,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"s/query {row['s_per_query_ratio']:.2f}x the {row['baseline']['references']}-"
-            f"reference figure; two workers {row['pss_two_over_one']:.2f}x the PSS of one"
+            f"reference figure; two workers {row['pss_two_over_one']:.2f}x the PSS of one as "
+            f"separate processes, {row['pool_pss_two_over_one']:.2f}x as one prefork worker with "
+            f"the map preloaded ({row['pool_pss_one_mib']:.0f} -> {row['pool_pss_two_mib']:.0f} "
+            f"MiB; its worker process: RSS {row['pool_worker_rss_mib']:.0f} MiB, "
+            f"{row['pool_s_per_query_p50']:.2f} s/query p50, same estimates: "
+            f"{row['pool_estimates_equal']})"
         )
         row["machine"] = machine_info()
         if args.json:
