@@ -83,17 +83,31 @@ def run_config(loc, name, options, queries, shortlists, log) -> EvaluationReport
     opts = LocaliseOptions.parse(options)
     loc.localise(read_image(queries[0][1]), opts)  # warm-up: lazy model and matcher set-up
     cpu0 = time.process_time()
+    stages: dict[str, list[float]] = {}
+
+    def localise(path):
+        res = loc.localise(read_image(path), opts)
+        for k, v in res.timings.items():
+            stages.setdefault(k, []).append(v)
+        return res
+
     report = evaluate(
-        lambda path: loc.localise(read_image(path), opts),
+        localise,
         queries,
         fallback_position=tuple(loc.map.positions.mean(axis=0)),
         shortlists=shortlists,
         config={"name": name, "options": opts.model_dump()},
     )
     report.summary["peak_rss_mib"] = peak_rss_mib()
+    # Mean seconds per stage over the queries that ran it (the fine stage: escalated ones).
+    report.summary["stage_seconds"] = {k: float(np.mean(v)) for k, v in stages.items()}
     # CPU seconds (all threads) per query: comparable across runs when others load the box.
     report.summary["cpu_seconds_per_query"] = (time.process_time() - cpu0) / len(queries)
     log(format_row(name, report.summary))
+    log(
+        "    stages (s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in report.summary["stage_seconds"].items())
+    )
     return report
 
 
