@@ -102,7 +102,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 def _file_of(array: np.ndarray) -> tuple[str, int] | None:
     """(path, byte offset) of a C-contiguous view returned by ``read_arrays``; None for an
     array that is not a view of a whole-file memory map."""
-    root = array
+    root: object = array
     while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
         root = root.base
     if not isinstance(root, np.memmap) or not array.flags.c_contiguous or root.filename is None:
@@ -141,8 +141,7 @@ def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
         for run in runs:
             block = np.empty((len(run), *array.shape[1:]), array.dtype)
             want = block.nbytes
-            got = os.preadv(fd, [memoryview(block.reshape(-1).view(np.uint8))],
-                            offset + int(run[0]) * row_bytes)  # fmt: skip
+            got = os.preadv(fd, [block.data.cast("B")], offset + int(run[0]) * row_bytes)
             if got != want:
                 raise FlatFileError(f"{Path(path).name}: short read ({got} of {want} bytes)")
             out[order[at : at + len(run)]] = block
@@ -163,7 +162,7 @@ def release_pages(arrays: Iterable[np.ndarray]) -> int:
     zaps page-table entries: madvise(2))."""
     seen: set[int] = set()
     for a in arrays:
-        base = a
+        base: object = a
         while isinstance(base, np.ndarray):
             base = base.base
         if isinstance(base, mmap.mmap) and id(base) not in seen:
