@@ -147,15 +147,18 @@ class FineConf(Conf):
     """The fine stage's options (a job's ``fine_conf``); the map's training record
     (core/heldout.py) supplies ``escalate_below`` when the job does not."""
 
-    places: int = Field(3, ge=1, le=20)  # coarse places re-verified
-    views: int = Field(1, ge=1, le=10)  # views of each place matched
+    # Measured on the Getty map's 200 held-out positions (bench/fine_rule.py, BENCHMARKS.md
+    # section 8): 3 places x 1 view made the held-out error worse, 5 x 3 with a switch at
+    # 40 fine inliers and any lead took it from 7.70 to 6.89.
+    places: int = Field(5, ge=1, le=20)  # coarse places re-verified
+    views: int = Field(3, ge=1, le=10)  # views of each place matched
     radius: float = Field(9.0, gt=0)  # L1 extent of a place, as the cluster estimator's
     inlier_floor: float = Field(20.0, ge=0)  # coarse inliers that count as evidence
     # Escalate when the coarse confidence is below this (1.0: always, 0.0: never); None: the
     # map's fitted value, else DEFAULT_ESCALATE_BELOW.
     escalate_below: float | None = Field(None, ge=0, le=1)
     switch_inliers: float = Field(40.0, ge=0)  # fine inliers another place needs to win
-    switch_ratio: float = Field(1.5, ge=1)  # ... and its lead over the coarse winner's place
+    switch_ratio: float = Field(1.0, ge=1)  # ... and its lead over the coarse winner's place
     confidence_scale: float = Field(60.0, gt=0)  # fine inliers at which the raw score is 1/2
     verify_threshold_px: float = Field(2.0, gt=0, le=50)
 
