@@ -1,8 +1,9 @@
 """A wider fine stage and its decision rule, fitted on the map's held-out positions.
 
-The cascade's default fine stage (core/finestage.py: 3 places x 1 view, switch at 40 fine
-inliers and a 1.5x lead) was set beforehand and the map's fit turned it off (BENCHMARKS.md,
-"Coarse-to-fine"). This script asks whether more views per place and a fitted rule gain:
+The cascade's first fine stage (3 places x 1 view, switch at 40 fine inliers and a 1.5x lead)
+was set beforehand and the map's fit turned it off (BENCHMARKS.md, "Coarse-to-fine"). This
+script asks whether more views per place and a fitted rule gain (they did: core/finestage.py's
+defaults now come from its run, BENCHMARKS.md section 8):
 
 1. localise ``--heldout`` held-out pseudo-queries (core/heldout.py) and ``queries.csv`` with the
    fast profile; for those whose raw coarse confidence is below ``--fine-below``, run the fine
