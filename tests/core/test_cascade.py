@@ -48,7 +48,10 @@ def test_the_accurate_profile_reverifies_doubtful_answers_with_fine_features(
     fast = loc.localise(image, LocaliseOptions.parse({"profile": "fast"}))
     assert all(c.stage == "coarse" for c in fast.candidates) and "fine" not in fast.timings
 
-    always = {"profile": "accurate", "fine_conf": {"escalate_below": 1.0, "places": 2}}
+    always = {
+        "profile": "accurate",
+        "fine_conf": {"escalate_below": 1.0, "places": 2, "views": 2},
+    }
     res = loc.localise(image, LocaliseOptions.parse(always))
     fine = [c for c in res.candidates if c.stage == "fine"]
     assert 1 <= len(fine) <= 4 and "fine" in res.timings

@@ -51,7 +51,7 @@ def service(tmp_path_factory, scene):
 def test_a_worker_cascades_by_its_own_default_and_stores_both_stages(service, scene) -> None:
     settings, client, _ = service
     photo = next((scene / "images").glob("query_0000.*"))
-    always = {"fine_conf": {"escalate_below": 1.0, "places": 2}}
+    always = {"fine_conf": {"escalate_below": 1.0, "places": 2, "views": 1}}
     job = client.wait(client.submit(photo, "scene", always), timeout=240)
     assert job.status == "done", job.error
     stages = [c.stage for c in job.candidates]
