@@ -147,9 +147,10 @@ class FineConf(Conf):
     """The fine stage's options (a job's ``fine_conf``); the map's training record
     (core/heldout.py) supplies ``escalate_below`` when the job does not."""
 
-    # Measured on the Getty map's 200 held-out positions (bench/fine_rule.py, BENCHMARKS.md
-    # section 8): 3 places x 1 view made the held-out error worse, 5 x 3 with a switch at
-    # 40 fine inliers and any lead took it from 7.70 to 6.89.
+    # Chosen on the Getty map's 200 held-out positions (bench/fine_rule.py, BENCHMARKS.md
+    # section 8): 3 places x 1 view made the held-out error worse; 5 x 3 with a switch at
+    # 40 fine inliers and any lead took it from 7.70 to 6.89 replayed offline, 7.49 through
+    # the engine with the map's fitted escalation threshold.
     places: int = Field(5, ge=1, le=20)  # coarse places re-verified
     views: int = Field(3, ge=1, le=10)  # views of each place matched
     radius: float = Field(9.0, gt=0)  # L1 extent of a place, as the cluster estimator's

@@ -170,8 +170,8 @@ def _project(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def exact_scores(blocks: list[np.ndarray], query: np.ndarray, rows: int = 256) -> np.ndarray:
     """``query`` against every row of ``blocks`` (e.g. memory-mapped float16), concatenated;
-    converted to float32 a few thousand rows at a time so no full float32 copy is made, and
-    read with pread (core/flatfile.read_rows) so a worker maps none of the file."""
+    converted to float32 ``rows`` rows at a time so no full float32 copy is made, and read
+    with pread (core/flatfile.read_rows) so a worker maps none of the file."""
     q = np.asarray(query, np.float32)
     out = np.empty(sum(len(b) for b in blocks), np.float32)
     at = 0
