@@ -32,7 +32,10 @@ class JobOut(BaseModel):
     x: float | None
     y: float | None
     confidence: float | None = Field(description="In [0, 1].")
-    localised: bool | None = Field(description="False: the evidence was too weak for a place.")
+    localised: bool | None = Field(
+        description="False: the evidence was too weak for a place; x and y, when present, are "
+        "then a best guess (method cluster:doubt)."
+    )
     error: str | None = Field(description="Why the job failed.")
     timings: dict[str, float] | None = Field(description="Seconds per stage.")
     worker: str | None

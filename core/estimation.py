@@ -96,6 +96,30 @@ class ClusterConf(Conf):
     weight_power: float = Field(2.0, ge=0)  # evidence ** power weighs the mean position
     min_evidence: float = Field(10.0, ge=0)  # less: not localised
     confidence_scale: float = Field(60.0, gt=0)  # evidence at half confidence
+    # A declined answer still carries a best guess (``doubt_position``) with candidates
+    # weighed by (inliers + 1) ** doubt_power; None: no guess (x, y stay None). 4 was best on
+    # the Getty map's held-out positions (bench/fine_rule.py, BENCHMARKS.md section 9).
+    doubt_power: float | None = Field(4.0, ge=0)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at half the total weight: it minimises the weighted sum of |value - v|."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def doubt_position(candidates: list[CandidateResult], power: float) -> tuple[float, float]:
+    """The best guess when no place has enough evidence: the coordinate-wise median of the
+    shortlist's positions weighted by (inliers + 1) ** ``power``.
+
+    It minimises the expected |dx| + |dy| (the score's metric) if the weights were the
+    probabilities of the positions. A single view's few stray inliers then no longer send the
+    answer across the site: where weak views disagree, the guess lies between them.
+    """
+    pos = np.array([c.position for c in candidates], np.float64)
+    w = (np.array([c.inliers for c in candidates], np.float64) + 1.0) ** power
+    return weighted_median(pos[:, 0], w), weighted_median(pos[:, 1], w)
 
 
 def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None) -> Estimate:
@@ -106,14 +130,22 @@ def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None)
     within ``radius`` (L1, the score's metric) of its strongest position. The confidence grows
     with that evidence (half at ``confidence_scale``) and with its share against the best place
     farther than ``2 * radius`` away (``margin``): two strong, distant places mean ambiguity.
-    Not localised when the winning place has less than ``min_evidence``.
+    Not localised when the winning place has less than ``min_evidence``; such an answer still
+    carries the guess of :func:`doubt_position` (unless ``doubt_power`` is None).
     """
     c = ClusterConf.make(conf, "estimator 'cluster'")
     radius, floor, min_evidence = c.radius, c.inlier_floor, c.min_evidence
     scale, power = c.confidence_scale, c.weight_power
     pos, ev, ids = position_evidence(candidates, floor)
+
+    def declined(confidence: float, support: list[str]) -> Estimate:
+        if c.doubt_power is None or not candidates:
+            return Estimate(None, None, confidence, False, "cluster", support)
+        x, y = doubt_position(candidates, c.doubt_power)
+        return Estimate(x, y, confidence, False, "cluster:doubt", support)
+
     if len(pos) == 0:
-        return Estimate(None, None, 0.0, False, "cluster", [])
+        return declined(0.0, [])
     dist = np.abs(pos[:, None, :] - pos[None, :, :]).sum(-1)  # L1 between positions
     near = dist <= radius
     place = near @ ev  # evidence of the place around each position
@@ -129,7 +161,7 @@ def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None)
     confidence = inlier_confidence(best, scale) * share
     support = [rid for m in members for rid in ids[m]]
     if best < min_evidence:
-        return Estimate(None, None, confidence, False, "cluster", support)
+        return declined(confidence, support)
     return Estimate(float(x), float(y), confidence, True, "cluster", support)
 
 

@@ -175,6 +175,9 @@ class FineDecision:
     switched: bool  # the answer moved away from the coarse winner's place
     score: float  # raw confidence in [0, 1], before calibration
     scores: tuple[float, ...]  # fine evidence per place
+    # The chosen place has the fine inliers a switch needs: enough to answer a query that the
+    # coarse stage declined (with fewer, its guess under doubt stands: Localiser._refine).
+    strong: bool = False
 
 
 def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -> FineDecision:
@@ -182,7 +185,7 @@ def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -
     answer unless another place beats it clearly: fine matchers also find a few dozen inliers
     on wrong places, so a narrow lead is noise."""
     if not fine:
-        return FineDecision(None, False, 0.0, ())
+        return FineDecision(None, False, 0.0, (), False)
     best = place_scores(fine, len(places))
     w = int(np.argmax(best))
     switched = w != 0 and best[w] >= conf.switch_inliers and best[w] >= conf.switch_ratio * best[0]
@@ -191,7 +194,8 @@ def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -
     second = float(others.max()) if len(others) else 0.0
     share = best[chosen] / (best[chosen] + second) if best[chosen] > 0 else 0.0
     score = inlier_confidence(float(best[chosen]), conf.confidence_scale) * share
-    return FineDecision(chosen, switched, float(score), tuple(float(b) for b in best))
+    strong = bool(best[chosen] >= conf.switch_inliers)
+    return FineDecision(chosen, switched, float(score), tuple(float(b) for b in best), strong)
 
 
 def place_estimate(

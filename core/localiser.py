@@ -323,7 +323,8 @@ class Localiser:
         if curve is None:
             return estimate
         p = calibrate(curve, estimate.confidence)
-        localised = estimate.x is not None and p >= training["localised_probability"]
+        # A declined answer (a guess under doubt, or none) stays declined.
+        localised = estimate.localised and p >= training["localised_probability"]
         return dataclasses.replace(estimate, confidence=p, localised=localised)
 
     def _escalate(self, opts: LocaliseOptions, coarse: Estimate) -> bool:
@@ -418,7 +419,9 @@ class Localiser:
         ]
         if decision.place is None:
             return coarse, rows
-        if decision.switched or coarse.x is None:
+        # Where the coarse stage declined, its guess under doubt (core.estimation) stands
+        # unless the fine place has the evidence a switch needs.
+        if decision.switched or (not coarse.localised and decision.strong):
             x, y, views = place_estimate(decision.place, fine, self.map.positions)
             support = [self.map.ids[i] for i in views]
             estimate = Estimate(x, y, decision.score, True, "fine", support)

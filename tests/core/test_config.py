@@ -122,6 +122,7 @@ def test_the_default_preset_has_the_measured_numbers():
         "weight_power": 2.0,
         "min_evidence": 10.0,
         "confidence_scale": 60.0,
+        "doubt_power": 4.0,  # issue 12, session 6: the declined answer's guess
     }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from core.estimation import ESTIMATORS, cluster_candidates, position_evidence
+from core.estimation import ESTIMATORS, cluster_candidates, position_evidence, weighted_median
 from core.types import CandidateResult
 
 
@@ -67,11 +68,39 @@ def test_views_of_one_position_pool_their_evidence():
 
 
 def test_not_localised_when_evidence_is_weak_or_absent():
-    weak = cluster_candidates([cand("a", 0.0, 0.0, 20), cand("b", 50.0, 0.0, 19)], CONF)
+    no_guess = {**CONF, "doubt_power": None}
+    weak = cluster_candidates([cand("a", 0.0, 0.0, 20), cand("b", 50.0, 0.0, 19)], no_guess)
     assert not weak.localised and weak.x is None
     assert weak.confidence < 0.1
     empty = cluster_candidates([], CONF)
-    assert not empty.localised and empty.confidence == 0.0
+    assert not empty.localised and empty.confidence == 0.0 and empty.x is None
+
+
+def test_a_declined_answer_guesses_between_weak_views_not_at_the_strongest():
+    # No place reaches the evidence to localise. The single view with most inliers is far off
+    # (as on blank walls); the guess is the weighted median, where the weak views agree.
+    cands = [
+        cand("stray", 200.0, -80.0, 17),
+        cand("a", 0.0, 0.0, 15),
+        cand("b", 2.0, 1.0, 14),
+        cand("c", -1.0, 3.0, 14),
+        cand("far", -90.0, 60.0, 3),
+    ]
+    est = cluster_candidates(cands, {**CONF, "min_evidence": 50})
+    assert not est.localised and est.method == "cluster:doubt"
+    assert ESTIMATORS["best"](cands, {"min_inliers": 0}).x == 200.0
+    assert abs(est.x) + abs(est.y) <= 3.0
+    # A sharper posterior moves the guess to the strongest view.
+    sharp = cluster_candidates(cands, {**CONF, "min_evidence": 50, "doubt_power": 40})
+    assert (sharp.x, sharp.y) == (200.0, -80.0)
+
+
+def test_weighted_median_minimises_the_weighted_l1_distance():
+    values = np.array([0.0, 1.0, 5.0, 9.0])
+    weights = np.array([1.0, 3.0, 1.0, 2.0])
+    m = weighted_median(values, weights)
+    cost = [float((weights * np.abs(values - v)).sum()) for v in np.linspace(-1, 10, 111)]
+    assert float((weights * np.abs(values - m)).sum()) <= min(cost) + 1e-9
 
 
 def test_confidence_grows_with_evidence_and_falls_with_a_rival_place():

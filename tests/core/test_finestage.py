@@ -74,6 +74,8 @@ def test_another_place_wins_only_with_a_clear_lead() -> None:
     assert not narrow.switched and narrow.place == 0
     weak = decide(places, _fine([5], [35], [0]), conf)  # below switch_inliers
     assert not weak.switched
+    # Strong: the chosen place could answer a query the coarse stage declined.
+    assert clear.strong and narrow.strong and not weak.strong
     assert clear.scores == (30.0, 151.0, 20.0)
     assert 0 < weak.score < clear.score < 1
 
