@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.accuracy import MAP_NAME, load_queries
 from bench.getty_maps import GETTY, getty_image
-from core.estimation import ClusterConf
+from core.estimation import ClusterConf, weighted_median
 from core.evaluation import bootstrap_ci, l1_error, map_centroid, score_result
 from core.heldout import hidden_mask, sample_heldout
 from core.images import read_image
@@ -51,12 +51,6 @@ def places(pos: np.ndarray, ev: np.ndarray, radius: float) -> tuple[np.ndarray, 
         total.append(w.sum())
         left &= ~members
     return np.array(centres), np.array(total)
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
 def doubt_answer(row: dict, power: float, below: float, conf: ClusterConf) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from bench.accuracy import MAP_NAME, load_queries
 from bench.getty_maps import GETTY, getty_image
 from core import defaults
 from core.evaluation import bootstrap_ci, l1_error, map_centroid, score_result
+from core.finestage import FineConf
 from core.heldout import hidden_mask, sample_heldout
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
@@ -61,6 +62,12 @@ def collect(loc: Localiser, jobs, out: Path, fine_conf: dict, fine_below: float)
                 "truth": truth,
                 "coarse": (coarse.scored_x, coarse.scored_y),
                 "score": float(res.estimate.confidence),
+                "declined": res.estimate.x is None,
+                # The coarse shortlist, for replaying rules that use it (bench/doubt.py).
+                "candidates": [
+                    (c.retrieval_rank, c.retrieval_score, c.position, c.inliers)
+                    for c in res.candidates
+                ],
                 "fine": None,
             }
             if res.estimate.confidence < fine_below:
@@ -79,7 +86,11 @@ def collect(loc: Localiser, jobs, out: Path, fine_conf: dict, fine_below: float)
 
 def answer(row: dict, below: float, switch_inliers: float, ratio: float) -> tuple[float, float]:
     """The coarse answer, or the fine stage's when it escalates and another place wins
-    clearly (``core.finestage.decide``), placed as ``place_estimate`` places it."""
+    clearly (``core.finestage.decide``), placed as ``place_estimate`` places it.
+
+    A query the coarse stage declined keeps its coarse answer (the guess under doubt of
+    ``core.estimation.doubt_position``) unless the fine stage's place reaches
+    ``switch_inliers``, as the engine does (``Localiser._refine``)."""
     if not row["fine"] or row["score"] >= below:
         return tuple(row["coarse"])
     places = max(p for p, _, _ in row["fine"]) + 1
@@ -87,8 +98,11 @@ def answer(row: dict, below: float, switch_inliers: float, ratio: float) -> tupl
     for p, _, inl in row["fine"]:
         best[p] = max(best[p], inl)
     w = int(np.argmax(best))
-    if w == 0 or best[w] < switch_inliers or best[w] < ratio * best[0]:
-        return tuple(row["coarse"])
+    switched = w != 0 and best[w] >= switch_inliers and best[w] >= ratio * best[0]
+    if not switched:
+        if not (row.get("declined") and best[0] >= switch_inliers):
+            return tuple(row["coarse"])
+        w = 0
     views = [(xy, inl) for p, xy, inl in row["fine"] if p == w and inl > 0]
     weights = np.array([inl**2 for _, inl in views], np.float64)
     xy = np.array([v[0] for v in views], np.float64)
@@ -98,6 +112,11 @@ def answer(row: dict, below: float, switch_inliers: float, ratio: float) -> tupl
 
 def errors(rows: list[dict], rule: tuple[float, float, float]) -> np.ndarray:
     return np.array([l1_error(*answer(r, *rule), *r["truth"]) for r in rows], np.float64)
+
+
+def describe(rule: tuple) -> str:
+    below, inliers, ratio = rule
+    return f"escalate below {below:.3f}, {inliers:.0f} inliers, {ratio}x lead"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     base_h = errors(held_rows, coarse).mean()
     best_mae, rule = fits[0]
     print(f"{tag}: held-out ({len(held_rows)}, {sum(bool(r['fine']) for r in held_rows)} with "
-          f"the fine stage): coarse MAE {base_h:.2f}; best rule (escalate below {rule[0]:.3f}, "
-          f"{rule[1]:.0f} inliers, {rule[2]}x lead) MAE {best_mae:.2f}")  # fmt: skip
+          f"the fine stage): coarse MAE {base_h:.2f}; best rule ({describe(rule)}) MAE "
+          f"{best_mae:.2f}")  # fmt: skip
     for mae, r in fits[:5]:
-        print(f"  below {r[0]:.3f}, {r[1]:.0f} inliers, {r[2]}x: held-out MAE {mae:.2f}")
-    default_rule = (args.fine_below, 40.0, 1.5)
-    print(f"  the default rule on every escalated row: held-out MAE "
+        print(f"  {describe(r)}: held-out MAE {mae:.2f}")
+    engine = FineConf()
+    default_rule = (args.fine_below, engine.switch_inliers, engine.switch_ratio)
+    print(f"  the engine's switch on every escalated row: held-out MAE "
           f"{errors(held_rows, default_rule).mean():.2f}")  # fmt: skip
     base_q = errors(query_rows, coarse)
-    for label, r in (("fitted rule", rule), ("default rule", default_rule)):
+    for label, r in (("fitted rule", rule), ("engine's switch", default_rule)):
         ours = errors(query_rows, r)
         lo, hi = bootstrap_ci(ours - base_q)
         print(f"queries.csv ({len(query_rows)}), {label}: coarse MAE {base_q.mean():.2f} -> "
