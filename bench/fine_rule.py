@@ -62,8 +62,11 @@ def collect(loc: Localiser, jobs, out: Path, fine_conf: dict, fine_below: float)
                 "truth": truth,
                 "coarse": (coarse.scored_x, coarse.scored_y),
                 "score": float(res.estimate.confidence),
-                "declined": res.estimate.x is None,
-                # The coarse shortlist, for replaying rules that use it (bench/doubt.py).
+                # Uncalibrated, so this is the estimator's own call; a declined answer still
+                # has x and y (its guess under doubt).
+                "declined": not res.estimate.localised,
+                # The coarse shortlist, to replay a declined query's guess with other weights
+                # (core.estimation.doubt_position).
                 "candidates": [
                     (c.retrieval_rank, c.retrieval_score, c.position, c.inliers)
                     for c in res.candidates

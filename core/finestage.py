@@ -177,7 +177,7 @@ class FineDecision:
     scores: tuple[float, ...]  # fine evidence per place
     # The chosen place has the fine inliers a switch needs: enough to answer a query that the
     # coarse stage declined (with fewer, its guess under doubt stands: Localiser._refine).
-    strong: bool = False
+    strong: bool
 
 
 def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -> FineDecision:

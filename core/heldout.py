@@ -40,8 +40,9 @@ HELDOUT_FILE = "heldout.jsonl"  # in the map folder: one row per pseudo-query do
 
 @dataclass
 class HeldoutRow:
-    """One pseudo-query: its truth, where each profile's answer is scored (the estimate, or
-    for a declined one its best candidate), and each profile's raw confidence."""
+    """One pseudo-query: its truth, where each profile's answer is scored (the estimate, a
+    declined one's guess included, else its best candidate), and each profile's raw
+    confidence."""
 
     reference_id: str
     truth_x: float
@@ -110,7 +111,8 @@ def run_heldout(
             truth = (float(ref_map.positions[row, 0]), float(ref_map.positions[row, 1]))
             res = localiser.localise(image, fast, hidden, calibrated=False)
             # Scored as an evaluation scores (core/evaluation.py): a declined answer at its
-            # best candidate, so the fit weighs what users would be told.
+            # guess, or without one at its best candidate, so the fit weighs what users would
+            # be told.
             coarse = score_result(rid, truth, res, 0.0, centroid)
             rec = HeldoutRow(
                 rid, *truth, coarse.scored_x, coarse.scored_y, float(res.estimate.confidence)
