@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from core.flatfile import read_arrays, read_rows, write_arrays
 
@@ -177,7 +178,16 @@ def exact_scores(blocks: list[np.ndarray], query: np.ndarray, rows: int = 256) -
     at = 0
     for block in blocks:
         for start in range(0, len(block), rows):
-            chunk = read_rows(block, start, start + rows).astype(np.float32)
+            chunk = as_float32(read_rows(block, start, start + rows))
             out[at : at + len(chunk)] = chunk @ q
             at += len(chunk)
     return out
+
+
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as float32. NumPy converts float16 element by element (4-8x slower than the
+    product it feeds on a 6000-reference map); torch's conversion is vectorised and exact, so
+    the scores are the same."""
+    if array.dtype == np.float16:
+        return torch.from_numpy(np.ascontiguousarray(array)).float().numpy()
+    return np.asarray(array, np.float32)

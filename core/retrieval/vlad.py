@@ -40,6 +40,7 @@ from core.retrieval.index import (
     INDEX_MIN_REFERENCES,
     CompressedIndex,
     IndexConfig,
+    as_float32,
     exact_scores,
     project,
 )
@@ -377,7 +378,7 @@ def _take(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     for block in blocks:
         inside = (rows >= start) & (rows < start + len(block))
         if inside.any():  # read with pread, not through the mapping (core/flatfile.py)
-            out[inside] = take_rows(block, rows[inside] - start)
+            out[inside] = as_float32(take_rows(block, rows[inside] - start))
         start += len(block)
     return out
 
