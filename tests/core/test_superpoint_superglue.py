@@ -74,9 +74,6 @@ def synthetic_image(h: int, w: int, seed: int) -> np.ndarray:
     return cv2.cvtColor(cv2.GaussianBlur(img, (3, 3), 0), cv2.COLOR_GRAY2BGR)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Seeded random weights saved like the official files (a plain state dict)."""
