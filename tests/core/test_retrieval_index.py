@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.retrieval.index import CompressedIndex, IndexConfig, exact_scores, project
+from core.retrieval.index import (
+    CompressedIndex,
+    IndexConfig,
+    as_float32,
+    exact_scores,
+    project,
+)
 
 
 def _clustered(rng: np.random.Generator, n: int, dim: int = 256, places: int = 300):
@@ -58,3 +64,11 @@ def test_exact_scores_match_one_float32_product():
     q = _clustered(rng, 1)[0].astype(np.float32)
     full = np.concatenate(blocks).astype(np.float32) @ q
     np.testing.assert_array_equal(exact_scores(blocks, q, rows=1000), full)
+
+
+def test_float16_rows_convert_exactly():
+    """Every float16 value (subnormals, infinities and NaN included), in a strided view."""
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    got = as_float32(every[:, ::2])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, every[:, ::2].astype(np.float32))
