@@ -189,5 +189,6 @@ def as_float32(array: np.ndarray) -> np.ndarray:
     product it feeds on a 6000-reference map); torch's conversion is vectorised and exact, so
     the scores are the same."""
     if array.dtype == np.float16:
-        return torch.from_numpy(np.ascontiguousarray(array)).float().numpy()
+        # torch shares the array's memory: it must be contiguous and writable (a copy if not).
+        return torch.from_numpy(np.require(array, requirements=["C", "W"])).float().numpy()
     return np.asarray(array, np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from core.retrieval.index import (
@@ -67,8 +69,13 @@ def test_exact_scores_match_one_float32_product():
 
 
 def test_float16_rows_convert_exactly():
-    """Every float16 value (subnormals, infinities and NaN included), in a strided view."""
+    """Every float16 value (subnormals, infinities and NaN included), from a strided view and
+    from a read-only array (as a memory map gives)."""
     every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
     got = as_float32(every[:, ::2])
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, every[:, ::2].astype(np.float32))
+    every.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is handed read-only memory
+        np.testing.assert_array_equal(as_float32(every), every.astype(np.float32))
