@@ -164,7 +164,7 @@ def project(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _project(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((len(vectors), len(b)), np.float32)
     for start in range(0, len(vectors), 4096):  # float16 inputs converted a block at a time
-        block = np.asarray(vectors[start : start + 4096], np.float32)
+        block = as_float32(vectors[start : start + 4096])
         out[start : start + len(block)] = block @ a.T + b
     return out
 
