@@ -187,14 +187,21 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
         raise ImageError(
             f"corrupt or truncated {fmt.upper()} image: its header does not give its size"
         )
+    flags = cv2.IMREAD_COLOR  # applies the EXIF orientation (JPEG, PNG, WebP, TIFF)
     if size[0] * size[1] > limits.max_pixels:
-        raise ImageError(
-            f"image has too many pixels: {size[0]}x{size[1]} > limit {limits.max_pixels}"
-        )
+        # A JPEG of up to twice the limit (a 48 or 64 MP phone photo) is decoded at half size
+        # by libjpeg's DCT scaling, which never holds the full-size pixels; queries are brought
+        # to the map's far smaller scale anyway (core/querysize.py). No further: a progressive
+        # JPEG's coefficients are held whole, so what it claims still bounds its memory.
+        if fmt != "jpeg" or size[0] * size[1] > 2 * limits.max_pixels:
+            raise ImageError(
+                f"image has too many pixels: {size[0]}x{size[1]} > limit {limits.max_pixels}"
+            )
+        flags = cv2.IMREAD_REDUCED_COLOR_2
     # libjpeg decodes a truncated file without complaint (grey bottom rows): demand the EOI marker.
     if fmt == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         raise ImageError("corrupt or truncated JPEG image: no end-of-image marker")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None:
         raise ImageError(f"corrupt or truncated {fmt.upper()} image: it could not be decoded")
     h, w = image.shape[:2]

@@ -37,6 +37,7 @@ from core.finestage import (
 from core.images import read_image
 from core.mapstore import FINE_SET, ReferenceMap, append_features
 from core.placement import Link, PlacementConfig, place_query
+from core.querysize import to_map_scale
 from core.types import CandidateResult, Estimate, Features, LocalisationResult, Matches
 from core.verify import VerifyConfig, verify
 
@@ -273,6 +274,7 @@ class Localiser:
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
+        image, scale = self.to_map_scale(image, opts)
         query = self.extractor.extract(image)
         timings["extract"] = time.perf_counter() - t0
 
@@ -313,7 +315,16 @@ class Localiser:
             timings["place"] = time.perf_counter() - t0
         if calibrated:
             estimate = self._calibrated(estimate, "fine" if fine else "coarse")
-        return LocalisationResult(estimate, candidates + fine, timings, opts.model_dump())
+        return LocalisationResult(
+            estimate, candidates + fine, timings, opts.model_dump(), query.image_size, scale
+        )
+
+    def to_map_scale(self, image: np.ndarray, opts: LocaliseOptions) -> tuple[np.ndarray, float]:
+        """The query photo at the scale of this map's references, and the factor applied: what
+        every stage extracts from (core/querysize.py). A job's ``query_camera`` scales by the
+        ratio of focal lengths where the map records its camera; otherwise by size."""
+        camera = self.map.camera if opts.query_camera is not None else None
+        return to_map_scale(image, self.map.reference_size, opts.query_camera, camera)
 
     def _calibrated(self, estimate: Estimate, path: str) -> Estimate:
         """The confidence as P(error < 5) and the localised call, by the curves fitted on the

@@ -327,6 +327,11 @@ class FeatureSet:
     def has(self, i: int) -> bool:
         return bool(self._part[i] >= 0)
 
+    def image_sizes(self) -> np.ndarray:
+        """(K, 2) width and height of the photo of each reference in this set (from memory)."""
+        rows = [part["sizes"][self._row[self._part == k]] for k, part in enumerate(self._parts)]
+        return np.concatenate(rows).reshape(-1, 2) if rows else np.empty((0, 2), np.int32)
+
     def count(self) -> int:
         """References that have features in this set."""
         return int((self._part >= 0).sum())
@@ -410,6 +415,17 @@ class ReferenceMap:
     @property
     def retrieval_dir(self) -> Path:
         return self.path / "retrieval"
+
+    @cached_property
+    def reference_size(self) -> tuple[int, int] | None:
+        """The (width, height) most of the map's reference photos were extracted at: the scale
+        queries are brought to (core/querysize.py); None for a map with no references."""
+        sizes = self.features.image_sizes()
+        if not len(sizes):
+            return None
+        values, counts = np.unique(sizes, axis=0, return_counts=True)
+        w, h = values[int(np.argmax(counts))]
+        return int(w), int(h)
 
     @cached_property
     def camera(self) -> Camera | None:

@@ -157,3 +157,7 @@ class LocalisationResult:
     candidates: list[CandidateResult]
     timings: dict[str, float]  # seconds per stage
     config: dict
+    # The (width, height) the query was extracted at, and the factor that brought the photo
+    # there from its own size (core/querysize.py): keypoints are in that frame.
+    query_size: tuple[int, int] | None = None
+    query_scale: float = 1.0

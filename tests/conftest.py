@@ -63,3 +63,31 @@ def scene(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scene")
     generate_dataset(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def scene_xfeat_map(scene: Path, tmp_path_factory) -> Path:
+    """The scene's references as an XFeat + VLAD map (the default preset), built once per
+    session; tests that change a map take their own copy with :func:`copy_scene_map`."""
+    from core.mapbuild import build_map, read_positions_csv
+    from core.mapstore import MapStore
+
+    root = tmp_path_factory.mktemp("scene-maps")
+    entries = read_positions_csv(scene / "references.csv", scene / "images")
+    build_map(MapStore(root), "scene", entries, "xfeat", retriever_name="vlad")
+    return root
+
+
+@pytest.fixture(scope="session")
+def copy_scene_map(scene_xfeat_map: Path, tmp_path_factory):
+    """``copy_scene_map()`` -> a MapStore holding a private copy of the scene map."""
+    import shutil
+
+    from core.mapstore import MapStore
+
+    def copy() -> MapStore:
+        root = tmp_path_factory.mktemp("scene-map-copy")
+        shutil.copytree(scene_xfeat_map / "scene", root / "scene")
+        return MapStore(root)
+
+    return copy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -61,7 +63,7 @@ def test_decompression_bomb_is_refused_from_the_header():
 def test_jpeg_header_size_is_read_for_bombs():
     data = _encode(".jpg", 300, 400)
     with pytest.raises(ImageError, match="400x300"):
-        decode_image(data, ImageLimits(max_pixels=400 * 300 - 1))
+        decode_image(data, ImageLimits(max_pixels=400 * 300 // 2 - 1))
 
 
 def test_tiny_images_are_refused():
@@ -78,3 +80,22 @@ def test_sniff_format():
     assert sniff_format(_encode(".jpg")) == "jpeg"
     assert sniff_format(_encode(".png")) == "png"
     assert sniff_format(b"RIFF\x00\x00\x00\x00WAVE") is None
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_at_half_size_upright():
+    """A 48 MP phone photo against a 40 MP limit: decoded at half size (libjpeg's DCT
+    scaling), its EXIF orientation applied; twice the limit and more is still refused."""
+    from PIL import Image
+
+    stored = np.zeros((400, 300, 3), np.uint8)  # a sideways photo: 300 wide, 400 high
+    stored[:40] = 255  # its top rows are the upright photo's right-hand columns
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    data = out.getvalue()
+    image = decode_image(data, ImageLimits(max_pixels=400 * 300 // 2 + 100))
+    assert image.shape == (150, 200, 3)
+    assert image[:, -18:].mean() > 200 and image[:, :150].mean() < 30
+    with pytest.raises(ImageError, match="too many pixels: 300x400"):
+        decode_image(data, ImageLimits(max_pixels=400 * 300 // 2 - 100))
