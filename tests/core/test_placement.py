@@ -15,10 +15,10 @@ from core.camera import Camera
 from core.errors import InputError
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
-from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
 from core.placement import Link, place_query
 from core.synthetic import FOV_DEG as SCENE_FOV_DEG
+from core.synthetic import make_world, render_view
 from core.verify import VerifyConfig, verify
 from tests.support.paths import GETTY
 
@@ -72,11 +72,8 @@ def test_placement_options_are_validated() -> None:
 
 
 @pytest.fixture(scope="module")
-def scene_map(scene: Path, tmp_path_factory) -> MapStore:
-    store = MapStore(tmp_path_factory.mktemp("placement") / "maps")
-    entries = read_positions_csv(scene / "references.csv", scene / "images")
-    build_map(store, "scene", entries, "xfeat", retriever_name="vlad")
-    return store
+def scene_map(copy_scene_map) -> MapStore:
+    return copy_scene_map()  # the tests here set and clear its camera
 
 
 def _queries(scene: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,23 +98,42 @@ def test_a_map_records_its_camera(scene_map: MapStore) -> None:
     assert scene_map.open("scene").camera is None
 
 
+def _random_views(n: int, seed: int = 7):
+    """``n`` photos of the scene from random free positions inside the reference grid, random
+    headings, with the mild photometric change of a query (core.synthetic.render_view)."""
+    world = make_world(0)  # the scene fixture's world
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array([5.0, 5.0]), np.array([55.0, 35.0])  # the grid's span (6 x 4, 10 apart)
+    while n:
+        x, y = rng.uniform(lo, hi)
+        if world.is_free(x, y):
+            n -= 1
+            yaw = float(rng.uniform(0, 360))
+            yield render_view(world, x, y, yaw, rng=rng), np.array([x, y])
+
+
 @pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
-def test_placement_puts_queries_between_references(scene_map: MapStore, scene: Path) -> None:
-    """The synthetic references stand on a ~10-unit grid, so copying or averaging their
-    positions leaves errors of a few units; geometry must do clearly better where it applies."""
+def test_placement_puts_queries_between_references(scene_map: MapStore) -> None:
+    """The synthetic references stand on a grid 10 units apart, so the reference-copying
+    estimate is off by ~5 units (L1) at a random spot; geometry must do clearly better where it
+    applies: on 20 random views (enough that the last bits of a CPU's kernels, AVX2 or
+    AVX-512, cannot flip the medians), it places most, improves on most it places, and its
+    median error is at most a quarter of the grid spacing. (Measured on an AVX-512 CPU: 16 of
+    20 placed, all improved, median 1.29 against 5.22.)"""
     scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
     loc = Localiser(scene_map.open("scene"))
     plain, placed = [], []
-    for image, truth in _queries(scene):
+    for image, truth in _random_views(20):
         before = loc.localise(image, LocaliseOptions(placement=False)).estimate
         after = loc.localise(image).estimate
         assert before.method == "cluster"
         if after.method == "cluster+placement":
             plain.append(_error(before, truth))
             placed.append(_error(after, truth))
-    assert len(placed) >= len(_queries(scene)) // 2
-    assert np.median(placed) < 0.5 * np.median(plain)
-    assert np.median(placed) < 1.5
+    assert len(placed) >= 10
+    assert np.mean(np.array(placed) < np.array(plain)) >= 0.75
+    assert np.median(placed) <= 0.6 * np.median(plain)
+    assert np.median(placed) <= 2.5
 
 
 @pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)
@@ -135,9 +151,11 @@ def test_a_wrong_camera_is_caught_by_the_sanity_check(scene_map: MapStore, scene
     are dropped (or stay near it), never thrown far away."""
     scene_map.set_camera("scene", Camera(fov_x_deg=SCENE_FOV_DEG))
     loc = Localiser(scene_map.open("scene"))
-    opts = LocaliseOptions(query_camera=Camera(fov_x_deg=150.0))
+    wrong = Camera(fov_x_deg=150.0)
+    opts = LocaliseOptions(query_camera=wrong)
     for image, _ in _queries(scene)[:4]:
-        plain = loc.localise(image, LocaliseOptions(placement=False)).estimate
+        # The same camera without placement: the query is scaled by it either way.
+        plain = loc.localise(image, LocaliseOptions(placement=False, query_camera=wrong)).estimate
         est = loc.localise(image, opts).estimate
         if plain.localised:
             assert abs(est.x - plain.x) + abs(est.y - plain.y) <= opts.placement_config().max_shift
