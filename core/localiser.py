@@ -38,7 +38,14 @@ from core.images import read_image
 from core.mapstore import FINE_SET, ReferenceMap, append_features
 from core.placement import Link, PlacementConfig, place_query
 from core.querysize import to_map_scale
-from core.types import CandidateResult, Estimate, Features, LocalisationResult, Matches
+from core.types import (
+    CandidateResult,
+    Estimate,
+    FeatureLookup,
+    Features,
+    LocalisationResult,
+    Matches,
+)
 from core.verify import VerifyConfig, verify
 
 # The matcher trained for each fine extractor's features.
@@ -166,6 +173,7 @@ class VerifiedMatches:
     matches: Matches
     inliers: np.ndarray  # (M,) bool over ``matches``
     verify_seconds: float
+    reference_keypoints: int
 
     @property
     def inlier_indices(self) -> np.ndarray:
@@ -218,14 +226,20 @@ class Localiser:
         return self.matcher(opts.matcher, opts.effective_matcher_conf(self.map.extractor["name"]))
 
     def match_and_verify(
-        self, query: Features, indices: Sequence[int] | np.ndarray, opts: LocaliseOptions
+        self,
+        query: Features,
+        indices: Sequence[int] | np.ndarray,
+        opts: LocaliseOptions,
+        features: FeatureLookup | None = None,
     ) -> tuple[list[VerifiedMatches], float]:
         """Match the query with the map's references ``indices`` and verify each pair, as a job
         does; also the seconds matching took. ``localise`` and ``core.draw`` both use this, so a
-        figure shows exactly the inliers a job counted."""
+        figure shows exactly the inliers a job counted. ``features`` (default: the map's) is
+        where the references' features are read."""
         matcher = self.job_matcher(opts)
         vconf = opts.verify_config()
-        refs = [self.map.features[i] for i in indices]
+        lookup = self.map.features if features is None else features
+        refs = [lookup[int(i)] for i in indices]
         t0 = time.perf_counter()
         all_matches = matcher.match_many(query, refs)
         match_s = time.perf_counter() - t0
@@ -241,7 +255,8 @@ class Localiser:
                 if opts.verify
                 else np.zeros(len(matches), bool)
             )
-            out.append(VerifiedMatches(int(i), matches, inliers, time.perf_counter() - t0))
+            seconds = time.perf_counter() - t0
+            out.append(VerifiedMatches(int(i), matches, inliers, seconds, len(ref)))
         return out, match_s
 
     def localise(
@@ -282,8 +297,11 @@ class Localiser:
         order, scores = self.retriever.shortlist(query, self.map, opts.top_k, hidden)
         timings["retrieve"] = time.perf_counter() - t0
 
+        # Each reference's features are read from the map once per job: placement reuses
+        # the shortlist's, and reads only the partners it adds.
+        features = _ReadOnce(self.map.features)
         t0 = time.perf_counter()
-        pairs, match_s = self.match_and_verify(query, order, opts)
+        pairs, match_s = self.match_and_verify(query, order, opts, features)
         timings["match"] = match_s
         timings["verify"] = time.perf_counter() - t0 - match_s
         per_pair_match_s = match_s / max(len(pairs), 1)
@@ -311,7 +329,7 @@ class Localiser:
         # Placement builds on verified inliers, so it needs verification.
         if opts.placement and opts.verify and estimate.localised and self.map.camera is not None:
             t0 = time.perf_counter()
-            estimate = self._place(query, estimate, links, matcher, opts, pconf, hidden)
+            estimate = self._place(query, estimate, links, matcher, opts, pconf, features, hidden)
             timings["place"] = time.perf_counter() - t0
         if calibrated:
             estimate = self._calibrated(estimate, "fine" if fine else "coarse")
@@ -450,6 +468,7 @@ class Localiser:
         matcher: Any,
         opts: LocaliseOptions,
         conf: PlacementConfig,
+        feats: FeatureLookup,
         hidden: np.ndarray | None = None,
     ) -> Estimate:
         """The estimate moved to where the geometry of its supporting views puts the query."""
@@ -457,7 +476,6 @@ class Localiser:
         query_camera = opts.query_camera or ref_camera
         assert ref_camera is not None and query_camera is not None
         assert estimate.x is not None and estimate.y is not None  # a localised estimate
-        feats = self.map.features
         placed = place_query(
             query,
             query_camera.matrix(query.image_size),
@@ -478,6 +496,19 @@ class Localiser:
         )
 
 
+class _ReadOnce:
+    """A job's view of a feature set: each reference read once, then served from memory."""
+
+    def __init__(self, source: FeatureLookup) -> None:
+        self._source = source
+        self._read: dict[int, Features] = {}
+
+    def __getitem__(self, i: int) -> Features:
+        if i not in self._read:
+            self._read[i] = self._source[i]
+        return self._read[i]
+
+
 def _candidate(
     ref_map: ReferenceMap,
     rank: int,
@@ -493,7 +524,7 @@ def _candidate(
         retrieval_rank=rank,
         retrieval_score=score,
         query_keypoints=len(query),
-        reference_keypoints=len(ref_map.features[i]),
+        reference_keypoints=pair.reference_keypoints,
         tentative_matches=len(matches),
         inliers=int(inl.sum()),
         mean_match_score=float(matches.scores[inl].mean()) if inl.any() else 0.0,
