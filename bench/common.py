@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.mapstore import MapStore, Reference, ReferenceMap, write_manifest, write_part
+from core.positions import position_key
 from tests.support.paths import GETTY, REPO  # noqa: F401 - re-exported for the scripts
 
 DEFAULT_OUT = REPO / "bench" / "out"
@@ -130,7 +131,7 @@ def spread_subset(ids: Sequence[str], positions: np.ndarray, n: int) -> list[str
     """``n`` references covering the map: whole positions (all their views), evenly spread."""
     groups: dict[tuple[float, float], list[str]] = {}
     for rid, (x, y) in zip(ids, positions, strict=True):
-        groups.setdefault((round(float(x), 6), round(float(y), 6)), []).append(rid)
+        groups.setdefault(position_key(x, y), []).append(rid)
     keys = list(groups)
     per_group = max(len(ids) // max(len(keys), 1), 1)
     wanted = min(-(-n // per_group), len(keys))

@@ -41,6 +41,7 @@ from core.heldout import sample_heldout
 from core.images import read_image
 from core.localiser import Localiser
 from core.mapstore import MapStore
+from core.positions import at_position, position_key
 
 KS = (1, 5, 20, 50)
 
@@ -164,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read {desc.shape} local descriptors in {time.perf_counter() - t0:.0f} s")
 
     held = sample_heldout(ref_map, args.heldout, seed=1)
-    held_keys = {tuple(np.round(pos[r], 6)) for r in held}
-    train_rows = np.array(
-        [i for i in range(len(pos)) if tuple(np.round(pos[i], 6)) not in held_keys]
-    )
+    held_keys = {position_key(*pos[r]) for r in held}
+    train_rows = np.array([i for i in range(len(pos)) if position_key(*pos[i]) not in held_keys])
     if args.clusters == 0:
         # Start from the map's own VLAD codebook: the head begins close to the retriever it
         # would replace, and training can only move it from there.
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for feats, truth, row in items:
             d, m = local_descriptors(feats, args.keypoints)
             q = describe(head, d[None], m[None])[0]
-            hidden = None if row is None else np.flatnonzero(np.abs(pos - pos[row]).sum(1) < 1e-6)
+            hidden = None if row is None else np.flatnonzero(at_position(pos, pos[row]))
             for name, ranked in shortlists(q, feats, hidden).items():
                 lists[name].append(ranked)
             truths.append(truth)

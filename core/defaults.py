@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from core.config import Conf
+from core.errors import InputError
 from core.verify import VerifyConfig
 
 
@@ -84,6 +85,19 @@ TOP_K = DEFAULT.top_k
 def preset_for(extractor: str, matcher: str) -> Preset | None:
     """The preset pairing this extractor with this matcher, if there is one."""
     return PRESETS.get(f"{extractor}+{matcher}")
+
+
+def fine_matcher(extractor: str) -> str:
+    """The matcher of a fine feature set of ``extractor`` (core/finestage.py): the one its
+    presets pair it with beyond the default's mutual NN, the learned matcher trained for it."""
+    paired = [p.matcher for p in PRESETS.values() if p.extractor == extractor]
+    learned = [m for m in paired if m != DEFAULT.matcher]
+    if not paired:
+        raise InputError(
+            f"no matcher is paired with {extractor!r} features; "
+            f"extractors with one: {', '.join(sorted({p.extractor for p in PRESETS.values()}))}"
+        )
+    return (learned or paired)[0]
 
 
 # "fast" (the coarse stage alone) or "accurate" (the coarse-to-fine cascade, core/finestage.py)

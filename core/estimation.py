@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from core.config import Conf
+from core.positions import position_key
 from core.types import CandidateResult, Estimate
 
 # An estimator's conf: its typed Conf, or a dict merged over that Conf's defaults.
@@ -74,7 +75,7 @@ def position_evidence(
         e = max(c.inliers - inlier_floor, 0.0)
         if e <= 0:
             continue
-        key = (round(c.position[0], 6), round(c.position[1], 6))
+        key = position_key(*c.position)
         total, ids = by_pos.get(key, (0.0, []))
         by_pos[key] = (total + e, [*ids, c.reference_id])
     if not by_pos:

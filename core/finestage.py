@@ -25,6 +25,7 @@ from pydantic import Field
 from core.config import Conf
 from core.estimation import inlier_confidence
 from core.matching.base import Matcher
+from core.positions import position_key
 from core.types import CandidateResult, Features
 from core.verify import VerifyConfig, verify
 
@@ -57,7 +58,7 @@ def top_places(
         return []
     by_key: dict[tuple[float, float], list[CandidateResult]] = {}
     for c in candidates:
-        by_key.setdefault((round(c.position[0], 6), round(c.position[1], 6)), []).append(c)
+        by_key.setdefault(position_key(*c.position), []).append(c)
     keys = list(by_key)
     xy = np.array(keys, np.float64)
     pooled = np.array(

@@ -23,7 +23,7 @@ from core import registry
 from core.calibration import calibrate
 from core.camera import Camera
 from core.config import Conf, error_text
-from core.defaults import DEFAULT, DEFAULT_PROFILE, Profile, preset_for
+from core.defaults import DEFAULT, DEFAULT_PROFILE, Profile, fine_matcher, preset_for
 from core.errors import ImageError, InputError, MapError
 from core.estimation import ESTIMATORS
 from core.finestage import (
@@ -47,9 +47,6 @@ from core.types import (
     Matches,
 )
 from core.verify import VerifyConfig, verify
-
-# The matcher trained for each fine extractor's features.
-FINE_MATCHERS = {"aliked": "lightglue", "disk": "lightglue", "superpoint": "superglue"}
 
 
 class LocaliseOptions(BaseModel):
@@ -372,7 +369,7 @@ class Localiser:
             ident = self.map.fine_extractor
             assert ident is not None
             extractor = registry.create_extractor(ident["name"], ident.get("conf"), self.device)
-            matcher = registry.create_matcher(FINE_MATCHERS[ident["name"]], {}, self.device)
+            matcher = registry.create_matcher(fine_matcher(ident["name"]), {}, self.device)
             if not matcher.accepts(ident["name"]):
                 raise MapError(f"no fine matcher for {ident['name']!r} features")
             self._fine = (extractor, matcher)

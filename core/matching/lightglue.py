@@ -30,6 +30,7 @@ from kornia.feature import LightGlue
 from pydantic import Field, field_validator
 
 from core import config
+from core.arrays import as_float32
 from core.matching.base import Matcher
 from core.types import Features, Matches
 from core.weights import WeightFile, WeightsError, load_checkpoint, load_strict, locate
@@ -133,7 +134,7 @@ class _GlueMatcher(Matcher):
         dev = self.torch_device
         kpts = torch.from_numpy(np.ascontiguousarray(f.keypoints, np.float32)).to(dev)
         # Maps store descriptors as float16: the model runs in float32.
-        desc = torch.from_numpy(np.ascontiguousarray(f.descriptors, np.float32)).to(dev)
+        desc = torch.from_numpy(as_float32(f.descriptors)).to(dev)
         size = torch.tensor(f.image_size, dtype=torch.float32, device=dev)
         return kpts, desc, size
 

@@ -27,6 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from core import config
+from core.arrays import as_float32
 from core.features.superpoint import where_from
 from core.matching.base import Matcher
 from core.types import Features, Matches
@@ -268,7 +269,7 @@ class SuperGlueMatcher(Matcher):
         kpts = torch.from_numpy(np.asarray(f.keypoints, dtype=np.float32))
         kpts = normalise_keypoints(kpts, f.image_size)
         scores = torch.from_numpy(np.asarray(f.scores, dtype=np.float32))
-        desc = torch.from_numpy(np.asarray(f.descriptors, dtype=np.float32)).T
+        desc = torch.from_numpy(as_float32(f.descriptors)).T
         return kpts, scores, desc
 
     @torch.inference_mode()

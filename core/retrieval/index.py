@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from core.arrays import as_float32
 from core.flatfile import read_arrays, read_rows, write_arrays
 
 INDEX_MIN_REFERENCES = 20_000
@@ -182,13 +182,3 @@ def exact_scores(blocks: list[np.ndarray], query: np.ndarray, rows: int = 256) -
             out[at : at + len(chunk)] = chunk @ q
             at += len(chunk)
     return out
-
-
-def as_float32(array: np.ndarray) -> np.ndarray:
-    """``array`` as float32. NumPy converts float16 element by element (4-8x slower than the
-    product it feeds on a 6000-reference map); torch's conversion is vectorised and exact, so
-    the scores are the same."""
-    if array.dtype == np.float16:
-        # torch shares the array's memory: it must be contiguous and writable (a copy if not).
-        return torch.from_numpy(np.require(array, requirements=["C", "W"])).float().numpy()
-    return np.asarray(array, np.float32)

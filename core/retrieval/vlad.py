@@ -33,14 +33,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from core import config
+from core.arrays import as_float32
 from core.errors import MapError
 from core.flatfile import read_arrays, release_pages, take_rows, write_arrays
+from core.positions import position_groups
 from core.retrieval.base import Retriever
 from core.retrieval.index import (
     INDEX_MIN_REFERENCES,
     CompressedIndex,
     IndexConfig,
-    as_float32,
     exact_scores,
     project,
 )
@@ -228,7 +229,7 @@ class VladRetriever(Retriever):
             )
         index_file = state["index_file"]
         self.index = CompressedIndex.load(out / index_file) if index_file else None
-        self._position_groups = _position_groups(ref_map.positions)
+        self._position_groups = position_groups(ref_map.positions)
 
     def release_pages(self) -> None:
         release_pages(self.blocks)
@@ -390,11 +391,3 @@ def _rows_from(blocks: list[np.ndarray], first: int):
         if start + len(block) > first:
             yield block[max(first - start, 0) :]
         start += len(block)
-
-
-def _position_groups(positions: np.ndarray) -> np.ndarray:
-    """Group id per reference: references with the same (x, y) share a group."""
-    if len(positions) == 0:
-        return np.zeros(0, np.int64)
-    _, groups = np.unique(np.round(positions, 6), axis=0, return_inverse=True)
-    return groups.ravel().astype(np.int64)

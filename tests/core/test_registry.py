@@ -42,3 +42,15 @@ def test_created_plug_ins_carry_their_merged_options():
     sift = registry.create_extractor("sift", {"max_keypoints": 123})
     assert sift.conf["max_keypoints"] == 123 and sift.device == "cpu"
     assert registry.create_matcher("mnn").accepts("sift")
+
+
+def test_every_extractor_has_a_fine_matcher_that_accepts_it() -> None:
+    """One home for "which matcher a fine feature set takes" (core.defaults.fine_matcher): an
+    XFeat fine set used to fail a job as "internal error: KeyError"."""
+    from core.defaults import fine_matcher
+
+    for extractor in registry.EXTRACTORS:
+        matcher = fine_matcher(extractor)
+        compatible = registry.matcher_class(matcher).compatible_extractors
+        assert compatible is None or extractor in compatible, (extractor, matcher)
+    assert fine_matcher("aliked") == "lightglue" and fine_matcher("xfeat") == "lighterglue"

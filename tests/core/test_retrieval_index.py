@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 
+from core.arrays import as_float32
 from core.retrieval.index import (
     CompressedIndex,
     IndexConfig,
-    as_float32,
     exact_scores,
     project,
 )
