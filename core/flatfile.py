@@ -45,7 +45,7 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     offset = 0
     prepared = {}
     for name, arr in arrays.items():
-        a = np.ascontiguousarray(arr)
+        a = np.require(arr, requirements="C")  # ascontiguousarray would make 0-d arrays 1-d
         if a.dtype.hasobject:
             raise TypeError(f"array {name!r}: object arrays cannot be stored flat")
         offset = -(-offset // _ALIGN) * _ALIGN

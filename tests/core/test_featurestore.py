@@ -11,14 +11,7 @@ import numpy as np
 import pytest
 
 from core.errors import MapError
-from core.flatfile import (
-    FlatFileError,
-    read_arrays,
-    read_rows,
-    release_pages,
-    take_rows,
-    write_arrays,
-)
+from core.flatfile import read_arrays, release_pages
 from core.mapstore import (
     MapStore,
     Reference,
@@ -107,17 +100,6 @@ def test_rewriting_a_named_part_replaces_it(tmp_path):
     assert not list((path / "parts").glob(".*")), "no temporary files left"
 
 
-def test_a_truncated_part_is_refused(tmp_path):
-    good = write_arrays(tmp_path / "a.arr", {"x": np.arange(1000, dtype=np.float32)})
-    data = good.read_bytes()
-    (tmp_path / "cut.arr").write_bytes(data[: len(data) // 2])
-    with pytest.raises(FlatFileError, match="truncated"):
-        read_arrays(tmp_path / "cut.arr")
-    (tmp_path / "junk.arr").write_bytes(b"not a part")
-    with pytest.raises(FlatFileError, match="not a flat array file"):
-        read_arrays(tmp_path / "junk.arr")
-
-
 def test_features_are_read_through_the_page_cache_not_loaded(tmp_path):
     """Opening a map maps its parts: a process's private memory does not grow with them."""
     rng = np.random.default_rng(3)
@@ -167,24 +149,6 @@ def test_feature_reads_map_nothing_and_release_unmaps_what_was_touched(tmp_path)
     _same(ref_map.features[7], feats)  # read again from the page cache
 
 
-def test_rows_read_with_pread_equal_the_mapped_rows(tmp_path):
-    rng = np.random.default_rng(5)
-    a = rng.normal(size=(100, 7)).astype(np.float16)
-    c = rng.normal(size=(30, 4, 3)).astype(np.float32)
-    write_arrays(tmp_path / "x.arr", {"a": a, "b": np.arange(50), "c": c})
-    r = read_arrays(tmp_path / "x.arr")
-    np.testing.assert_array_equal(read_rows(r["a"], 10, 20), a[10:20])
-    np.testing.assert_array_equal(read_rows(r["b"], 3), [3])
-    np.testing.assert_array_equal(read_rows(r["c"], 28, 40), c[28:])  # clipped at the end
-    assert read_rows(r["a"], 5, 5).shape == (0, 7)
-    rows = np.array([5, 3, 4, 99, 0, 3])  # unsorted, repeated
-    np.testing.assert_array_equal(take_rows(r["a"], rows), a[rows])
-    np.testing.assert_array_equal(take_rows(r["a"][10:], np.array([0, 5])), a[[10, 15]])
-    np.testing.assert_array_equal(take_rows(a, np.array([1, 2])), a[[1, 2]])  # in memory
-    with pytest.raises(IndexError):
-        take_rows(r["a"], np.array([100]))
-
-
 def test_a_format_1_map_is_refused_then_upgraded(tmp_path):
     rng = np.random.default_rng(4)
     path = tmp_path / "maps" / "old"
@@ -212,3 +176,43 @@ def test_a_format_1_map_is_refused_then_upgraded(tmp_path):
     assert ref_map.ids == ["a", "b"] and not list((path / "parts").glob("*.h5"))
     for rid, feats in written.items():
         _same(ref_map.features[ref_map.index[rid]], feats)
+
+
+_FILL = """
+import sys
+import numpy as np
+from core.mapstore import append_features
+from core.types import Features
+
+rng = np.random.default_rng(int(sys.argv[2]))
+items = [
+    (rid, Features(rng.uniform(0, 9, (20, 2)).astype(np.float32),
+                   rng.normal(size=(20, 16)).astype(np.float32),
+                   np.ones(20, np.float32), (64, 48)))
+    for rid in ("r00", "r01", "r02", "r03")
+]
+for _ in range(20):
+    append_features(sys.argv[1], "fine", items)
+"""
+
+
+def test_two_workers_filling_the_same_fine_features_at_once(tmp_path):
+    """Two processes extract the same references' fine features when a query first needs
+    them (core.localiser's _fill_fine) and store them at the same moment: every part is
+    whole, each reference reads back complete features from one of them, and a reader that
+    opened the map before sees them after a refresh."""
+    store, _ = _map(tmp_path)
+    early = store.open("m").feature_set("fine")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _FILL, str(store.path("m")), str(seed)])
+        for seed in (1, 2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert early.refresh() == 40 and early.count() == 4
+    fine = store.open("m").feature_set("fine")
+    assert fine.count() == 4 and not fine.has(4)
+    for i in range(4):
+        f = fine[i]
+        assert len(f) == 20 and f.descriptors.shape == (20, 16) and f.image_size == (64, 48)
+    parts = list((store.path("m") / "sets" / "fine").iterdir())
+    assert len(parts) == 40 and all(p.suffix == ".feat" for p in parts)  # no temporaries

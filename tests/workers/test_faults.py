@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import queries
 from tests.support.faults import (
@@ -227,7 +227,7 @@ def test_sqlite_lock_and_pg_disconnect_are_transient(tmp_path):
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
             proxy.cut()
-            with pytest.raises(Exception) as dropped:
+            with pytest.raises(DBAPIError) as dropped:
                 conn.execute(text("SELECT 1"))
         assert is_transient(dropped.value), type(dropped.value)
         engine.dispose()
