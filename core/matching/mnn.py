@@ -12,7 +12,7 @@ from core.matching.base import Matcher
 from core.types import Features, Matches
 
 # References per batched similarity product: a few 1024x1024 blocks stay in the CPU's cache,
-# which measured ~2x faster per pair than 16 or more at a time (bench/accuracy.py, 2-core EPYC).
+# which measured faster per pair than 16 or more at a time (bench/accuracy.py).
 BATCH = 4
 
 
@@ -52,7 +52,7 @@ class MutualNearestNeighbour(Matcher):
                 sim[row, :, n:] = -torch.inf  # padding is no neighbour
             top2 = sim.topk(2, dim=2)
             # Each reference descriptor's best similarity to the query. amax over this axis is
-            # ~15x faster than argmax, and the value identifies the mutual pair just as well.
+            # far faster than argmax, and the value identifies the mutual pair just as well.
             ref_best = sim.amax(dim=1)
             for row, i in enumerate(group):
                 out[i] = self._select(top2.values[row], top2.indices[row, :, 0], ref_best[row])

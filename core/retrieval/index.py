@@ -16,10 +16,10 @@ the full descriptors stay on disk, shared through the page cache. Adding referen
 adds them (``add``) without retraining; retrain when the map has grown well past the sample the
 index was trained on (the VLAD retriever does at ``refit_growth``).
 
-Switch-over: exact ranking costs one pass over N full descriptors per query (linear: about
-9 ms per 1000 references of 16384-D float16 VLAD on this 2-core CPU, see BENCHMARKS.md), the
+Switch-over: exact ranking costs one pass over N full descriptors per query (linear in N), the
 index a near-constant few milliseconds plus the re-ranking reads; ``INDEX_MIN_REFERENCES`` is
-where the exact pass passes ~150 ms.
+where the exact pass became the slower (bench/scale.py measures both; BENCHMARKS.md has the
+figures of each run).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ INDEX_MIN_REFERENCES = 20_000
 
 @dataclass(frozen=True)
 class IndexConfig:
-    # Measured on Getty + distractors up to 1,000,000 (BENCHMARKS.md, "Scale (issue 14)"):
-    # 512 PCA outputs rank true references far better than 256 (worst exact top-50 hit at
-    # 100,000: index rank 47 against 196), 128 PQ bytes keep most of that (64 lose it).
+    # Chosen with bench/scale.py on Getty + distractors up to 1,000,000 references (figures:
+    # BENCHMARKS.md, "Scale (issue 14)"): 512 PCA outputs rank the true references far better
+    # than 256, and 128 PQ bytes keep most of that where 64 lose it.
     dim: int = 512  # PCA outputs
     m: int = 128  # PQ bytes per reference
     nprobe: int = 64
