@@ -25,11 +25,13 @@ demo: install
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Style and a static type check (mypy, configured in pyproject.toml: core, db, workers, cli, api).
+# Style, a static type check (mypy, configured in pyproject.toml: core, db, workers, cli, api)
+# and the layering contract (import-linter: core < db < workers < api < cli).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) featureloc-data
