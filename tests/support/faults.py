@@ -281,11 +281,13 @@ def stack(
     scene: Path,
     backend: str = "postgres",
     broker_url: str | None = None,
+    sift_conf: dict | None = None,
     **overrides: str,
 ) -> Iterator[Stack]:
     """Database (fresh PostgreSQL schema or SQLite file), tiny map registered, env for workers.
 
-    ``overrides`` are extra ``FEATURELOC_*`` settings (lower-case names without the prefix).
+    ``sift_conf`` configures the map's extractor; ``overrides`` are extra ``FEATURELOC_*``
+    settings (lower-case names without the prefix).
     """
     db_ctx = (
         postgres_schema()
@@ -299,7 +301,7 @@ def stack(
         env.update({f"FEATURELOC_{k.upper()}": str(v) for k, v in overrides.items()})
         settings = service_settings(env)
         init_db(db_url)
-        register_scene_map(settings, scene, "tiny")
+        register_scene_map(settings, scene, "tiny", sift_conf)
         yield Stack(tmp, db_url, env, settings, scene)
 
 

@@ -64,11 +64,19 @@ def service_settings(env: Mapping[str, str]) -> Settings:
     return Settings(**values)
 
 
-def register_scene_map(settings: Settings, scene: Path, name: str = "scene") -> None:
+def register_scene_map(
+    settings: Settings, scene: Path, name: str = "scene", sift_conf: dict | None = None
+) -> None:
     """The synthetic scene's references as an exhaustive SIFT map, recorded in the database:
     every reference is matched, so the service tests can check ranks and rows exactly."""
     from workers.maps import build_and_register
 
     build_and_register(
-        settings, name, scene / "images", scene / "references.csv", "sift", retriever="exhaustive"
+        settings,
+        name,
+        scene / "images",
+        scene / "references.csv",
+        "sift",
+        extractor_conf=sift_conf,
+        retriever="exhaustive",
     )

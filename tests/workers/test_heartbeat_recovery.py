@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 
 from core.settings import Settings
@@ -26,9 +25,18 @@ from tests.support.faults import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+# A job that takes seconds on its own merits, a window to kill a worker in: the map's
+# references and the query are 1280x960 (queries are brought to the map's scale, so an
+# enlarged query would not do) with up to 8000 SIFT keypoints each (about 5 s per job on a
+# 2-core CPU; the map builds in about 5 s).
+SLOW_SIFT = {"max_keypoints": 8000}
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return make_tiny_scene(tmp_path_factory.mktemp("heartbeat-scene"), num_queries=1)
+    return make_tiny_scene(
+        tmp_path_factory.mktemp("heartbeat-scene"), num_queries=1, size=(1280, 960)
+    )
 
 
 @pytest.fixture
@@ -38,22 +46,19 @@ def redis(tmp_path):
     server.stop()
 
 
-def _upscaled_query(scene: Path, size: tuple[int, int]) -> bytes:
-    """A query upscaled so that SIFT takes seconds: a window to kill a worker in."""
-    image = cv2.resize(cv2.imread(str(query_images(scene)[0])), size)
-    ok, data = cv2.imencode(".jpg", image)
-    assert ok
-    return data.tobytes()
+def _slow_query(scene: Path) -> bytes:
+    return query_images(scene)[0].read_bytes()
 
 
 def test_a_dead_workers_job_is_done_within_a_minute_by_default(tmp_path, scene, redis):
     defaults = Settings()
     assert defaults.stale_after + defaults.stale_check_interval <= 45, "the promise of the README"
-    with stack(tmp_path, scene, broker_url=redis.url) as st:  # default recovery settings
+    # The default recovery settings.
+    with stack(tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT) as st:
         workers = [st.worker("a").start(), st.worker("b").start()]
         client, db = st.client(), st.db()
         try:
-            job_id = client.submit(_upscaled_query(scene, (2000, 1500)), "tiny", JOB_OPTIONS)
+            job_id = client.submit(_slow_query(scene), "tiny", JOB_OPTIONS)
             pid = int(wait_running(db, job_id).rsplit(":", 1)[1])
             (victim,) = [w for w in workers if pid in pool_children(w.proc.pid)]
             kill_tree(victim.proc.pid)
@@ -71,15 +76,22 @@ def test_a_dead_workers_job_is_done_within_a_minute_by_default(tmp_path, scene, 
 
 
 def test_a_long_job_on_a_live_worker_is_not_sent_twice(tmp_path, scene, redis):
-    """Heartbeats every 0.25 s, stale after 1.5 s, checks every 0.5 s; the job runs for several
+    """Heartbeats every 0.2 s, stale after 1 s, checks every 0.4 s; the job runs for several
     times that. The old rule (stale a fixed time after the start) would have re-sent it."""
-    stale_after = 1.5
-    fast = {"heartbeat_interval": "0.25", "stale_after": str(stale_after)}
-    with stack(tmp_path, scene, broker_url=redis.url, stale_check_interval="0.5", **fast) as st:
+    stale_after = 1.0
+    fast = {"heartbeat_interval": "0.2", "stale_after": str(stale_after)}
+    with stack(
+        tmp_path,
+        scene,
+        broker_url=redis.url,
+        sift_conf=SLOW_SIFT,
+        stale_check_interval="0.4",
+        **fast,
+    ) as st:
         workers = [st.worker("a").start(), st.worker("b").start()]
         client, db = st.client(), st.db()
         try:
-            job_id = client.submit(_upscaled_query(scene, (5000, 3750)), "tiny", JOB_OPTIONS)
+            job_id = client.submit(_slow_query(scene), "tiny", JOB_OPTIONS)
             result = client.wait(job_id, timeout=180)
             assert result.status == "done"
             ran = (result.finished_at - result.started_at).total_seconds()
