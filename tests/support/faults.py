@@ -237,6 +237,17 @@ def make_tiny_scene(
     return out
 
 
+# A job that takes seconds on its own merits, a window to kill a worker in: references and
+# query at 1280x960 (queries are brought to the map's scale, so an enlarged query would not
+# do) with up to 8000 SIFT keypoints each, about 5 s per job on a 2-core CPU (the map builds
+# in about 5 s). Use ``make_slow_scene`` with ``stack(..., sift_conf=SLOW_SIFT)``.
+SLOW_SIFT = {"max_keypoints": 8000}
+
+
+def make_slow_scene(out: Path) -> Path:
+    return make_tiny_scene(out, num_queries=1, size=(1280, 960))
+
+
 def query_images(scene: Path) -> list[Path]:
     return sorted((scene / "images").glob("query_*.jpg"))
 

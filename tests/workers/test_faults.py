@@ -22,11 +22,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from db import queries
 from tests.support.faults import (
     JOB_OPTIONS,
+    SLOW_SIFT,
     PrivateRedis,
     TcpProxy,
     duplicate_candidates,
     job_summary,
     kill_tree,
+    make_slow_scene,
     make_tiny_scene,
     orphan_candidates,
     pool_children,
@@ -64,20 +66,19 @@ def redis(tmp_path):
     server.stop()
 
 
-def _big_query(scene: Path) -> bytes:
-    """A query upscaled to 2000x1500: about a second of SIFT, a window to kill the worker in."""
-    image = cv2.imread(str(query_images(scene)[0]))
-    ok, data = cv2.imencode(".jpg", cv2.resize(image, (2000, 1500)))
-    assert ok
-    return data.tobytes()
+@pytest.fixture(scope="module")
+def slow_scene(tmp_path_factory) -> Path:
+    """A scene whose jobs take seconds (``SLOW_SIFT``): a window to kill the worker in."""
+    return make_slow_scene(tmp_path_factory.mktemp("slow-scene"))
 
 
-def test_pool_process_killed_mid_job_is_redelivered_once(tmp_path, scene, redis):
-    with stack(tmp_path, scene, broker_url=redis.url, **FAST_RECOVERY) as st:
+def test_pool_process_killed_mid_job_is_redelivered_once(tmp_path, slow_scene, redis):
+    scene = slow_scene
+    with stack(tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **FAST_RECOVERY) as st:
         worker = st.worker().start()
         client, db = st.client(), st.db()
         try:
-            job_id = client.submit(_big_query(scene), "tiny", JOB_OPTIONS)
+            job_id = client.submit(query_images(scene)[0].read_bytes(), "tiny", JOB_OPTIONS)
             victim = wait_running(db, job_id)
             os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)
 
@@ -94,13 +95,14 @@ def test_pool_process_killed_mid_job_is_redelivered_once(tmp_path, scene, redis)
             worker.stop()
 
 
-def test_whole_worker_killed_then_recovered(tmp_path, scene, redis):
+def test_whole_worker_killed_then_recovered(tmp_path, slow_scene, redis):
     """SIGKILL of the main process too: nobody rejects the message, it waits unacknowledged in
     Redis until the visibility timeout. ``featureloc jobs recover`` re-sends it at once."""
-    with stack(tmp_path, scene, broker_url=redis.url, **FAST_RECOVERY) as st:
+    scene = slow_scene
+    with stack(tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **FAST_RECOVERY) as st:
         worker = st.worker("first").start()
         client, db = st.client(), st.db()
-        job_id = client.submit(_big_query(scene), "tiny", JOB_OPTIONS)
+        job_id = client.submit(query_images(scene)[0].read_bytes(), "tiny", JOB_OPTIONS)
         victim = wait_running(db, job_id)
         kill_tree(worker.proc.pid)
         worker.stop()

@@ -13,9 +13,10 @@ from core.settings import Settings
 from db import queries
 from tests.support.faults import (
     JOB_OPTIONS,
+    SLOW_SIFT,
     PrivateRedis,
     kill_tree,
-    make_tiny_scene,
+    make_slow_scene,
     pool_children,
     query_images,
     stack,
@@ -25,18 +26,10 @@ from tests.support.faults import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-# A job that takes seconds on its own merits, a window to kill a worker in: the map's
-# references and the query are 1280x960 (queries are brought to the map's scale, so an
-# enlarged query would not do) with up to 8000 SIFT keypoints each (about 5 s per job on a
-# 2-core CPU; the map builds in about 5 s).
-SLOW_SIFT = {"max_keypoints": 8000}
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    return make_tiny_scene(
-        tmp_path_factory.mktemp("heartbeat-scene"), num_queries=1, size=(1280, 960)
-    )
+    """A scene whose jobs take seconds (``SLOW_SIFT``)."""
+    return make_slow_scene(tmp_path_factory.mktemp("heartbeat-scene"))
 
 
 @pytest.fixture
