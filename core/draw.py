@@ -96,9 +96,10 @@ def draw_figure(
             cv2.circle(canvas, (qx, qy), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
             cv2.circle(canvas, (rx, ry), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
         _text(canvas, top - HEADER, item.caption)
-    legend_y = height - FOOTER
-    cv2.line(canvas, (6, legend_y + FOOTER // 2), (40, legend_y + FOOTER // 2), MATCH_COLOUR, 2)
-    _text(canvas, legend_y, LEGEND, x=48)
+    if rows:
+        legend_y = height - FOOTER
+        cv2.line(canvas, (6, legend_y + FOOTER // 2), (40, legend_y + FOOTER // 2), MATCH_COLOUR, 2)
+        _text(canvas, legend_y, LEGEND, x=48)
     return canvas
 
 
