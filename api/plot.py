@@ -61,24 +61,10 @@ def job_plot_svg(
     step = tick_step(min(x_hi - x_lo, y_hi - y_lo))
     for value in ticks(x_lo, x_hi, step):
         cx, _ = px(value, y0)
-        out.append(
-            f'<line x1="{cx:.1f}" y1="{frame_bottom}" x2="{cx:.1f}" y2="{frame_bottom + 5}" '
-            'stroke="#888"/>'
-        )
-        out.append(
-            f'<text class="tick-x" x="{cx:.1f}" y="{frame_bottom + 17}" text-anchor="middle">'
-            f"{_number(value, step)}</text>"
-        )
+        out += _tick("x", value, step, (cx, frame_bottom), (0, 5), (cx, frame_bottom + 17))
     for value in ticks(y_lo, y_hi, step):
         _, cy = px(x0, value)
-        out.append(
-            f'<line x1="{frame_left - 5}" y1="{cy:.1f}" x2="{frame_left}" y2="{cy:.1f}" '
-            'stroke="#888"/>'
-        )
-        out.append(
-            f'<text class="tick-y" x="{frame_left - 7}" y="{cy + 4:.1f}" text-anchor="end">'
-            f"{_number(value, step)}</text>"
-        )
+        out += _tick("y", value, step, (frame_left, cy), (-5, 0), (frame_left - 7, cy + 4))
     out.append(
         f'<text class="axis-name" x="{(frame_left + WIDTH) / 2:.1f}" y="{frame_bottom + 31}" '
         'text-anchor="middle">x</text>'
@@ -121,6 +107,24 @@ def job_plot_svg(
     )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _tick(
+    axis: str,
+    value: float,
+    step: float,
+    at: tuple[float, float],
+    mark: tuple[float, float],
+    label: tuple[float, float],
+) -> list[str]:
+    """A tick mark on the frame at ``at`` (``mark`` long, outwards) and its label."""
+    anchor = "middle" if axis == "x" else "end"
+    return [
+        f'<line x1="{at[0]:.1f}" y1="{at[1]:.1f}" x2="{at[0] + mark[0]:.1f}" '
+        f'y2="{at[1] + mark[1]:.1f}" stroke="#888"/>',
+        f'<text class="tick-{axis}" x="{label[0]:.1f}" y="{label[1]:.1f}" '
+        f'text-anchor="{anchor}">{_number(value, step)}</text>',
+    ]
 
 
 def tick_step(span: float) -> float:
