@@ -21,7 +21,7 @@ import numpy as np
 
 from core.draw import FigureRow, KeptFigure, draw_figure, fit, pack_inliers, unpack_inliers
 from core.errors import InputError
-from core.images import decode_image, read_image
+from core.images import ImageLimits, decode_image, read_image
 from core.mapbuild import IMAGE_SUFFIXES
 from core.types import CandidateResult, InlierMatches, LocalisationResult
 from db import queries
@@ -32,6 +32,8 @@ from workers.maps import image_limits
 log = logging.getLogger(__name__)
 
 FIGURE_REFERENCES = 6  # most references a job keeps inliers of (the figures' largest ``top``)
+# The kept query is our own panel-sized JPEG: a thin upload's is thinner than uploads may be.
+PANEL_LIMITS = ImageLimits(min_side=1)
 NOT_KEPT = "stored before jobs kept their matches: the query alone"
 
 
@@ -107,7 +109,7 @@ def job_figure(client: Client, job_id: str, images_dir: Path | None, top: int) -
         figure = unpack_inliers(kept)
     except ValueError as exc:
         raise InputError(f"job {job_id}: {exc}") from None
-    query = decode_image(client.blobs.get(figure.query_key), image_limits(client.settings))
+    query = decode_image(client.blobs.get(figure.query_key), PANEL_LIMITS)
     inliers = figure.inliers
     rows: list[FigureRow] = []
     drawn: list[InlierMatches] = []

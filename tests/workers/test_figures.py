@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 
 from core.draw import PANEL, unpack_inliers
+from core.images import decode_image
 from core.types import CandidateResult, Estimate, InlierMatches, LocalisationResult
 from workers.blobstore import DirectoryBlobStore
-from workers.figures import FIGURE_REFERENCES, keep_figure
+from workers.figures import FIGURE_REFERENCES, PANEL_LIMITS, keep_figure
 
 
 def _pair(rid: str, inliers: int, stage: str = "coarse", tentative: int | None = None):
@@ -72,3 +73,14 @@ def test_at_most_figure_references_are_kept(tmp_path):
     pairs = [_pair(f"r{i}", 100 - i) for i in range(FIGURE_REFERENCES + 4)]
     kept = _kept(_result(pairs, "cluster", []), tmp_path)
     assert [r for r, _, _ in kept] == [f"r{i}" for i in range(FIGURE_REFERENCES)]
+
+
+def test_a_thin_uploads_kept_query_can_be_drawn(tmp_path):
+    """A 2000x16 upload (the narrowest accepted) keeps a 474x4 query: still readable."""
+    blobs = DirectoryBlobStore(tmp_path)
+    data = keep_figure(
+        _result([_pair("a", 5)], "cluster", []), np.zeros((16, 2000, 3), np.uint8), blobs
+    )
+    assert data is not None
+    thumb = decode_image(blobs.get(unpack_inliers(data).query_key), PANEL_LIMITS)
+    assert thumb.shape[1] == PANEL[0] and thumb.shape[0] < 16
