@@ -1,8 +1,10 @@
 """``/v1/jobs/{id}/matches.png`` and ``/v1/jobs/{id}/plot.svg``: a finished job, drawn.
 
-``matches.png`` recomputes the verified matches in this process (``workers/figures.py``, as
-``featureloc draw`` does), one figure at a time. The reference photos come from the folder the map
-records (``featureloc map images``); without it the figure shows the query alone, captioned so.
+``matches.png`` is drawn from what the job kept when it ended (``workers/figures.py``, as
+``featureloc draw`` does): no model and no map is loaded in this process, and every figure has
+the same capped size whatever the upload's (core/draw.py), so one costs a fraction of a second.
+The reference photos come from the folder the map records (``featureloc map images``); without
+it the figure shows the query alone, captioned so.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from core.errors import InputError
 from db import queries
 from workers.blobstore import BlobNotFound
 from workers.client import JobResult
-from workers.figures import job_figure
-from workers.runtime import localiser
+from workers.figures import FIGURE_REFERENCES, job_figure
 
 router = APIRouter(prefix="/v1", tags=["figures"])
 
@@ -41,14 +42,19 @@ SVG: dict[int | str, dict[str, Any]] = {
     "/jobs/{job_id}/matches.png",
     response_class=Response,
     responses={**PNG, 404: {}, 409: {}, 410: {}},
-    summary="The query beside its best references, verified matches coloured by confidence",
+    summary="The query beside the references the job counted, their verified inliers drawn",
 )
 async def matches_png(
     job_id: str,
     key: CallerKey,
     svc: Svc,
     top: Annotated[
-        int, Query(ge=1, le=10, description="References shown, most inliers first.")
+        int,
+        Query(
+            ge=1,
+            le=FIGURE_REFERENCES,
+            description="References shown, those that decided the answer first.",
+        ),
     ] = 3,
 ) -> Response:
     result = _finished(await visible_job(svc, key, job_id))
@@ -59,13 +65,7 @@ async def matches_png(
 def _draw_png(svc: Services, result: JobResult, top: int) -> bytes:
     with svc.figure_lock:
         try:
-            figure = job_figure(
-                svc.client,
-                localiser(result.map_name)[0],
-                result.id,
-                svc.maps.images_dir(result.map_name),
-                top,
-            )
+            figure = job_figure(svc.client, result.id, svc.maps.images_dir(result.map_name), top)
         except BlobNotFound:
             raise Problem(410, "the query photo of this job is no longer stored") from None
         except InputError as exc:

@@ -1,8 +1,10 @@
 """HTML for people: a login form that keeps the key in a cookie, and the job page.
 
-The job page (``/jobs/{id}``) shows the job's numbers, its query photo beside its best references
-with the verified matches (``matches.png``), and the map plot (``plot.svg``). The browser fetches
-both images with the cookie, so they need no key in their URLs (see ``api/auth.py``).
+The job page (``/jobs/{id}``) shows the job's numbers, its query photo beside the references it
+counted with their verified inliers (``matches.png``), the map plot (``plot.svg``) and its
+candidates. A job not finished yet reloads itself every few seconds; an unknown job is a page
+saying so (404), not a problem document. The browser fetches both images with the cookie, so they
+need no key in their URLs (see ``api/auth.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import COOKIE, lookup, page_key
 from api.jobs import visible_job
+from api.problems import Problem
 from api.services import Svc
 from db.models import ApiKey
 
@@ -26,6 +29,8 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templat
 
 COOKIE_MAX_AGE = 8 * 3600
 FIGURE_TOP = 3  # references beside the query on the page
+CANDIDATE_ROWS = 15  # candidates listed on the page (the JSON has them all)
+REFRESH_SECONDS = 3  # how often the page of an unfinished job reloads itself
 
 
 def _safe_next(target: str | None) -> str:
@@ -86,5 +91,19 @@ async def job_page(
 ) -> Response:
     if key is None:
         return RedirectResponse(f"/login?next={quote(f'/jobs/{job_id}')}", status_code=303)
-    job = await visible_job(svc, key, job_id)
-    return templates.TemplateResponse(request, "job.html", {"job": job, "top": FIGURE_TOP})
+    try:
+        job = await visible_job(svc, key, job_id)
+    except Problem as problem:
+        return templates.TemplateResponse(
+            request, "missing.html", {"job_id": job_id}, status_code=problem.status_code
+        )
+    return templates.TemplateResponse(
+        request,
+        "job.html",
+        {
+            "job": job,
+            "top": FIGURE_TOP,
+            "rows": CANDIDATE_ROWS,
+            "refresh": None if job.finished else REFRESH_SECONDS,
+        },
+    )

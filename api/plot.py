@@ -2,12 +2,13 @@
 the estimate and its confidence.
 
 Candidates at one position add up (views of one place are evidence for it together, as in
-``core/estimation.py``); a place's disc has an area proportional to its verified inliers. y grows
-upwards, as on a map.
+``core/estimation.py``); a place's disc has an area proportional to its verified inliers. Both
+axes have one scale, ticked at round values in the map's units; y grows upwards, as on a map.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from html import escape
@@ -15,9 +16,12 @@ from html import escape
 from core.types import CandidateResult
 
 WIDTH, HEIGHT = 560, 460
-MARGIN = 40  # room for the axis labels
+MARGIN = 40  # around the points, inside the frame: room for the largest disc
+LEFT = 56  # room for the y axis' tick labels and name
+BOTTOM = 34  # room for the x axis' tick labels and name
 MAX_RADIUS = 18.0
 LEGEND = 54  # height of the caption below the plot
+TICKS = 4  # about this many ticks on the shorter axis
 
 
 def job_plot_svg(
@@ -34,21 +38,40 @@ def job_plot_svg(
     ys = [p[1] for p in points] or [0.0]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
-    span = max(x1 - x0, y1 - y0, 1e-9)
-    inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - LEGEND - 2 * MARGIN
+    span = max(x1 - x0, y1 - y0, 1e-3)
+    frame_left, frame_bottom = LEFT, HEIGHT - LEGEND - BOTTOM
+    inner_w = WIDTH - frame_left - 10 - 2 * MARGIN
+    inner_h = frame_bottom - 10 - 2 * MARGIN
     scale = min(inner_w, inner_h) / span
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return MARGIN + (x - x0) * scale, HEIGHT - LEGEND - MARGIN - (y - y0) * scale
+        return frame_left + MARGIN + (x - x0) * scale, frame_bottom - MARGIN - (y - y0) * scale
 
+    # The values at the frame's edges, so that ticks cover all of it.
+    x_lo, y_lo = x0 - MARGIN / scale, y0 - MARGIN / scale
+    x_hi = x_lo + (WIDTH - 10 - frame_left) / scale
+    y_hi = y_lo + (frame_bottom - 10) / scale
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<rect x="{MARGIN / 2}" y="{MARGIN / 2}" width="{WIDTH - MARGIN}" '
-        f'height="{HEIGHT - LEGEND - MARGIN}" fill="none" stroke="#bbb"/>',
-        _text(MARGIN / 2, HEIGHT - LEGEND + 2, f"x {x0:.1f} .. {x1:.1f}, y {y0:.1f} .. {y1:.1f}"),
+        f'<rect x="{frame_left}" y="10" width="{WIDTH - 10 - frame_left}" '
+        f'height="{frame_bottom - 10}" fill="none" stroke="#888"/>',
     ]
+    step = tick_step(min(x_hi - x_lo, y_hi - y_lo))
+    for value in ticks(x_lo, x_hi, step):
+        cx, _ = px(value, y0)
+        out += _tick("x", value, step, (cx, frame_bottom), (0, 5), (cx, frame_bottom + 17))
+    for value in ticks(y_lo, y_hi, step):
+        _, cy = px(x0, value)
+        out += _tick("y", value, step, (frame_left, cy), (-5, 0), (frame_left - 7, cy + 4))
+    out.append(
+        f'<text class="axis-name" x="{(frame_left + WIDTH) / 2:.1f}" y="{frame_bottom + 31}" '
+        'text-anchor="middle">x</text>'
+    )
+    out.append(
+        f'<text class="axis-name" x="12" y="{frame_bottom / 2:.1f}" text-anchor="middle">y</text>'
+    )
     for x, y in references:
         cx, cy = px(x, y)
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2" fill="#999"/>')
@@ -84,6 +107,44 @@ def job_plot_svg(
     )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _tick(
+    axis: str,
+    value: float,
+    step: float,
+    at: tuple[float, float],
+    mark: tuple[float, float],
+    label: tuple[float, float],
+) -> list[str]:
+    """A tick mark on the frame at ``at`` (``mark`` long, outwards) and its label."""
+    anchor = "middle" if axis == "x" else "end"
+    return [
+        f'<line x1="{at[0]:.1f}" y1="{at[1]:.1f}" x2="{at[0] + mark[0]:.1f}" '
+        f'y2="{at[1] + mark[1]:.1f}" stroke="#888"/>',
+        f'<text class="tick-{axis}" x="{label[0]:.1f}" y="{label[1]:.1f}" '
+        f'text-anchor="{anchor}">{_number(value, step)}</text>',
+    ]
+
+
+def tick_step(span: float) -> float:
+    """A round step (1, 2 or 5 times a power of ten) giving about ``TICKS`` ticks over
+    ``span``."""
+    raw = max(span, 1e-9) / TICKS
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def ticks(lo: float, hi: float, step: float) -> list[float]:
+    """The multiples of ``step`` from ``lo`` to ``hi``."""
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [k * step for k in range(first, last + 1)]
+
+
+def _number(value: float, step: float) -> str:
+    digits = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:.{digits}f}" if abs(value) > step / 2 else "0"
 
 
 def _caption(

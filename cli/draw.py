@@ -1,8 +1,9 @@
-"""``featureloc draw JOB``: a PNG of a job's query beside its best references, matches drawn.
+"""``featureloc draw JOB``: a PNG of a job's query beside the references it counted, inliers drawn.
 
-The figure comes from ``workers/figures.py`` (shared with the HTTP API). Reference photos are not
-kept in the map: ``--images`` points at the folder the map was built from, by default the folder
-the map records (``featureloc map images``).
+The figure comes from ``workers/figures.py``, as the HTTP API's does: drawn from the inliers the
+job kept, with no model or map loaded. Reference photos are not kept in the map: ``--images``
+points at the folder the map was built from, by default the folder the map records
+(``featureloc map images``).
 """
 
 from __future__ import annotations
@@ -25,20 +26,21 @@ def draw_command(
             help="Folder of the map's reference photos (file stem = id); default: the map's."
         ),
     ] = None,
-    top: Annotated[int, typer.Option(help="How many references (most inliers first).")] = 3,
+    top: Annotated[
+        int, typer.Option(help="How many references (those that decided the answer first).")
+    ] = 3,
 ) -> None:
-    """Draw a job's query beside its best references, matches coloured by confidence (jet)."""
+    """Draw a job's query beside the references it counted, their verified inliers drawn."""
     import cv2
 
     from core.mapstore import MapStore
     from core.settings import get_settings
     from workers.blobstore import BlobNotFound
     from workers.client import Client
-    from workers.figures import job_figure
-    from workers.runtime import localiser
+    from workers.figures import FIGURE_REFERENCES, job_figure
 
-    if top < 1:
-        fail("--top must be at least 1")
+    if not 1 <= top <= FIGURE_REFERENCES:
+        fail(f"--top must be from 1 to {FIGURE_REFERENCES}")
     if output.suffix.lower() != ".png":
         fail(f"--output must be a .png file, got {output.name!r}")
     database()
@@ -46,11 +48,13 @@ def draw_command(
     try:
         map_name = client.result(job_id).map_name
         folder = images or MapStore(client.settings.maps_dir).images_dir(map_name)
-        figure = job_figure(client, localiser(map_name)[0], job_id, folder, top)
+        figure = job_figure(client, job_id, folder, top)
     except BlobNotFound:
         fail(f"the query photo of job {job_id} is no longer in the blob store")
     except (InputError, ImageError, MapError) as exc:
         fail(str(exc))
+    if figure.note:
+        console.print(figure.note, highlight=False)
     if figure.missing:
         console.print(f"no photo in {folder} of: {', '.join(figure.missing)}", highlight=False)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,128 +1,175 @@
-"""Figures of a localisation: the query beside its best references, verified matches drawn.
+"""A job's figure: its query photo beside the references it counted, the verified inliers drawn.
 
-As in the figures of the method this project comes from (SuperGlue's ``make_matching_plot``),
-each match is a line coloured by its confidence on the jet colormap: blue is weak, red strong.
+The worker keeps each shown candidate's inlier keypoints when the job ends (:func:`pack_inliers`,
+a few kB) and the query photo fitted to a panel, so a figure is drawn from those, the reference
+photos and nothing else: no model, no map, no full-size upload to decode; and it shows exactly
+what the job counted.
+
+The figure has a fixed size whatever the photos' (:func:`figure_size`): every photo is scaled
+to fit a panel before anything is drawn, so a 36 MP upload costs what any other does, and the
+captions keep one size on the job page. Match scores are not drawn: verified matches of one
+pair score alike (mutual NN similarities near 1), so a colour scale would say nothing; every
+inlier is one line of one colour, named in the legend below the rows.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from core.localiser import LocaliseOptions, Localiser
+from core.types import InlierMatches
 
-GAP = 10  # pixels between the query and the reference
-HEADER = 24  # pixels of caption above each pair
+WIDTH = 960  # px: the figure's width, which the job page shows unscaled
+GAP = 12  # px between the query and the reference
+PANEL = ((WIDTH - GAP) // 2, 360)  # (width, height) box each photo is fitted into
+HEADER = 32  # px of caption above each row
+FOOTER = 32  # px of legend below the rows
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+FONT_SCALE = 0.7
 BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+MATCH_COLOUR = (40, 200, 40)  # BGR: one colour for every verified inlier
+LEGEND = "green lines: the verified inlier matches the job counted, one per match"
+FORMAT_VERSION = 1
 
 
 @dataclass
-class PairMatches:
-    """The verified matches of the query with one reference."""
+class FigureRow:
+    """One reference of the figure: its photo, its inliers with the query, its caption."""
 
-    reference_id: str
-    query_points: np.ndarray  # (K, 2) x, y in the query
-    reference_points: np.ndarray  # (K, 2) x, y in the reference
-    confidence: np.ndarray  # (K,) match scores in [0, 1]
-    tentative: int  # matches before verification
+    photo: np.ndarray  # BGR uint8, as read
+    inliers: InlierMatches
+    caption: str
 
 
-def verified_matches(
-    localiser: Localiser,
+def figure_size(rows: int) -> tuple[int, int]:
+    """(width, height) of a figure of ``rows`` references (0: the query alone)."""
+    return WIDTH, max(rows, 1) * (HEADER + PANEL[1]) + FOOTER
+
+
+def fit(image: np.ndarray, box: tuple[int, int] = PANEL) -> np.ndarray:
+    """``image`` scaled to fit ``box`` (width, height), aspect kept."""
+    h, w = image.shape[:2]
+    scale = min(box[0] / w, box[1] / h)
+    size = (max(1, min(box[0], round(w * scale))), max(1, min(box[1], round(h * scale))))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def draw_figure(
     query: np.ndarray,
-    reference_ids: Sequence[str],
-    options: LocaliseOptions | None = None,
-) -> list[PairMatches]:
-    """Match ``query`` (BGR) with the given references of the localiser's map exactly as a job
-    does (``Localiser.match_and_verify``: the same matcher settings and verification)."""
-    opts = options or LocaliseOptions()
-    feats = localiser.extractor.extract(query)
-    ref_map = localiser.map
-    indices = [ref_map.index[rid] for rid in reference_ids]
-    pairs, _ = localiser.match_and_verify(feats, indices, opts)
-    out = []
-    for rid, pair in zip(reference_ids, pairs, strict=True):
-        q_idx, r_idx = pair.inlier_indices[:, 0], pair.inlier_indices[:, 1]
-        out.append(
-            PairMatches(
-                rid,
-                feats.keypoints[q_idx],
-                ref_map.features[pair.index].keypoints[r_idx],
-                pair.matches.scores[pair.inliers],
-                len(pair.matches),
-            )
-        )
-    return out
-
-
-def jet_colours(confidence: np.ndarray) -> np.ndarray:
-    """(K, 3) BGR colours of confidences in [0, 1] on the jet colormap."""
-    levels = np.clip(np.asarray(confidence, np.float64) * 255, 0, 255).astype(np.uint8)
-    if levels.size == 0:  # OpenCV returns None for an empty image
-        return np.empty((0, 3), np.uint8)
-    return cv2.applyColorMap(levels.reshape(-1, 1), cv2.COLORMAP_JET).reshape(-1, 3)
-
-
-def figure_size(query_size: tuple[int, int], reference_sizes: Sequence[tuple[int, int]]):
-    """(width, height) of :func:`draw_matches`' figure for these (width, height) images."""
-    wq, hq = query_size
-    widths = [round(w * hq / h) for w, h in reference_sizes] or [0]
-    rows = max(len(reference_sizes), 1)
-    return wq + GAP + max(widths), rows * (HEADER + hq)
-
-
-def draw_matches(
-    query: np.ndarray,
-    references: Sequence[np.ndarray],
-    pairs: Sequence[PairMatches],
-    captions: Sequence[str] | None = None,
+    query_size: tuple[int, int] | None,
+    rows: Sequence[FigureRow],
+    caption: str = "",
 ) -> np.ndarray:
-    """One row per reference: the query on the left, the reference (scaled to the query's height)
-    on the right, each verified match a jet-coloured line; BGR uint8."""
-    hq, wq = query.shape[:2]
-    sizes = [(r.shape[1], r.shape[0]) for r in references]
-    width, height = figure_size((wq, hq), sizes)
+    """One row per reference: the query (left) and the reference (right), each fitted to a
+    panel, every inlier a line; ``caption`` heads a figure of the query alone. BGR uint8.
+
+    ``query_size`` is the (width, height) the query's inlier points are in (the query as
+    extracted, ``LocalisationResult.query_size``); each reference's is in its inliers."""
+    width, height = figure_size(len(rows))
     canvas = np.full((height, width, 3), BACKGROUND, np.uint8)
-    if not references:
-        canvas[HEADER:, :wq] = query
-        _caption(canvas, 0, captions[0] if captions else "no candidates")
-        return canvas
-    for row, (ref, pair) in enumerate(zip(references, pairs, strict=True)):
-        top = row * (HEADER + hq) + HEADER
-        scale = hq / ref.shape[0]
-        ref_scaled = cv2.resize(
-            ref, (round(ref.shape[1] * scale), hq), interpolation=cv2.INTER_AREA
-        )
-        canvas[top : top + hq, :wq] = query
-        x0 = wq + GAP
-        canvas[top : top + hq, x0 : x0 + ref_scaled.shape[1]] = ref_scaled
-        colours = jet_colours(pair.confidence)
-        # Weakest first, so the strongest matches are drawn on top.
-        for k in np.argsort(pair.confidence, kind="stable"):
-            qx, qy = pair.query_points[k]
-            rx, ry = pair.reference_points[k] * scale
-            p = (round(float(qx)), round(float(qy)) + top)
-            r = (round(float(rx)) + x0, round(float(ry)) + top)
-            c = tuple(int(v) for v in colours[k])
-            cv2.line(canvas, p, r, c, 1, cv2.LINE_AA)
-            cv2.circle(canvas, p, 2, c, -1, cv2.LINE_AA)
-            cv2.circle(canvas, r, 2, c, -1, cv2.LINE_AA)
-        text = captions[row] if captions else f"{pair.reference_id}: {len(pair.confidence)} inliers"
-        _caption(canvas, row * (HEADER + hq), text)
+    panel = fit(query)  # once: the photo may be a large upload
+    ph, pw = panel.shape[:2]
+    if not rows:
+        canvas[HEADER : HEADER + ph, :pw] = panel
+        _text(canvas, 0, caption or "no candidates")
+    for row, item in enumerate(rows):
+        top = row * (HEADER + PANEL[1]) + HEADER
+        canvas[top : top + ph, :pw] = panel
+        ref = fit(item.photo)
+        x0 = PANEL[0] + GAP
+        canvas[top : top + ref.shape[0], x0 : x0 + ref.shape[1]] = ref
+        m = item.inliers
+        frame = query_size or (query.shape[1], query.shape[0])
+        q = _scaled(m.query_points, frame, (pw, ph)) + (0, top)
+        r = _scaled(m.reference_points, m.reference_size, (ref.shape[1], ref.shape[0]))
+        r = r + (x0, top)
+        for (qx, qy), (rx, ry) in zip(q.round().astype(int), r.round().astype(int), strict=True):
+            cv2.line(canvas, (qx, qy), (rx, ry), MATCH_COLOUR, 1, cv2.LINE_AA)
+            cv2.circle(canvas, (qx, qy), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
+            cv2.circle(canvas, (rx, ry), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
+        _text(canvas, top - HEADER, item.caption)
+    if rows:
+        legend_y = height - FOOTER
+        cv2.line(canvas, (6, legend_y + FOOTER // 2), (40, legend_y + FOOTER // 2), MATCH_COLOUR, 2)
+        _text(canvas, legend_y, LEGEND, x=48)
     return canvas
 
 
-def _caption(canvas: np.ndarray, top: int, text: str) -> None:
-    cv2.putText(
-        canvas,
-        text,
-        (4, top + HEADER - 7),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.5,
-        (0, 0, 0),
-        1,
-        cv2.LINE_AA,
-    )
+def _scaled(points: np.ndarray, frame: tuple[int, int], shown: tuple[int, int]) -> np.ndarray:
+    """Points in a (width, height) frame moved to the same picture shown at ``shown``."""
+    factors = np.array([shown[0] / frame[0], shown[1] / frame[1]])
+    return np.asarray(points, np.float64).reshape(-1, 2) * factors
+
+
+def _text(canvas: np.ndarray, top: int, text: str, x: int = 6) -> None:
+    """A line of text in the band from ``top``, smaller where it would not fit the width."""
+    width = cv2.getTextSize(text, FONT, FONT_SCALE, 1)[0][0]
+    scale = FONT_SCALE * min(1.0, (canvas.shape[1] - x - 6) / max(width, 1))
+    cv2.putText(canvas, text, (x, top + HEADER - 10), FONT, scale, TEXT, 1, cv2.LINE_AA)
+
+
+@dataclass
+class KeptFigure:
+    """What a job keeps to draw its figure."""
+
+    query_size: tuple[int, int]  # (width, height) the query's inlier points are in
+    query_key: str  # blob key of the query photo fitted to a panel (JPEG)
+    inliers: list[InlierMatches]
+
+
+def pack_inliers(kept: KeptFigure) -> bytes:
+    """What a job keeps for its figure, as stored with the job (an .npz: no pickles)."""
+    inliers = kept.inliers
+    meta = {
+        "version": FORMAT_VERSION,
+        "query_size": list(kept.query_size),
+        "query_key": kept.query_key,
+        "pairs": [
+            {
+                "reference_id": m.reference_id,
+                "stage": m.stage,
+                "reference_size": list(m.reference_size),
+                "tentative": m.tentative,
+            }
+            for m in inliers
+        ],
+    }
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+    for i, m in enumerate(inliers):
+        arrays[f"q{i}"] = np.asarray(m.query_points, np.float32).reshape(-1, 2)
+        arrays[f"r{i}"] = np.asarray(m.reference_points, np.float32).reshape(-1, 2)
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def unpack_inliers(data: bytes) -> KeptFigure:
+    """What :func:`pack_inliers` stored; ValueError when ``data`` is not that."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            if meta.get("version") != FORMAT_VERSION:
+                raise ValueError(f"stored inliers of format {meta.get('version')!r}")
+            pairs = [
+                InlierMatches(
+                    p["reference_id"],
+                    p["stage"],
+                    npz[f"q{i}"],
+                    npz[f"r{i}"],
+                    (int(p["reference_size"][0]), int(p["reference_size"][1])),
+                    int(p["tentative"]),
+                )
+                for i, p in enumerate(meta["pairs"])
+            ]
+        width, height = meta["query_size"]
+        return KeptFigure((int(width), int(height)), str(meta["query_key"]), pairs)
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"unreadable stored inliers: {exc}") from exc

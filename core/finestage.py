@@ -100,6 +100,8 @@ class FineMatch:
     inliers: int
     mean_score: float
     seconds: float
+    # (K, 2) query and reference fine keypoint rows of the inliers (for the job's figure).
+    inlier_indices: np.ndarray | None = None
 
 
 def match_places(
@@ -131,6 +133,7 @@ def match_places(
                 inliers=ver.num_inliers,
                 mean_score=float(m.scores[inl].mean()) if inl.any() else 0.0,
                 seconds=per_pair,
+                inlier_indices=m.indices[inl],
             )
         )
     return out

@@ -43,6 +43,7 @@ from core.types import (
     Estimate,
     FeatureLookup,
     Features,
+    InlierMatches,
     LocalisationResult,
     Matches,
 )
@@ -317,9 +318,12 @@ class Localiser:
         timings["estimate"] = time.perf_counter() - t0
 
         fine: list[CandidateResult] = []
+        fine_inliers: list[InlierMatches] = []
         if self._escalate(opts, estimate):
             t0 = time.perf_counter()
-            estimate, fine = self._refine(image, estimate, candidates, opts.fine_config())
+            estimate, fine, fine_inliers = self._refine(
+                image, estimate, candidates, opts.fine_config()
+            )
             if fine:  # else no chosen view had fine features, and the coarse answer stands
                 timings["fine"] = time.perf_counter() - t0
 
@@ -330,8 +334,25 @@ class Localiser:
             timings["place"] = time.perf_counter() - t0
         if calibrated:
             estimate = self._calibrated(estimate, "fine" if fine else "coarse")
+        coarse_inliers = [
+            _inliers(
+                self.map.ids[p.index],
+                "coarse",
+                query,
+                features[p.index],
+                p.inlier_indices,
+                len(p.matches),
+            )
+            for p in pairs
+        ]
         return LocalisationResult(
-            estimate, candidates + fine, timings, opts.model_dump(), query.image_size, scale
+            estimate,
+            candidates + fine,
+            timings,
+            opts.model_dump(),
+            query.image_size,
+            scale,
+            coarse_inliers + fine_inliers,
         )
 
     def to_map_scale(self, image: np.ndarray, opts: LocaliseOptions) -> tuple[np.ndarray, float]:
@@ -403,9 +424,9 @@ class Localiser:
         coarse: Estimate,
         candidates: list[CandidateResult],
         conf: FineConf,
-    ) -> tuple[Estimate, list[CandidateResult]]:
+    ) -> tuple[Estimate, list[CandidateResult], list[InlierMatches]]:
         """Re-verify the strongest coarse places with the fine features; the estimate the
-        fine evidence supports, and one candidate row per fine-matched view."""
+        fine evidence supports, one candidate row per fine-matched view, and its inliers."""
         extractor, matcher = self.fine_models()
         places = top_places(
             candidates,
@@ -443,8 +464,19 @@ class Localiser:
             )
             for m in fine
         ]
+        inliers = [
+            _inliers(
+                self.map.ids[m.index],
+                "fine",
+                query,
+                fine_feats[m.index],
+                m.inlier_indices,
+                m.tentative,
+            )
+            for m in fine
+        ]
         if decision.place is None:
-            return coarse, rows
+            return coarse, rows, inliers
         # Where the coarse stage declined, its guess under doubt (core.estimation) stands
         # unless the fine place has the evidence a switch needs.
         if decision.switched or (not coarse.localised and decision.strong):
@@ -455,7 +487,7 @@ class Localiser:
             estimate = dataclasses.replace(
                 coarse, confidence=decision.score, method=f"{coarse.method}+fine"
             )
-        return estimate, rows
+        return estimate, rows, inliers
 
     def _place(
         self,
@@ -527,4 +559,25 @@ def _candidate(
         mean_match_score=float(matches.scores[inl].mean()) if inl.any() else 0.0,
         match_seconds=match_s,
         verify_seconds=pair.verify_seconds,
+    )
+
+
+def _inliers(
+    reference_id: str,
+    stage: str,
+    query: Features,
+    reference: Features,
+    rows: np.ndarray | None,
+    tentative: int,
+) -> InlierMatches:
+    """The inlier keypoints of a verified pair (``rows``: (K, 2) query and reference keypoint
+    rows) in the frames they were extracted in."""
+    rows = np.empty((0, 2), np.int64) if rows is None else rows
+    return InlierMatches(
+        reference_id,
+        stage,
+        query.keypoints[rows[:, 0]].astype(np.float32),
+        reference.keypoints[rows[:, 1]].astype(np.float32),
+        reference.image_size,
+        tentative,
     )

@@ -142,6 +142,23 @@ class CandidateResult:
 
 
 @dataclass
+class InlierMatches:
+    """One candidate's verified inlier matches, in the frames its features were extracted in:
+    what a job keeps to draw its figure (workers/figures.py), so the figure shows exactly what
+    the job counted."""
+
+    reference_id: str
+    stage: str  # "coarse" or "fine", as CandidateResult.stage
+    query_points: np.ndarray  # (K, 2) float32 x, y in the query as extracted (query_size)
+    reference_points: np.ndarray  # (K, 2) float32 x, y in the reference as extracted
+    reference_size: tuple[int, int]  # (width, height) of the reference as extracted
+    tentative: int  # matches before verification
+
+    def __len__(self) -> int:
+        return len(self.query_points)
+
+
+@dataclass
 class Estimate:
     x: float | None
     y: float | None
@@ -161,3 +178,5 @@ class LocalisationResult:
     # there from its own size (core/querysize.py): keypoints are in that frame.
     query_size: tuple[int, int] | None = None
     query_scale: float = 1.0
+    # The verified inliers of each candidate, in the order of ``candidates``.
+    inliers: list[InlierMatches] = field(default_factory=list)

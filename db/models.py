@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -132,6 +133,8 @@ class Job(Base):
     # Refreshed by the process running the job; a running job whose heartbeat stopped lost its
     # worker and is re-sent (workers/recovery.py), a long job with a fresh one is left alone.
     heartbeat_at: Mapped[datetime | None]
+    # The inliers its figure draws (core/draw.py pack_inliers; a few kB): loaded when asked.
+    figure_inliers: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
     candidates: Mapped[list[CandidateMatch]] = relationship(
         back_populates="job",

@@ -178,6 +178,7 @@ def save_result(
     candidates: Sequence[CandidateResult],
     method: str | None = None,
     map_version: str | None = None,
+    figure_inliers: bytes | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -201,6 +202,7 @@ def save_result(
     job.matcher = matcher
     job.method = method
     job.map_version = map_version
+    job.figure_inliers = figure_inliers
     if worker is not None:
         job.worker = worker
     job.error = None

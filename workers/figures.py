@@ -1,34 +1,80 @@
-"""A job's figure: its query photo beside its best references, the verified matches drawn.
+"""A job's figure: what the worker keeps when the job ends, and the figure drawn from it.
 
-Shared by ``featureloc draw`` and the HTTP API's ``matches.png`` and job page. The matches are
-recomputed from the map with the job's own options (``core/draw.py``), so the figure shows what
-the worker saw. A map keeps features, not photos: the reference photos are read from a folder
-(file stem = reference id), by default the one recorded in the map (``featureloc map images``);
-references whose photo is not there are left out and named in the result.
+Shared by ``featureloc draw`` and the HTTP API's ``matches.png`` and job page. The worker keeps
+the inliers of the few candidates a figure can show and the query fitted to a panel
+(:func:`keep_figure`, stored with the job), so drawing needs those and the reference photos, and
+no model, no map, no full-size upload: the figure shows exactly the references and inliers the
+job counted, and costs the same for any upload (core/draw.py). A map keeps features, not photos:
+the reference photos are read from a folder (file stem = reference id), by default the one
+recorded in the map (``featureloc map images``); references whose photo is not there are left
+out and named.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from core.draw import draw_matches, verified_matches
+from core.draw import FigureRow, KeptFigure, draw_figure, fit, pack_inliers, unpack_inliers
 from core.errors import InputError
-from core.images import decode_image, read_image
-from core.localiser import LocaliseOptions, Localiser
+from core.images import ImageLimits, decode_image, read_image
 from core.mapbuild import IMAGE_SUFFIXES
+from core.types import CandidateResult, InlierMatches, LocalisationResult
 from db import queries
+from workers.blobstore import BlobStore
 from workers.client import Client
 from workers.maps import image_limits
+
+log = logging.getLogger(__name__)
+
+FIGURE_REFERENCES = 6  # most references a job keeps inliers of (the figures' largest ``top``)
+# The kept query is our own panel-sized JPEG: a thin upload's is thinner than uploads may be.
+PANEL_LIMITS = ImageLimits(min_side=1)
+NOT_KEPT = "stored before jobs kept their matches: the query alone"
 
 
 @dataclass
 class JobFigure:
     image: np.ndarray  # BGR uint8
-    drawn: list[str]  # reference ids shown, most inliers first
-    missing: list[str] = field(default_factory=list)  # best references without a photo
+    drawn: list[InlierMatches]  # the rows shown, in order
+    missing: list[str] = field(default_factory=list)  # kept references without a photo
+    note: str | None = None  # why no reference is drawn, when none is
+
+
+def keep_figure(result: LocalisationResult, photo: np.ndarray, blobs: BlobStore) -> bytes | None:
+    """What a job keeps for its figure, from its result and its decoded query ``photo``: the
+    photo fitted to a panel (a JPEG in the blob store: a figure never decodes the upload), and
+    the inliers of up to ``FIGURE_REFERENCES`` distinct references, those that decided the
+    answer first. Where the fine stage answered (its name is in the method), its rows come
+    first; then the references the estimate rests on; then the most inliers. Candidates
+    without a match are not stored, so they are not kept."""
+    if result.query_size is None:
+        return None
+    fine_answered = "fine" in result.estimate.method.split("+")
+    support = set(result.estimate.support)
+
+    def order(pair: tuple[CandidateResult, InlierMatches]) -> tuple[bool, bool, int]:
+        c = pair[0]
+        return ((c.stage == "fine") != fine_answered, c.reference_id not in support, -c.inliers)
+
+    pairs = [p for p in zip(result.candidates, result.inliers, strict=True)]
+    kept: dict[str, InlierMatches] = {}
+    for c, m in sorted((p for p in pairs if p[0].tentative_matches > 0), key=order):
+        if c.reference_id not in kept and len(kept) < FIGURE_REFERENCES:
+            kept[c.reference_id] = m
+    ok, jpeg = cv2.imencode(".jpg", fit(photo), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        return None
+    try:
+        key = blobs.put(jpeg.tobytes())
+    except Exception:  # a figure is an aid: the job's result is stored all the same
+        log.warning("could not keep the figure's query photo", exc_info=True)
+        return None
+    return pack_inliers(KeptFigure(result.query_size, key, list(kept.values())))
 
 
 def find_image(folder: Path, ref_id: str) -> Path | None:
@@ -39,42 +85,52 @@ def find_image(folder: Path, ref_id: str) -> Path | None:
     return None
 
 
-def job_figure(
-    client: Client, localiser: Localiser, job_id: str, images_dir: Path | None, top: int
-) -> JobFigure:
-    """The figure of a job (query, then its ``top`` references by inliers).
+def job_figure(client: Client, job_id: str, images_dir: Path | None, top: int) -> JobFigure:
+    """The figure of a finished job: its query and up to ``top`` of the references it kept.
 
-    Raises InputError (unknown job), ImageError, MapError or BlobNotFound (photo gone).
+    A job stored before jobs kept their inliers gets the query alone, captioned so.
+    Raises InputError (unknown job, unreadable stored inliers), ImageError or BlobNotFound
+    (query photo gone).
     """
-    job = client.result(job_id)
     with client.db.session() as s:
         stored = queries.get_job(s, job_id)
-        if stored is None:  # client.result found it: deleted since
+        if stored is None:
             raise InputError(f"unknown job {job_id!r}")
-        image_key = stored.image_key
-    query = decode_image(client.blobs.get(image_key), image_limits(client.settings))
-    best = job.candidates[:top]  # most inliers first
-    photos = {
-        c.reference_id: find_image(images_dir, c.reference_id) if images_dir else None for c in best
-    }
-    found = {rid: path for rid, path in photos.items() if path is not None}
-    shown = [c for c in best if c.reference_id in found]
-    refs = [read_image(found[c.reference_id]) for c in shown]
-    pairs = verified_matches(
-        localiser, query, [c.reference_id for c in shown], LocaliseOptions.parse(job.options)
-    )
-    captions = [
-        f"{p.reference_id} at ({c.position[0]:.1f}, {c.position[1]:.1f}): "
-        f"{len(p.confidence)} inliers / {p.tentative} matches"
-        for c, p in zip(shown, pairs, strict=True)
-    ]
-    missing = [c.reference_id for c in best if photos[c.reference_id] is None]
-    if not shown:
-        captions = [
+        if stored.status != "done":
+            raise InputError(f"job {job_id} is {stored.status}: there is nothing to draw")
+        image_key, kept = stored.image_key, stored.figure_inliers
+        positions = {
+            (c.stage, c.reference_id): c.position for c in queries.get_candidates(s, job_id)
+        }
+    if kept is None:
+        query = decode_image(client.blobs.get(image_key), image_limits(client.settings))
+        return JobFigure(draw_figure(query, None, [], NOT_KEPT), [], note=NOT_KEPT)
+    try:
+        figure = unpack_inliers(kept)
+    except ValueError as exc:
+        raise InputError(f"job {job_id}: {exc}") from None
+    query = decode_image(client.blobs.get(figure.query_key), PANEL_LIMITS)
+    inliers = figure.inliers
+    rows: list[FigureRow] = []
+    drawn: list[InlierMatches] = []
+    missing: list[str] = []
+    for m in inliers[:top]:
+        photo = find_image(images_dir, m.reference_id) if images_dir else None
+        if photo is None:
+            missing.append(m.reference_id)
+            continue
+        x, y = positions.get((m.stage, m.reference_id), (float("nan"), float("nan")))
+        caption = (
+            f"{len(drawn) + 1}. {m.reference_id} at ({x:.1f}, {y:.1f}), {m.stage} stage: "
+            f"{len(m)} inliers of {m.tentative} matches"
+        )
+        rows.append(FigureRow(read_image(photo), m, caption))
+        drawn.append(m)
+    note = None
+    if not rows:
+        note = (
             f"job {job_id}: no candidates"
-            if not best
+            if not inliers
             else "reference photos unavailable (featureloc map images)"
-        ]
-    return JobFigure(
-        draw_matches(query, refs, pairs, captions), [c.reference_id for c in shown], missing
-    )
+        )
+    return JobFigure(draw_figure(query, figure.query_size, rows, note or ""), drawn, missing, note)

@@ -27,6 +27,7 @@ from db.types import utcnow
 from workers import runtime
 from workers.blobstore import BlobNotFound
 from workers.celery_app import LOCALISE_TASK
+from workers.figures import keep_figure
 from workers.heartbeat import Heartbeat, holder_alive
 from workers.job_fields import JobConflict, JobFields, record_job
 from workers.maps import image_limits
@@ -154,6 +155,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             map_version=map_version,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
+            figure_inliers=keep_figure(result, image, runtime.blob_store()),
         )
     return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}
 

