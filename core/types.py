@@ -161,3 +161,11 @@ class LocalisationResult:
     # there from its own size (core/querysize.py): keypoints are in that frame.
     query_size: tuple[int, int] | None = None
     query_scale: float = 1.0
+    # The profile that ran (core.localiser.ProfileRun: "fast" when "accurate" was asked of a
+    # map without a fine set) and why it or its threshold is not what was asked.
+    profile_used: str = "fast"
+    profile_note: str | None = None
+    # Whether the confidence is P(error < 5) by the map's fit, and which fit the map had
+    # (a hash of its training.json; None: never fitted).
+    calibrated: bool = False
+    fit_id: str | None = None
