@@ -178,6 +178,10 @@ def save_result(
     candidates: Sequence[CandidateResult],
     method: str | None = None,
     map_version: str | None = None,
+    profile_used: str | None = None,
+    profile_note: str | None = None,
+    calibrated: bool | None = None,
+    fit_id: str | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -201,6 +205,10 @@ def save_result(
     job.matcher = matcher
     job.method = method
     job.map_version = map_version
+    job.profile_used = profile_used
+    job.profile_note = profile_note
+    job.calibrated = calibrated
+    job.fit_id = fit_id
     if worker is not None:
         job.worker = worker
     job.error = None
