@@ -8,7 +8,6 @@ import pytest
 
 from core.calibration import calibrate, expected_calibration_error, isotonic
 from core.heldout import HeldoutRow, fit, read_rows
-from core.mapstore import fine_fitted
 
 
 def _row(i: int, coarse_err: float, score: float, fine_err: float | None = None,
@@ -77,7 +76,7 @@ def test_a_fit_without_fine_rows_has_no_fine_part() -> None:
     """A map fitted before it had a fine set: no 0.0 threshold and no all-zero fine curve
     that would later stop the fine stage or zero its confidence."""
     rows = [_row(i, 1.0 + i, 0.1 * i) for i in range(8)]
-    record = fit(rows, fallback=(0.0, 0.0), fine_extractor=None)
+    record = fit(rows, fallback=(0.0, 0.0))  # the map has no fine set
     assert "escalate_below" not in record
     assert set(record["calibration"]) == {"coarse"}
     assert record["fine_missing"] == "the map has no fine set"
@@ -90,6 +89,8 @@ def test_a_fit_without_fine_rows_has_no_fine_part() -> None:
 
 
 def test_the_fine_part_of_a_fit_applies_only_to_the_fine_set_it_measured() -> None:
+    from core.mapstore import fine_fitted
+
     aliked = {"name": "aliked", "conf": {}}
     rows = [_row(i, 40.0, 0.1 + 0.01 * i, 1.0, 0.8) for i in range(6)]
     rows += [_row(10 + i, 1.0, 0.9) for i in range(6)]
