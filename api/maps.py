@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerKey, require_map
 from api.problems import Problem
-from api.schemas import BuildOut, MapDetail, MapSummary, ReferenceOut
+from api.schemas import BuildOut, FineSetOut, FitOut, MapDetail, MapSummary, ReferenceOut
 from api.services import Services, Svc
 from core.errors import MapError
-from core.mapstore import IMAGES_DIR_KEY, validate_map_name
+from core.mapstore import FINE_EXTRACTOR_KEY, IMAGES_DIR_KEY, MapStore, validate_map_name
 from db import build_queries, queries
 from db.models import Map
 
@@ -70,12 +70,33 @@ def _detail(svc: Services, map_name: str) -> MapDetail:
     except MapError:  # registered, but its files are not on this host's maps_dir
         manifest = {}
     photos: str | None = manifest.get(IMAGES_DIR_KEY)
+    fine = manifest.get(FINE_EXTRACTOR_KEY)
     return MapDetail(
         **_summary(row).model_dump(),
         camera=manifest.get("camera"),
+        fine_set=None
+        if fine is None
+        else FineSetOut(extractor=fine, references=svc.maps.fine_count(map_name)),
+        fit=_fit(svc.maps, map_name) if manifest else None,
         reference_photos=photos is not None and Path(photos).is_dir(),
         references=refs,
         builds=builds,
+    )
+
+
+def _fit(maps: MapStore, map_name: str) -> FitOut | None:
+    record = maps.training(map_name)
+    if not record:
+        return None
+    held = record["heldout"]
+    return FitOut(
+        fitted_at=record["fitted_at"],
+        heldout_queries=record["heldout_queries"],
+        heldout_mae=held["mae"],
+        heldout_coarse_mae=held["coarse_mae"],
+        escalate_below=record.get("escalate_below") if held.get("fine_run") else None,
+        fine_missing=record.get("fine_missing")
+        or (None if held.get("fine_run") else "no held-out position ran the fine stage"),
     )
 
 

@@ -47,6 +47,24 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     candidates: list[CandidateOut] = Field(description="Most inliers first.")
+    profile_used: str | None = Field(
+        default=None,
+        description="The profile that ran: fast when accurate was asked of a map without a"
+        " fine set (profile_note says why).",
+    )
+    profile_note: str | None = Field(
+        default=None,
+        description="Why the profile that ran is not the one asked, or what it lacked (e.g. a"
+        " fit of the fine stage).",
+    )
+    calibrated: bool | None = Field(
+        default=None,
+        description="True: the confidence is P(error < 5) by the map's fit (fit_id); False:"
+        " a raw score, as on a map never fitted, and localised is not calibrated either.",
+    )
+    fit_id: str | None = Field(
+        default=None, description="The map's fit that answered (None: the map is unfitted)."
+    )
 
 
 class JobPage(BaseModel):
@@ -82,8 +100,33 @@ class BuildOut(BaseModel):
     finished_at: datetime | None
 
 
+class FineSetOut(BaseModel):
+    extractor: dict[str, Any] = Field(description="The fine stage's extractor and settings.")
+    references: int = Field(description="References that have fine features so far.")
+
+
+class FitOut(BaseModel):
+    fitted_at: datetime
+    heldout_queries: int = Field(description="Held-out positions the fit measured.")
+    heldout_mae: float = Field(description="MAE on them, as the accurate profile answers.")
+    heldout_coarse_mae: float = Field(description="MAE on them, coarse stage only.")
+    escalate_below: float | None = Field(
+        description="Coarse confidence below which the accurate profile runs the fine stage;"
+        " None: the fit has no fine part (fine_missing says why) and the default is used."
+    )
+    fine_missing: str | None = Field(description="Why the fine stage was not fitted.")
+
+
 class MapDetail(MapSummary):
     camera: dict[str, Any] | None = Field(description="Intrinsics of the reference photos.")
+    fine_set: FineSetOut | None = Field(
+        default=None, description="The fine feature set; None: the accurate profile runs as fast."
+    )
+    fit: FitOut | None = Field(
+        default=None,
+        description="What the map fitted on its held-out positions; None: never fitted, so"
+        " confidences are raw scores, not probabilities.",
+    )
     reference_photos: bool = Field(description="The API can show the reference photos.")
     references: list[ReferenceOut]
     builds: list[BuildOut] = Field(description="Builds run on the workers, newest first.")

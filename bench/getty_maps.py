@@ -120,9 +120,11 @@ def ensure_fine_and_training(
         training["fit_seconds"] = time.perf_counter() - t0
         write_training(store.path(name), training)
     held = training["heldout"]
+    below = training.get("escalate_below")  # None: no fine part (fine_missing says why)
     log(
         f"training: {training['heldout_queries']} held-out positions; escalate below "
-        f"{training['escalate_below']:.3f} ({held['escalated']:.0%} of them); held-out MAE "
+        f"{'-' if below is None else f'{below:.3f}'} ({held['escalated']:.0%} of them); "
+        f"held-out MAE "
         f"{held['coarse_mae']:.2f} coarse -> {held['mae']:.2f} cascade, median "
         f"{held['median']:.2f}, within 5 {held['within_5']:.0%}"
     )

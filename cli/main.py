@@ -318,6 +318,13 @@ def jobs_list(
     console.print(table)
 
 
+def _provenance(r) -> str:
+    """Which profile ran and whether the confidence is calibrated (workers.client.JobResult)."""
+    note = f" ({r.profile_note})" if r.profile_note else ""
+    cal = f"calibrated by fit {r.fit_id}" if r.calibrated else "UNCALIBRATED (raw score)"
+    return f"profile {r.profile_used or '-'}{note}  confidence {cal}"
+
+
 def jobs_show(
     job_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
@@ -343,6 +350,7 @@ def jobs_show(
             + (f"  by {r.method}" if r.method else "")
             + (f"  map version {r.map_version}" if r.map_version else "")
         )
+        console.print(_provenance(r), highlight=False)
     if r.timings:
         console.print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items()))
     if r.candidates:

@@ -61,6 +61,30 @@ def map_fine(
     )
     for rid, reason in list(report.failed.items())[:20]:
         console.print(f"  {rid}: {reason}", highlight=False)
+    _publish(name)
+    if report.added:
+        console.print(
+            f"the accurate profile uses its default threshold and leaves fine confidences "
+            f"uncalibrated until the map is fitted again: `featureloc map fit {name}`",
+            highlight=False,
+        )
+
+
+def _publish(name: str) -> None:
+    """With ``map_backend=s3``, publish the map so running workers switch to it (between jobs);
+    with a directory backend they see the change on disk."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from core.mapstore import MapStore
+    from workers.maps import publish_if_configured
+
+    settings = get_settings()
+    try:
+        version = publish_if_configured(settings, MapStore(settings.maps_dir), name)
+    except (BotoCoreError, ClientError, ValueError) as exc:
+        fail(f"could not publish map {name!r}: {exc}; publish it with `featureloc map publish`")
+    if version is not None:
+        console.print(f"map {name!r} published as version {version}", highlight=False)
 
 
 def map_fit(
@@ -92,11 +116,35 @@ def map_fit(
     except InputError as exc:
         fail(str(exc))
     assert record is not None  # no batch limit: the fit ran to the end
-    held = record["heldout"]
-    console.print(
-        f"map {name!r}: {record['heldout_queries']} held-out positions; escalate below "
-        f"{record['escalate_below']:.3f} ({held['escalated']:.0%}); MAE coarse "
-        f"{held['coarse_mae']:.2f} -> {held['mae']:.2f}, median {held['median']:.2f}, within 5 "
-        f"{held['within_5']:.0%}",
-        highlight=False,
-    )
+    for line in fit_report(name, record):
+        console.print(line, highlight=False)
+    _publish(name)
+
+
+def fit_report(name: str, record: dict) -> list[str]:
+    """What a fit did and, where its fine part is missing, what the user should do."""
+    held, run = record["heldout"], record.get("last_run", {})
+    lines = [
+        f"map {name!r}: {record['heldout_queries']} held-out positions ({run.get('measured', 0)} "
+        f"measured now, {run.get('fine_remeasured', 0)} measured again for the fine stage)",
+        f"  MAE {held['mae']:.2f}, median {held['median']:.2f}, within 5 {held['within_5']:.0%}",
+    ]
+    missing = record.get("fine_missing")
+    if missing is None:
+        lines.append(
+            f"  fine stage fitted on {held['fine_run']} positions: escalate below "
+            f"{record['escalate_below']:.3f} ({held['escalated']:.0%}); MAE coarse "
+            f"{held['coarse_mae']:.2f} -> {held['mae']:.2f}"
+        )
+    elif record.get("fine_extractor") is None:
+        lines.append(
+            f"  fine stage not fitted: {missing}; the accurate profile answers as fast. Add "
+            f"one with `featureloc map fine {name}`, then run `featureloc map fit {name}` "
+            "again: it measures the fine stage on the positions done"
+        )
+    else:
+        lines.append(
+            f"  fine stage not fitted: {missing}; the accurate profile uses its default "
+            "threshold and leaves fine confidences uncalibrated"
+        )
+    return lines

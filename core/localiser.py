@@ -35,7 +35,7 @@ from core.finestage import (
     top_places,
 )
 from core.images import read_image
-from core.mapstore import FINE_SET, ReferenceMap, append_features
+from core.mapstore import FINE_SET, ReferenceMap, append_features, fine_fitted
 from core.placement import Link, PlacementConfig, place_query
 from core.querysize import to_map_scale
 from core.types import (
@@ -161,6 +161,27 @@ class LocaliseOptions(BaseModel):
             },
             "verification (verify_model, verify_method, verify_threshold_px)",
         )
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """The profile a job ran (it may not be the one asked: ``note`` says why, or what it
+    lacked), the coarse confidence below which the fine stage runs, and whether the map's fit
+    measured its fine set."""
+
+    profile: Profile
+    note: str | None = None
+    escalate_below: float = 0.0
+    fine_fitted: bool = False
+
+
+def _calibrated(estimate: Estimate, curve: dict[str, list[float]], threshold: float) -> Estimate:
+    """The confidence as P(error < 5) and the localised call, by a curve fitted on the map's
+    held-out positions (core/heldout.py)."""
+    p = calibrate(curve, estimate.confidence)
+    # A declined answer (a guess under doubt, or none) stays declined.
+    localised = estimate.localised and p >= threshold
+    return dataclasses.replace(estimate, confidence=p, localised=localised)
 
 
 @dataclass(frozen=True)
@@ -317,9 +338,11 @@ class Localiser:
         estimate = ESTIMATORS[opts.estimator](candidates, opts.estimator_config())
         timings["estimate"] = time.perf_counter() - t0
 
+        training, fit_id = self.map.fit  # one fit for the whole job
+        run = self.profile_run(opts, training)
         fine: list[CandidateResult] = []
         fine_inliers: list[InlierMatches] = []
-        if self._escalate(opts, estimate):
+        if run.profile == "accurate" and estimate.confidence < run.escalate_below:
             t0 = time.perf_counter()
             estimate, fine, fine_inliers = self._refine(
                 image, estimate, candidates, opts.fine_config()
@@ -332,8 +355,11 @@ class Localiser:
             t0 = time.perf_counter()
             estimate = self._place(query, estimate, links, matcher, opts, pconf, features, hidden)
             timings["place"] = time.perf_counter() - t0
-        if calibrated:
-            estimate = self._calibrated(estimate, "fine" if fine else "coarse")
+        curve = training.get("calibration", {}).get("fine" if fine else "coarse")
+        if fine and not run.fine_fitted:
+            curve = None  # a fit made without this fine set says nothing of its answers
+        if calibrated and curve is not None:
+            estimate = _calibrated(estimate, curve, training["localised_probability"])
         coarse_inliers = [
             _inliers(
                 self.map.ids[p.index],
@@ -346,14 +372,11 @@ class Localiser:
             for p in pairs
         ]
         return LocalisationResult(
-            estimate,
-            candidates + fine,
-            timings,
-            opts.model_dump(),
-            query.image_size,
-            scale,
-            coarse_inliers + fine_inliers,
-        )
+            estimate, candidates + fine, timings, opts.model_dump(), query.image_size, scale,
+            inliers=coarse_inliers + fine_inliers,
+            profile_used=run.profile, profile_note=run.note,
+            calibrated=calibrated and curve is not None, fit_id=fit_id,
+        )  # fmt: skip
 
     def to_map_scale(self, image: np.ndarray, opts: LocaliseOptions) -> tuple[np.ndarray, float]:
         """The query photo at the scale of this map's references, and the factor applied: what
@@ -362,27 +385,33 @@ class Localiser:
         camera = self.map.camera if opts.query_camera is not None else None
         return to_map_scale(image, self.map.reference_size, opts.query_camera, camera)
 
-    def _calibrated(self, estimate: Estimate, path: str) -> Estimate:
-        """The confidence as P(error < 5) and the localised call, by the curves fitted on the
-        map's held-out positions (core/heldout.py); unchanged for a map without them."""
-        training = self.map.training
-        curve = training.get("calibration", {}).get(path)
-        if curve is None:
-            return estimate
-        p = calibrate(curve, estimate.confidence)
-        # A declined answer (a guess under doubt, or none) stays declined.
-        localised = estimate.localised and p >= training["localised_probability"]
-        return dataclasses.replace(estimate, confidence=p, localised=localised)
-
-    def _escalate(self, opts: LocaliseOptions, coarse: Estimate) -> bool:
-        """Whether the fine stage runs: the accurate profile, a map with fine features, and a
-        coarse confidence below the job's, the map's fitted, or the default threshold."""
-        if opts.profile != "accurate" or not opts.verify or self.map.fine_extractor is None:
-            return False
+    def profile_run(self, opts: LocaliseOptions, training: dict[str, Any]) -> ProfileRun:
+        """What the job's profile amounts to on this map: the accurate profile needs
+        verification and a fine set, else it runs as fast (and says why); its escalation
+        threshold is the job's, the fit's (when the fit measured this fine set) or the
+        default (and says so)."""
+        fine_set = self.map.fine_extractor
+        if opts.profile != "accurate":
+            return ProfileRun(opts.profile)
+        if not opts.verify:
+            return ProfileRun("fast", "the fine stage needs verify=true")
+        if fine_set is None:
+            return ProfileRun(
+                "fast",
+                f"map {self.map.name!r} has no fine set (featureloc map fine {self.map.name})",
+            )
+        fitted = fine_fitted(training, fine_set)
         below = opts.fine_config().escalate_below
-        if below is None:
-            below = self.map.training.get("escalate_below", DEFAULT_ESCALATE_BELOW)
-        return coarse.confidence < below
+        if below is not None:
+            return ProfileRun("accurate", None, below, fitted)
+        if fitted:
+            return ProfileRun("accurate", None, training["escalate_below"], True)
+        why = "the map is not fitted" if not training else "its fit has no fine part"
+        note = (
+            f"default escalation threshold and uncalibrated fine confidence: {why} "
+            f"(featureloc map fit {self.map.name})"
+        )
+        return ProfileRun("accurate", note, DEFAULT_ESCALATE_BELOW, False)
 
     def fine_models(self) -> tuple[Any, Any]:
         """The fine extractor and matcher of this map (loaded on first use)."""

@@ -38,6 +38,7 @@ Format 1 maps (HDF5 parts, ``parts/part-*.h5``) are refused with a pointer to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -161,6 +162,15 @@ class MapStore:
             manifest[key] = value
         write_manifest(path, manifest)
 
+    def training(self, name: str) -> dict[str, Any]:
+        """The map's training record (core/heldout.py), or {} for a map never fitted."""
+        path = self._existing(name) / TRAINING_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def fine_count(self, name: str) -> int:
+        """References with features in the map's fine set."""
+        return len(existing_reference_ids(self._existing(name), set_name=FINE_SET))
+
     def open(self, name: str) -> ReferenceMap:
         return ReferenceMap.load(self._existing(name))
 
@@ -195,6 +205,18 @@ def write_training(map_path: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def fine_fitted(training: dict[str, Any], fine_extractor: dict[str, Any] | None) -> bool:
+    """Whether a training record fitted the fine stage of a map whose fine set is
+    ``fine_extractor``: held-out rows ran the fine stage, with that extractor. Records written
+    before fits said so (a fit without a fine set stored ``escalate_below`` 0.0 and an all-zero
+    fine curve) count as not fitted when none of their rows ran it."""
+    if fine_extractor is None or "escalate_below" not in training:
+        return False
+    if training.get("heldout", {}).get("fine_run", 0) <= 0:
+        return False
+    return training.get("fine_extractor", fine_extractor) == fine_extractor
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "manifest.json").read_text())
 
@@ -222,11 +244,14 @@ def part_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("part-*.feat") if _PART_RE.fullmatch(p.name))
 
 
-def existing_reference_ids(map_path: Path, exclude: Iterable[str] = ()) -> set[str]:
-    """Ids stored in the map's parts, except in the part files named in ``exclude``."""
+def existing_reference_ids(
+    map_path: Path, exclude: Iterable[str] = (), set_name: str = DEFAULT_SET
+) -> set[str]:
+    """Ids stored in the parts of a feature set of the map (default: the references), except
+    in the part files named in ``exclude``."""
     skip = set(exclude)
     ids: set[str] = set()
-    for part in part_files(feature_dir(map_path)):
+    for part in part_files(feature_dir(map_path, set_name)):
         if part.name not in skip:
             ids.update(str(i) for i in read_arrays(part)["ids"])
     return ids
@@ -379,10 +404,19 @@ class ReferenceMap:
         return self.manifest.get(FINE_EXTRACTOR_KEY)
 
     @cached_property
-    def training(self) -> dict[str, Any]:
-        """What was fitted on the map's held-out positions (core/heldout.py), or {}."""
+    def fit(self) -> tuple[dict[str, Any], str | None]:
+        """What was fitted on the map's held-out positions (core/heldout.py) and that fit's id
+        (a hash of ``training.json``), or ``({}, None)``. Read once per loaded map: a worker
+        loads the map again when the fit changes (workers/runtime.py), so a job sees one fit."""
         path = self.path / TRAINING_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}, None
+        data = path.read_bytes()
+        return json.loads(data), hashlib.sha256(data).hexdigest()[:16]
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.fit[0]
 
     @property
     def features(self) -> FeatureSet:

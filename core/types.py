@@ -180,3 +180,11 @@ class LocalisationResult:
     query_scale: float = 1.0
     # The verified inliers of each candidate, in the order of ``candidates``.
     inliers: list[InlierMatches] = field(default_factory=list)
+    # The profile that ran (core.localiser.ProfileRun: "fast" when "accurate" was asked of a
+    # map without a fine set) and why it or its threshold is not what was asked.
+    profile_used: str = "fast"
+    profile_note: str | None = None
+    # Whether the confidence is P(error < 5) by the map's fit, and which fit the map had
+    # (a hash of its training.json; None: never fitted).
+    calibrated: bool = False
+    fit_id: str | None = None

@@ -44,6 +44,8 @@ WORKER_LENGTH = 255
 MATCHER_LENGTH = 64
 MAP_VERSION_LENGTH = 64
 METHOD_LENGTH = 64
+PROFILE_LENGTH = 16
+FIT_ID_LENGTH = 32
 STATUS_LENGTH = 16
 
 
@@ -126,6 +128,12 @@ class Job(Base):
     method: Mapped[str | None] = mapped_column(String(METHOD_LENGTH))
     # The exact map version the estimate came from (workers/mapversions.py).
     map_version: Mapped[str | None] = mapped_column(String(MAP_VERSION_LENGTH))
+    # The profile that ran (may differ from the one asked: profile_note says why), whether the
+    # confidence is calibrated by the map's fit, and which fit (core.mapstore.ReferenceMap.fit).
+    profile_used: Mapped[str | None] = mapped_column(String(PROFILE_LENGTH))
+    profile_note: Mapped[str | None] = mapped_column(Text)
+    calibrated: Mapped[bool | None]
+    fit_id: Mapped[str | None] = mapped_column(String(FIT_ID_LENGTH))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

@@ -179,6 +179,10 @@ def save_result(
     method: str | None = None,
     map_version: str | None = None,
     figure_inliers: bytes | None = None,
+    profile_used: str | None = None,
+    profile_note: str | None = None,
+    calibrated: bool | None = None,
+    fit_id: str | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -203,6 +207,10 @@ def save_result(
     job.method = method
     job.map_version = map_version
     job.figure_inliers = figure_inliers
+    job.profile_used = profile_used
+    job.profile_note = profile_note
+    job.calibrated = calibrated
+    job.fit_id = fit_id
     if worker is not None:
         job.worker = worker
     job.error = None

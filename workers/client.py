@@ -31,7 +31,7 @@ from db.models import Job
 from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
 from workers.celery_app import LOCALISE_TASK, make_celery
-from workers.job_fields import record_job, validate_job_fields
+from workers.job_fields import record_job, validate_job_fields, with_default_profile
 
 FINISHED = ("done", "failed")
 
@@ -64,6 +64,13 @@ class JobResult:
     started_at: datetime | None
     finished_at: datetime | None
     candidates: list[CandidateResult] = field(default_factory=list)
+    # The profile that ran ("fast" when "accurate" was asked of a map with no fine set) and
+    # why it differs from, or falls short of, the one asked; whether the confidence is
+    # calibrated by the map's fit (P(error < 5)) and which fit (None: the map is unfitted).
+    profile_used: str | None = None
+    profile_note: str | None = None
+    calibrated: bool | None = None
+    fit_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -114,6 +121,8 @@ class Client:
         validate_map_name(map_name)
         options = dict(options or {})
         LocaliseOptions.parse(options)  # a typo in an option name fails here, before queueing
+        # The id covers every option that decides the answer, the default profile included.
+        options = with_default_profile(options, self.settings)
         data = Path(image).read_bytes() if isinstance(image, Path) else bytes(image)
         key = blob_key(data)
         fields = validate_job_fields(job_id_for(map_name, key, options), map_name, key, options)
@@ -233,4 +242,8 @@ def _to_result(job, candidates) -> JobResult:
         started_at=job.started_at,
         finished_at=job.finished_at,
         candidates=list(candidates),
+        profile_used=job.profile_used,
+        profile_note=job.profile_note,
+        calibrated=job.calibrated,
+        fit_id=job.fit_id,
     )

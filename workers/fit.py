@@ -2,8 +2,10 @@
 
 ``featureloc.fit_map(map_name, queries)`` localises up to ``FIT_BATCH`` held-out positions,
 appends them to the map's ``heldout.jsonl`` and sends itself again until every position is done;
-the last step fits and writes ``training.json``. A worker killed mid-step loses at most the
-position it was on: the next delivery (acks_late) or ``featureloc map fit`` goes on from the file.
+the last step fits and writes ``training.json`` and, with ``map_backend=s3``, publishes the map
+(workers see the new fit between jobs, workers/runtime.py). A worker killed mid-step loses at
+most the position it was on: the next delivery (acks_late) or ``featureloc map fit`` goes on
+from the file.
 Workers find the photos in the folder the map records (``featureloc map images``).
 """
 
@@ -22,6 +24,7 @@ from core.mapstore import MapStore
 from core.settings import Settings
 from workers import runtime
 from workers.celery_app import FIT_MAP_TASK
+from workers.maps import publish_if_configured
 from workers.retry import RETRY_POLICY
 
 log = logging.getLogger(__name__)
@@ -54,4 +57,11 @@ def fit_map_task(self, map_name: str, queries: int = defaults.HELDOUT_QUERIES) -
     if record is None:
         send_fit(self.app, settings, map_name, queries)
         return {"map": map_name, "status": "continuing"}
-    return {"map": map_name, "status": "done", "escalate_below": record["escalate_below"]}
+    version = publish_if_configured(settings, store, map_name)
+    return {
+        "map": map_name,
+        "status": "done",
+        "escalate_below": record.get("escalate_below"),
+        "fine_missing": record.get("fine_missing"),
+        "version": version,
+    }

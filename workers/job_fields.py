@@ -15,8 +15,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.defaults import DEFAULT_PROFILE
 from core.errors import InputError
 from core.mapstore import validate_map_name
+from core.settings import Settings
 from db import queries
 from db.models import JOB_ID_LENGTH, Job
 
@@ -84,6 +86,21 @@ def validate_options(value: Any) -> dict[str, Any]:
     if size > MAX_OPTIONS_BYTES:
         raise InvalidJob(f"invalid options: {size} bytes of JSON > limit {MAX_OPTIONS_BYTES}")
     return value
+
+
+def with_default_profile(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``options`` with the profile made explicit: the one asked, else this host's default
+    (``FEATURELOC_PROFILE``), else core.defaults.DEFAULT_PROFILE.
+
+    The profile decides the answer, so the client resolves it before it makes the job id
+    (workers/client.py): the id covers it and any worker, whatever its own default, computes
+    what the id names. Client and workers may run on different hosts with different settings;
+    the submitting side's is the one the user chose and can see. A worker resolves it only for
+    a job registered or sent by name without one, and the job records the profile that ran.
+    """
+    if "profile" in options:
+        return options
+    return {**options, "profile": settings.profile or DEFAULT_PROFILE}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from sqlalchemy.exc import DBAPIError
 from core.errors import InputError
 from core.images import decode_image
 from core.localiser import LocaliseOptions
-from core.settings import Settings
 from db import queries
 from db.models import Job
 from db.types import utcnow
@@ -29,7 +28,7 @@ from workers.blobstore import BlobNotFound
 from workers.celery_app import LOCALISE_TASK
 from workers.figures import keep_figure
 from workers.heartbeat import Heartbeat, holder_alive
-from workers.job_fields import JobConflict, JobFields, record_job
+from workers.job_fields import JobConflict, JobFields, record_job, with_default_profile
 from workers.maps import image_limits
 from workers.messages import BadMessage, parse_localise, record_bad_message
 from workers.retry import MAX_RETRIES, RETRY_POLICY, TransientFault, is_transient, last_try
@@ -122,7 +121,7 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
     settings = runtime.settings()
     t0 = time.perf_counter()
     try:
-        opts = LocaliseOptions.parse(with_worker_defaults(options, settings))
+        opts = LocaliseOptions.parse(with_default_profile(options, settings))
         image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
         loc, map_version = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
@@ -153,6 +152,10 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             matcher=opts.matcher,
             method=est.method,
             map_version=map_version,
+            profile_used=result.profile_used,
+            profile_note=result.profile_note,
+            calibrated=result.calibrated,
+            fit_id=result.fit_id,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
             figure_inliers=keep_figure(result, image, runtime.blob_store()),
@@ -208,14 +211,6 @@ def _dead_letter(task: str, message_id: Any, message: Any, reason: str) -> None:
             )
     except Exception:
         log.exception("could not store a dead letter for %s", task)
-
-
-def with_worker_defaults(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """A job's options with this worker's defaults under them: the profile
-    (``FEATURELOC_PROFILE``) when the job does not choose one."""
-    if settings.profile is None or "profile" in options:
-        return options
-    return {**options, "profile": settings.profile}
 
 
 @celeryd_after_setup.connect

@@ -90,6 +90,8 @@ def test_the_job_page_shows_the_job_and_its_images(api_stack, browser, tmp_path)
     assert text("x") == f"{job['x']:.2f}" and text("y") == f"{job['y']:.2f}"
     assert text("confidence") == f"{job['confidence']:.2f}"
     assert text("localised") == "yes"
+    assert text("profile-used") == job["profile_used"] == "fast"
+    assert text("calibration").startswith("confidence uncalibrated")  # the map is not fitted
     rows = browser.evaluate("document.querySelectorAll('#candidates tr').length")
     shown = min(len(job["candidates"]), CANDIDATE_ROWS)
     assert rows == 1 + shown

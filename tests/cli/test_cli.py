@@ -124,6 +124,9 @@ def test_localise_wait_and_inspect_jobs(cli_env, scene):
     assert shown["status"] == "done" and shown["localised"]
     assert (shown["x"], shown["y"]) == (float(rows[9]["x"]), float(rows[9]["y"]))
     assert shown["candidates"][0]["reference_id"] == rows[9]["id"]
+    assert shown["profile_used"] == "fast" and shown["calibrated"] is False
+    told = _cli(env, "jobs", "show", job_id).stdout
+    assert "profile fast" in told and "confidence UNCALIBRATED" in told  # the map is unfitted
 
 
 def test_evaluate_writes_a_report(cli_env, scene):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.defaults import HELDOUT_FINE_BELOW
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import FINE_SET, MapStore
 from tests.support.paths import REPO
@@ -76,3 +77,34 @@ def test_fit_needs_the_photos(small, tmp_path) -> None:
     bad = _cli(env, "map", "fit", "small", "--images", str(tmp_path))
     assert bad.returncode != 0
     assert "have no photo in" in bad.stdout + bad.stderr
+
+
+def test_a_map_fitted_before_its_fine_set_is_told_what_to_do(small) -> None:
+    """Fit, then a fine set, then fit again: each step says what it did and what is missing,
+    and the second fit measures the fine stage on the positions the first did without it."""
+    env, data, store = small
+    scene_images = store.images_dir("small")
+    assert scene_images is not None
+    built = _cli(env, "map", "build", "plain", "--images", str(scene_images),
+                 "--positions", str(data / "refs.csv"))  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    first = _cli(env, "map", "fit", "plain", "--queries", "3")
+    assert first.returncode == 0, first.stdout + first.stderr
+    told = " ".join(first.stdout.split())  # rich wraps long lines
+    assert "(3 measured now, 0 measured again for the fine stage)" in told
+    assert "fine stage not fitted: the map has no fine set" in told
+    assert "featureloc map fine plain" in told and "escalate below" not in told
+    record = json.loads((store.path("plain") / "training.json").read_text())
+    assert "escalate_below" not in record and set(record["calibration"]) == {"coarse"}
+
+    fine = _cli(env, "map", "fine", "plain")
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    assert "featureloc map fit plain" in " ".join(fine.stdout.split())
+    held = store.path("plain") / HELDOUT_FILE
+    doubtful = [r for r in read_rows(held) if r.coarse_score < HELDOUT_FINE_BELOW]
+    again = _cli(env, "map", "fit", "plain", "--queries", "3")
+    assert again.returncode == 0, again.stdout + again.stderr
+    told = " ".join(again.stdout.split())
+    assert f"(0 measured now, {len(doubtful)} measured again for the fine stage)" in told
+    rows = read_rows(held)
+    assert len(rows) == 3 and all(r.fine_tried for r in rows if r.coarse_score < HELDOUT_FINE_BELOW)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from core import registry
-from core.heldout import fit, hidden_mask, read_rows, run_heldout, sample_heldout
+from core.finestage import DEFAULT_ESCALATE_BELOW
+from core.heldout import fit, fit_map, hidden_mask, read_rows, run_heldout, sample_heldout
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import add_fine_features, build_map, read_positions_csv
-from core.mapstore import MapStore, write_training
+from core.mapstore import MapStore, fine_fitted, write_training
 
 pytestmark = pytest.mark.integration
 FINE = {"max_keypoints": 256}
@@ -97,8 +98,11 @@ def test_the_map_fits_its_confidence_on_its_own_held_out_positions(
     got = run_heldout(loc, rows, _image_of(scene), out, fine_below=0.0)  # resumes: 2 more
     assert len(got) == 6 and len(read_rows(out)) == 6
     assert all(r.fine_score is None for r in got)  # fine_below=0: coarse only
-    record = fit(got, fallback=tuple(ref_map.positions.mean(0)))
-    assert record["heldout_queries"] == 6 and record["escalate_below"] == 0.0
+    record = fit(
+        got, fallback=tuple(ref_map.positions.mean(0)), fine_extractor=ref_map.fine_extractor
+    )
+    assert record["heldout_queries"] == 6 and "escalate_below" not in record
+    assert record["fine_missing"] == "no held-out position ran the fine stage"
     write_training(ref_map.path, record)
 
     calibrated = Localiser(store.open("scene"))
@@ -115,3 +119,52 @@ def test_fine_features_come_from_one_extractor_per_map(store: MapStore) -> None:
     other = registry.create_extractor("aliked", {"max_keypoints": 128}).identity()
     with pytest.raises(Exception, match="fine features"):
         store.set_fine_extractor("scene", other)
+
+
+def test_a_map_fitted_before_its_fine_set_keeps_its_accurate_profile(
+    copy_scene_map, scene: Path
+) -> None:
+    """Fitted without a fine set, then given one: the accurate profile says it ran as fast,
+    then runs on its defaults (never a 0.0 threshold, never a zero confidence), and the next
+    fit measures the fine stage on the positions already done."""
+    store, image_of = copy_scene_map(), _image_of(scene)
+    first = fit_map(store, "scene", image_of, queries=3, fine_below=1.0)
+    assert "escalate_below" not in first and set(first["calibration"]) == {"coarse"}
+    assert first["fine_missing"] == "the map has no fine set"
+    assert first["last_run"] == {"measured": 3, "fine_remeasured": 0}
+    image, _ = _query(scene)
+    loc = Localiser(store.open("scene"))
+    res = loc.localise(image, LocaliseOptions.parse({"profile": "accurate"}))
+    assert res.profile_used == "fast" and "has no fine set" in (res.profile_note or "")
+    assert res.calibrated and res.fit_id is not None and res.fit_id == loc.map.fit[1]
+
+    entries = read_positions_csv(scene / "references.csv", scene / "images")
+    add_fine_features(store, "scene", entries[:4], "aliked", FINE)
+    # The record such a fit wrote before this fix: a 0.0 threshold and an all-zero fine curve.
+    legacy = {**first, "escalate_below": 0.0}
+    legacy["calibration"] = {**first["calibration"], "fine": {"x": [0.0, 1.0], "y": [0.0, 0.0]}}
+    for key in ("fine_extractor", "fine_missing"):
+        legacy.pop(key)
+    write_training(store.path("scene"), legacy)
+    loc = Localiser(store.open("scene"), fine_source=image_of)
+    asked = LocaliseOptions.parse({"profile": "accurate"})
+    run = loc.profile_run(asked, loc.map.training)
+    assert run.profile == "accurate" and run.escalate_below == DEFAULT_ESCALATE_BELOW
+    assert "its fit has no fine part" in (run.note or "")
+    forced = LocaliseOptions.parse(
+        {"profile": "accurate", "fine_conf": {"escalate_below": 1.0, "places": 2, "views": 2}}
+    )
+    res = loc.localise(image, forced)
+    raw = loc.localise(image, forced, calibrated=False)
+    assert "fine" in res.timings and res.profile_used == "accurate"
+    assert not res.calibrated  # the fit did not measure this fine set: its score stands
+    assert res.estimate.confidence == pytest.approx(raw.estimate.confidence)
+    assert res.estimate.confidence > 0
+
+    second = fit_map(store, "scene", image_of, queries=3, fine_below=1.0)
+    assert second["last_run"] == {"measured": 0, "fine_remeasured": 3}
+    assert second["heldout"]["fine_run"] >= 1 and "fine_missing" not in second
+    assert 0.0 <= second["escalate_below"] <= 1.0 + 1e-6
+    refitted = store.open("scene")
+    assert fine_fitted(refitted.training, refitted.fine_extractor)
+    assert len(read_rows(refitted.path / "heldout.jsonl")) == 3

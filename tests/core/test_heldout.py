@@ -70,3 +70,54 @@ def test_a_line_cut_short_by_a_crash_is_run_again(tmp_path) -> None:
     path.write_text(whole + "\n" + whole[:20] + "\n")
     rows = read_rows(path)
     assert [r.reference_id for r in rows] == ["r0"]
+
+
+def test_a_fit_without_fine_rows_has_no_fine_part() -> None:
+    """A map fitted before it had a fine set: no 0.0 threshold and no all-zero fine curve
+    that would later stop the fine stage or zero its confidence."""
+    rows = [_row(i, 1.0 + i, 0.1 * i) for i in range(8)]
+    record = fit(rows, fallback=(0.0, 0.0))  # the map has no fine set
+    assert "escalate_below" not in record
+    assert set(record["calibration"]) == {"coarse"}
+    assert record["fine_missing"] == "the map has no fine set"
+    assert record["heldout"]["mae"] == record["heldout"]["coarse_mae"]
+    assert record["heldout"]["fine_run"] == 0 and record["heldout"]["escalated"] == 0.0
+    aliked = {"name": "aliked", "conf": {}}
+    with_set = fit(rows, fallback=(0.0, 0.0), fine_extractor=aliked)
+    assert "escalate_below" not in with_set and with_set["fine_extractor"] == aliked
+    assert with_set["fine_missing"] == "no held-out position ran the fine stage"
+
+
+def test_the_fine_part_of_a_fit_applies_only_to_the_fine_set_it_measured() -> None:
+    from core.mapstore import fine_fitted
+
+    aliked = {"name": "aliked", "conf": {}}
+    rows = [_row(i, 40.0, 0.1 + 0.01 * i, 1.0, 0.8) for i in range(6)]
+    rows += [_row(10 + i, 1.0, 0.9) for i in range(6)]
+    record = fit(rows, fallback=(0.0, 0.0), fine_extractor=aliked)
+    assert fine_fitted(record, aliked)
+    assert not fine_fitted(record, None)  # the map lost its fine set
+    assert not fine_fitted(record, {"name": "aliked", "conf": {"max_keypoints": 8}})
+    # A record written before fits said so: a 0.0 threshold fitted on no fine row.
+    legacy = {**fit(rows[6:], fallback=(0.0, 0.0)), "escalate_below": 0.0}
+    legacy.pop("fine_extractor")
+    assert not fine_fitted(legacy, aliked)
+    assert not fine_fitted({}, aliked)
+
+
+def test_rows_measured_before_the_fine_set_are_measured_again(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    doubtful, sure = _row(0, 9.0, 0.2), _row(1, 1.0, 0.9)
+    assert doubtful.needs_fine(0.6) and not sure.needs_fine(0.6)
+    tried = dataclasses.replace(doubtful, fine_tried=True)  # no view had fine features
+    assert not tried.needs_fine(0.6)
+    assert not _row(2, 9.0, 0.2, 1.0, 0.7).needs_fine(0.6)  # an old row with a fine answer
+    # The row measured again replaces the first in the file (the last line wins).
+    again = dataclasses.replace(doubtful, fine_x=1.0, fine_y=0.0, fine_score=0.7, fine_tried=True)
+    path = tmp_path / "heldout.jsonl"
+    lines = [json.dumps(dataclasses.asdict(r)) for r in (doubtful, sure, again)]
+    path.write_text("\n".join(lines) + "\n")
+    rows = read_rows(path)
+    assert [r.reference_id for r in rows] == ["r0", "r1"] and rows[0].fine_score == 0.7

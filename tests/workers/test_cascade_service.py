@@ -3,6 +3,7 @@ worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -59,6 +60,9 @@ def test_a_worker_cascades_by_its_own_default_and_stores_both_stages(service, sc
     stages = [c.stage for c in job.candidates]
     assert stages.count("fine") in (1, 2) and stages.count("coarse") >= 2
     assert "fine" in job.timings and "fine" in (job.method or "")
+    # What ran is recorded: the worker's default profile, a raw score on a map never fitted.
+    assert job.options["profile"] == job.profile_used == "accurate"
+    assert job.calibrated is False and job.fit_id is None
     # A job that asks for the fast profile is not cascaded, whatever the worker's default.
     fast = client.wait(client.submit(photo, "scene", {"profile": "fast"}), timeout=240)
     assert fast.status == "done" and {c.stage for c in fast.candidates} == {"coarse"}
@@ -84,8 +88,8 @@ def test_the_figure_of_a_cascaded_job_shows_what_each_stage_counted(service, sce
     assert (figure.image.shape[1], figure.image.shape[0]) == figure_size(len(drawn))
 
 
-def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> None:
-    settings, _, store = service
+def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service, scene) -> None:
+    settings, client, store = service
     queries = FIT_BATCH + 2  # two steps: the task sends itself once more
     send_fit(make_celery(settings), settings, "scene", queries)
     path = store.path("scene") / "training.json"
@@ -99,3 +103,9 @@ def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> N
     assert len(rows) == queries and len({r.reference_id for r in rows}) == queries
     assert 0.0 <= record["escalate_below"] <= 1.0
     assert set(record["calibration"]) == {"coarse", "fine"}
+    # The running worker answers the next job with the new fit, with no restart.
+    photo = next((scene / "images").glob("query_0001.*"))
+    job = client.wait(client.submit(photo, "scene", {"profile": "fast"}), timeout=240)
+    assert job.status == "done", job.error
+    fit_id = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert job.fit_id == fit_id and job.calibrated is True and job.profile_used == "fast"
