@@ -192,11 +192,12 @@ class Client:
         The durable path for services that send ``featureloc.localise`` by name (README): once
         recorded, the job survives the loss of its message, because recovery re-sends it.
         True when recorded now, False when the same request was recorded before. Raises
-        InputError for a field no job may have, an unknown option, a photo missing from the
-        blob store, or (JobConflict) an id already naming another request.
+        InputError for a field no job may have, an unknown option, a matcher the map cannot use,
+        a photo missing from the blob store, or (JobConflict) an id already naming another
+        request.
         """
         fields = validate_job_fields(job_id, map_name, image_key, options)
-        LocaliseOptions.parse(fields.options)
+        self._check_map(fields.map_name, LocaliseOptions.parse(fields.options))
         if not self.blobs.exists(fields.image_key):
             raise InputError(f"query image {fields.image_key} is not in the blob store")
         with self.db.session() as s:
