@@ -154,7 +154,8 @@ class Client:
                 "job %s queued; its row is left to the worker (commit failed)", fields.job_id
             )
         except BaseException:
-            self._forget_photo(key, stored_now)
+            if not sent:  # once sent, the message refers to the photo
+                self._forget_photo(key, stored_now)
             raise
         return fields.job_id
 
