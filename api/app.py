@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api import figures, health, jobs, maps, pages
+from api.accesslog import install_access_log_filter
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.problems import install_problem_handlers
 from api.services import Services
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def create_app() -> FastAPI:
     settings = get_settings()
     svc = Services.create(settings)
+    install_access_log_filter()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

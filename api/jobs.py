@@ -4,7 +4,9 @@ Submission goes through ``workers.client.Client.submit``, the CLI's own path: th
 the same photo, map and options, the same blob store and the same task. Before that, the API
 refuses what can never succeed, so a bad upload creates no job: a map name that is not a name, a
 map the key may not use or that does not exist, a body or photo over the size limit, a file that
-does not decode as an image within the pixel limit (``core/images.py``), unknown options.
+does not decode as an image within the pixel limit (``core/images.py``), unknown options, a
+matcher the map's features cannot be matched with. An outage of the queue or the database is a
+``503`` with ``Retry-After`` (``api/problems.py``) that leaves nothing behind: no job, no photo.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.auth import CallerKey, require_map
-from api.problems import Problem
+from api.problems import Problem, unavailable
 from api.schemas import JobOut, JobPage
 from api.services import Services, Svc
 from core.errors import InputError
@@ -29,8 +32,9 @@ from core.images import decode_image
 from core.mapstore import validate_map_name
 from db import queries
 from db.models import ApiKey, JobStatus
-from workers.client import BrokerUnavailable, JobResult
+from workers.client import BrokerUnavailable, JobResult, pending_result
 from workers.maps import image_limits
+from workers.retry import is_transient
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -89,11 +93,16 @@ async def submit_job(
     try:
         job_id = await run_in_threadpool(svc.client.submit, photo, map_name, options)
     except BrokerUnavailable:
-        raise Problem(
-            503, "the job queue is unavailable; nothing was recorded, retry later"
-        ) from None
-    result = await run_in_threadpool(svc.client.result, job_id)
+        raise unavailable("the job queue") from None
     response.headers["Location"] = f"/v1/jobs/{job_id}"
+    try:
+        result = await run_in_threadpool(svc.client.result, job_id)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        # Queued, but its row cannot be read now (the database went away after the send, and
+        # the worker records the job from its message): accepted all the same, as pending.
+        return _job_out(pending_result(job_id, map_name, options))
     return _job_out(result)
 
 

@@ -5,6 +5,10 @@ Every error the API answers is one of these: ``type`` (``about:blank``: the stat
 ``instance`` (the request path, without its query string). Details are written by us, never
 copied from an exception that could carry a URL or a credential; an unexpected error is answered
 with a bare 500 and logged by its class only.
+
+An outage of a service the API needs (the database, the broker, the rate limit's Redis) is a
+``503`` with ``Retry-After`` (:func:`unavailable`), never a 500: the request was fine, retrying it
+later is the right move, and nothing was recorded.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import InputError
+from workers.retry import is_transient
 
 PROBLEM_JSON = "application/problem+json"
+# Seconds a client is told to wait after an outage: a restart of Redis or PostgreSQL, or a dropped
+# connection, is over in seconds, and the API reconnects by itself.
+RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +47,15 @@ class Problem(StarletteHTTPException):
     ) -> None:
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.extensions = extensions
+
+
+def unavailable(what: str) -> Problem:
+    """503 for an outage of ``what``: nothing was recorded, retry after a few seconds."""
+    return Problem(
+        503,
+        f"{what} is unavailable; nothing was recorded, retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def problem_response(
@@ -82,7 +100,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         # Our own messages: they name the bad input (an option, a map name), never a secret.
         return problem_response(400, str(exc), request.url.path)
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Handled here, not by the catch-all below: Starlette re-raises what reaches that one,
+        # and the server then logs a traceback for every request of an outage.
+        if not is_transient(exc):
+            return _internal_error(request, exc)
+        log.warning("database unavailable (%s) on %s", type(exc).__name__, request.url.path)
+        problem = unavailable("the database")
+        return problem_response(503, problem.detail, request.url.path, problem.headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return problem_response(500, "internal error", request.url.path)
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem_response(500, "internal error", request.url.path)

@@ -2,7 +2,8 @@
 
 Workers send task events (``--task-events``, ``worker_send_task_events``), so Flower shows every
 task live. Its Prometheus endpoint is ``/metrics``; Flower serves it *without* authentication
-(so Prometheus can scrape it), so keep the port on an internal network or behind a proxy.
+(so Prometheus can scrape it), so it listens on 127.0.0.1 unless ``--address`` says otherwise
+(as ``featureloc serve`` does): open it to an internal network only, or put a proxy in front.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def flower_argv(port: int, address: str) -> list[str]:
 
 def flower_command(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 5555,
-    address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    address: Annotated[
+        str, typer.Option(help="Address to listen on (/metrics needs no login: keep it private).")
+    ] = "127.0.0.1",
     basic_auth: Annotated[
         str | None,
         typer.Option(help="user:password (or set FLOWER_BASIC_AUTH; comma-separate several)."),

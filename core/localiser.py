@@ -200,6 +200,18 @@ class VerifiedMatches:
         return self.matches.indices[self.inliers]
 
 
+def require_compatible(matcher: str, extractor: str, map_name: str) -> None:
+    """MapError when matcher ``matcher`` can never match the ``extractor`` features of a map:
+    the rule a worker applies to a job, and the client at submission (no job is made)."""
+    compatible = registry.matcher_class(matcher).compatible_extractors
+    if compatible is not None and extractor not in compatible:
+        raise _incompatible(matcher, extractor, map_name)
+
+
+def _incompatible(matcher: str, extractor: str, map_name: str) -> MapError:
+    return MapError(f"matcher {matcher!r} cannot match {extractor!r} features of map {map_name!r}")
+
+
 class Localiser:
     """Holds one map's features, its retriever, the extractor that built it, and matchers."""
 
@@ -226,17 +238,12 @@ class Localiser:
         key = (name, repr(sorted(conf.items())))
         if key not in self._matchers:
             extractor = self.map.extractor["name"]
-            incompatible = MapError(
-                f"matcher {name!r} cannot match {extractor!r} features of map {self.map.name!r}"
-            )
             # Checked on the class first: an incompatible request must say so, not fail on the
             # matcher's missing weights, which it would never have used.
-            compatible = registry.matcher_class(name).compatible_extractors
-            if compatible is not None and extractor not in compatible:
-                raise incompatible
+            require_compatible(name, extractor, self.map.name)
             m = registry.create_matcher(name, conf, self.device)
             if not m.accepts(extractor):
-                raise incompatible
+                raise _incompatible(name, extractor, self.map.name)
             self._matchers[key] = m
         return self._matchers[key]
 

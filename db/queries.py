@@ -110,6 +110,11 @@ def get_job(s: Session, job_id: str) -> Job | None:
     return s.get(Job, job_id)
 
 
+def image_in_use(s: Session, image_key: str) -> bool:
+    """Whether a job refers to the photo ``image_key`` (content-addressed: several jobs may)."""
+    return s.scalar(select(Job.id).where(Job.image_key == image_key).limit(1)) is not None
+
+
 def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
     """Candidate matches of a job, strongest evidence (most inliers) first."""
     columns = [CandidateMatch.__table__.c[name] for name in CandidateResult.ROW_FIELDS]

@@ -45,3 +45,20 @@ def test_compose_minio_serves_map_versions_on_loopback_without_secrets_in_the_fi
     assert all(p.startswith("127.0.0.1:") for p in minio["ports"])
     assert all(v.startswith("${") for v in minio["environment"].values()), "no secret in the file"
     assert "minio-data:/data" in minio["volumes"] and "minio-data" in compose["volumes"]
+
+
+def test_flower_listens_on_loopback_by_default():
+    """Flower serves /metrics without a login: published on the host's loopback only, and
+    ``featureloc flower`` listens on 127.0.0.1 unless told otherwise (as ``serve`` does)."""
+    import inspect
+
+    from cli.flower import flower_command
+    from cli.serve import serve_command
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    flower = compose["services"]["flower"]
+    assert flower["ports"] and all(p.startswith("127.0.0.1:") for p in flower["ports"])
+    assert "--address=0.0.0.0" in flower["entrypoint"], "inside its container, for the mapping"
+    address = inspect.signature(flower_command).parameters["address"].default
+    host = inspect.signature(serve_command).parameters["host"].default
+    assert address == host == "127.0.0.1"

@@ -1,7 +1,7 @@
 """Content-addressed store for query images: a key is the SHA-256 of the bytes.
 
 Keys are validated hex digests, so nothing a client sends becomes a filesystem path (or an S3
-object name). Two backends behind one interface (put/get/exists): a local directory and an
+object name). Two backends behind one interface (put/get/exists/delete): a local directory and an
 S3-compatible bucket (:class:`DirectoryBlobStore`, :class:`S3BlobStore`, both a
 :class:`BlobStore`); ``make_blob_store(settings)`` picks one.
 """
@@ -58,6 +58,10 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None:
+        """Remove the blob under ``key`` (a no-op when absent): a refused submission's photo."""
+        ...
+
 
 class DirectoryBlobStore:
     """Blobs as files under ``root/<key[:2]>/<key>``, written atomically."""
@@ -87,6 +91,9 @@ class DirectoryBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 def s3_client(
@@ -173,6 +180,9 @@ class S3BlobStore:
                 return False
             raise
         return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._object_name(key))
 
 
 def make_blob_store(settings: Settings) -> BlobStore:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
-from core.localiser import LocaliseOptions
+from core.localiser import LocaliseOptions, require_compatible
 from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
 from core.types import CandidateResult
@@ -34,6 +36,7 @@ from workers.celery_app import LOCALISE_TASK, make_celery
 from workers.job_fields import record_job, validate_job_fields, with_default_profile
 
 FINISHED = ("done", "failed")
+log = logging.getLogger(__name__)
 
 
 class JobTimeout(TimeoutError):
@@ -115,35 +118,81 @@ class Client:
     ) -> str:
         """Store the photo, record a pending job and enqueue it; returns the job id.
 
-        Cheap checks only (map name, option names, size): decoding and every other check happen
-        in the worker, and a bad photo becomes a failed job with its reason, not an exception.
+        Cheap checks only (map name, options, a matcher the map cannot use, size): decoding and
+        every other check happen in the worker, and a bad photo becomes a failed job with its
+        reason, not an exception. A submission refused by an outage (BrokerUnavailable, a
+        database error) records nothing and leaves no photo behind that no job refers to.
         """
         validate_map_name(map_name)
         options = dict(options or {})
-        LocaliseOptions.parse(options)  # a typo in an option name fails here, before queueing
+        parsed = LocaliseOptions.parse(options)  # a typo in an option fails here, before queueing
         # The id covers every option that decides the answer, the default profile included.
         options = with_default_profile(options, self.settings)
         data = Path(image).read_bytes() if isinstance(image, Path) else bytes(image)
         key = blob_key(data)
         fields = validate_job_fields(job_id_for(map_name, key, options), map_name, key, options)
+        self._check_map(map_name, parsed)
         too_big = len(data) > self.settings.max_image_bytes
-        if not too_big:
+        stored_now = not too_big and not self.blobs.exists(key)
+        if stored_now:
             self.blobs.put(data)
+        sent = False
+        try:
+            with self.db.session() as s:
+                job, created = record_job(s, fields)
+                if created and too_big:
+                    queries.mark_failed(
+                        s,
+                        job.id,
+                        f"image too large: {len(data)} bytes > limit "
+                        f"{self.settings.max_image_bytes}",
+                        None,
+                    )
+                elif created:
+                    # Sent before the row commits: if the broker is down the row is rolled back,
+                    # so no pending job is left without a message.
+                    self._send(job)
+                    sent = True
+        except DBAPIError:
+            if not sent:
+                self._forget_photo(key, stored_now)
+                raise
+            # The commit failed after the send: the message is queued and the worker records
+            # the job from it (workers/tasks.py), so the job is accepted all the same.
+            log.warning(
+                "job %s queued; its row is left to the worker (commit failed)", fields.job_id
+            )
+        except BaseException:
+            if not sent:  # once sent, the message refers to the photo
+                self._forget_photo(key, stored_now)
+            raise
+        return fields.job_id
+
+    def _check_map(self, map_name: str, options: LocaliseOptions) -> None:
+        """Refuse what the worker would refuse on this map: a matcher that cannot match its
+        features (core.localiser.require_compatible, the worker's own rule). An unknown map is
+        left to the worker (it may be registered before the job runs)."""
         with self.db.session() as s:
-            job, created = record_job(s, fields)
-            if created and too_big:
-                queries.mark_failed(
-                    s,
-                    job.id,
-                    f"image too large: {len(data)} bytes > limit {self.settings.max_image_bytes}",
-                    None,
-                )
-            elif created:
-                # Sent before the row commits: if the broker is down the row is rolled back, so
-                # no pending job is left without a message. If the commit fails after the send,
-                # the worker creates the row itself from the message.
-                self._send(job)
-        return job.id
+            row = queries.get_map(s, map_name)
+            extractor = row.extractor["name"] if row is not None else None
+        if extractor is not None:
+            require_compatible(options.matcher, extractor, map_name)
+
+    def _forget_photo(self, key: str, stored_now: bool) -> None:
+        """Delete the photo a refused submission stored, unless a job refers to it (the same
+        bytes sent with other options, by this or another client). A photo stored before this
+        submission is left alone."""
+        if not stored_now:
+            return
+        try:
+            with self.db.session() as s:
+                if queries.image_in_use(s, key):
+                    return
+        except DBAPIError:
+            # No job can refer to a photo stored a moment ago unless another client recorded
+            # one since, through the same outage: deleting is the lesser risk than an orphan.
+            pass
+        self.blobs.delete(key)
 
     def register(
         self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None
@@ -153,11 +202,12 @@ class Client:
         The durable path for services that send ``featureloc.localise`` by name (README): once
         recorded, the job survives the loss of its message, because recovery re-sends it.
         True when recorded now, False when the same request was recorded before. Raises
-        InputError for a field no job may have, an unknown option, a photo missing from the
-        blob store, or (JobConflict) an id already naming another request.
+        InputError for a field no job may have, an unknown option, a matcher the map cannot use,
+        a photo missing from the blob store, or (JobConflict) an id already naming another
+        request.
         """
         fields = validate_job_fields(job_id, map_name, image_key, options)
-        LocaliseOptions.parse(fields.options)
+        self._check_map(fields.map_name, LocaliseOptions.parse(fields.options))
         if not self.blobs.exists(fields.image_key):
             raise InputError(f"query image {fields.image_key} is not in the blob store")
         with self.db.session() as s:
@@ -220,6 +270,29 @@ class Client:
                 before=before,
             )
             return [_to_result(j, []) for j in jobs]
+
+
+def pending_result(job_id: str, map_name: str, options: dict[str, Any]) -> JobResult:
+    """A job just queued, as it is before anyone ran it (when its row cannot be read back)."""
+    return JobResult(
+        id=job_id,
+        map_name=map_name,
+        status="pending",
+        x=None,
+        y=None,
+        confidence=None,
+        localised=None,
+        error=None,
+        timings=None,
+        worker=None,
+        matcher=None,
+        method=None,
+        map_version=None,
+        options=options,
+        created_at=None,
+        started_at=None,
+        finished_at=None,
+    )
 
 
 def _to_result(job, candidates) -> JobResult:

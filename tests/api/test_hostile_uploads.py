@@ -135,6 +135,22 @@ def test_bad_options(api_stack, options, detail):
     _refused(api_stack, 400, detail, path=_upload_path(), files=files, data={"options": options})
 
 
+@pytest.mark.parametrize("matcher", ["superglue", "lighterglue", "lightglue"])
+def test_a_matcher_the_map_cannot_use(api_stack, matcher):
+    """The map is SIFT: a learned matcher of other features is refused at submission with the
+    worker's own rule, before the photo is stored (core.localiser.require_compatible)."""
+    from tests.support.faults import variants
+    from workers.blobstore import blob_key, make_blob_store
+
+    photo = variants(api_stack.query_photos()[0].read_bytes(), 1)[0]  # sent nowhere else
+    files = {"photo": ("a.jpg", photo)}
+    data = {"options": json.dumps({"matcher": matcher})}
+    _refused(
+        api_stack, 400, "cannot match 'sift' features", path=_upload_path(), files=files, data=data
+    )
+    assert not make_blob_store(api_stack.stack.settings).exists(blob_key(photo))
+
+
 def test_not_multipart_or_without_a_photo(api_stack):
     photo = api_stack.query_photos()[0].read_bytes()
     _refused(api_stack, 415, "multipart/form-data", path=_upload_path(), content=photo)

@@ -54,6 +54,9 @@ def test_round_trip_and_layout(s3_endpoint, bucket):
     assert store.exists(key)
     assert store.get(key) == data
     assert _objects(store) == [f"q/{key[:2]}/{key}"]
+    store.delete(key)  # a refused submission's photo (workers/client.py)
+    assert not store.exists(key) and _objects(store) == []
+    store.delete(key)  # absent: a no-op
 
 
 def test_put_is_idempotent(s3_endpoint, bucket):

@@ -135,6 +135,24 @@ def test_an_incompatible_matcher_fails_as_incompatible(service):
     _fails_with(service, "superglue-on-sift", {"matcher": "superglue"}, "cannot match 'sift'")
 
 
+def test_the_client_refuses_an_incompatible_matcher_before_storing_anything(service):
+    """The same rule at submission (core.localiser.require_compatible): no job, no photo."""
+    from core.errors import MapError
+    from tests.support.faults import variants
+    from workers.blobstore import blob_key
+
+    st = service
+    client = st.client()
+    photo = variants(query_images(st.scene)[0].read_bytes(), 2)[1]  # sent nowhere else
+    with pytest.raises(MapError, match="matcher 'superglue' cannot match 'sift' features"):
+        client.submit(photo, "tiny", {"matcher": "superglue"})
+    assert not client.blobs.exists(blob_key(photo))
+    key = client.blobs.put(photo)
+    with pytest.raises(MapError, match="cannot match 'sift'"):
+        client.register("registered-superglue", "tiny", key, {"matcher": "lightglue"})
+    assert _job(st, "registered-superglue") is None
+
+
 def test_an_unknown_estimator_conf_key_fails_the_job(service):
     """Sent by name, so the client's own check of the options is bypassed: the worker's is
     what is tested (the strict confs of core/config.py)."""

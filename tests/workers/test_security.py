@@ -141,6 +141,11 @@ def test_blob_keys_are_content_hashes(service, tmp_path):
     for hostile in ["../secret.txt", "../../etc/passwd", "/etc/passwd", key[:2] + "/../x", ""]:
         with pytest.raises(InvalidBlobKey):
             store.get(hostile)
+        with pytest.raises(InvalidBlobKey):
+            store.delete(hostile)
+    assert (tmp_path / "secret.txt").exists()
+    store.delete(key)
+    assert not store.exists(key)
 
     # A sender in another language could put a path where the key goes: the job fails cleanly.
     client = st.client()
