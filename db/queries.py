@@ -110,6 +110,22 @@ def get_job(s: Session, job_id: str) -> Job | None:
     return s.get(Job, job_id)
 
 
+def job_ids_starting_with(s: Session, prefix: str, limit: int = 10) -> list[str]:
+    """Ids of jobs that begin with ``prefix`` (taken literally: ``%`` and ``_`` are not
+    wildcards), in order, at most ``limit``: how a person names a job by the start of its id."""
+    # LIKE may use the key's index; SQLite's LIKE ignores case, the substring check does not.
+    stmt = (
+        select(Job.id)
+        .where(
+            Job.id.startswith(prefix, autoescape=True),
+            func.substr(Job.id, 1, len(prefix)) == prefix,
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    return list(s.scalars(stmt))
+
+
 def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
     """Candidate matches of a job, strongest evidence (most inliers) first."""
     columns = [CandidateMatch.__table__.c[name] for name in CandidateResult.ROW_FIELDS]

@@ -19,11 +19,8 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url
-from redis.exceptions import RedisError
 
 from core.errors import InputError
-from core.localiser import LocaliseOptions
-from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
 from core.types import CandidateResult
 from db import queries
@@ -111,6 +108,10 @@ class Client:
         Cheap checks only (map name, option names, size): decoding and every other check happen
         in the worker, and a bad photo becomes a failed job with its reason, not an exception.
         """
+        # Here, not at the top: the computer vision modules would slow every CLI command down.
+        from core.localiser import LocaliseOptions
+        from core.mapstore import validate_map_name
+
         validate_map_name(map_name)
         options = dict(options or {})
         LocaliseOptions.parse(options)  # a typo in an option name fails here, before queueing
@@ -147,6 +148,8 @@ class Client:
         InputError for a field no job may have, an unknown option, a photo missing from the
         blob store, or (JobConflict) an id already naming another request.
         """
+        from core.localiser import LocaliseOptions
+
         fields = validate_job_fields(job_id, map_name, image_key, options)
         LocaliseOptions.parse(fields.options)
         if not self.blobs.exists(fields.image_key):
@@ -155,6 +158,8 @@ class Client:
             return record_job(s, fields)[1]
 
     def _send(self, job: Job) -> None:
+        from redis.exceptions import RedisError
+
         try:
             send_job(self.app, self.settings, job)
         except (KombuOperationalError, RedisError, OSError) as exc:
