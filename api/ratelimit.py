@@ -60,7 +60,7 @@ class RateLimiter:
 
     async def hit(self, token_hash: str, key_limit: int | None) -> None:
         """Count one request of a key; raises Problem 429 past its limit, 503 without Redis."""
-        limit = key_limit or self.default_limit
+        limit = self.default_limit if key_limit is None else key_limit  # a key's 0: no limit
         if self.redis is None or limit <= 0:
             return
         now = time.time()

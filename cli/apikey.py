@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from cli.common import console, database, fail
+from cli.common import JsonOption, console, database, fail, print_json_lines, table
 
 
 def apikey_create(
@@ -20,14 +19,25 @@ def apikey_create(
     ] = None,
     rate_limit: Annotated[
         int | None,
-        typer.Option(help="Requests per minute; default: FEATURELOC_API_RATE_LIMIT."),
+        typer.Option(help="Requests per minute (0: no limit); default: FEATURELOC_API_RATE_LIMIT."),
     ] = None,
 ) -> None:
     """Create a key and print its token (shown this once only)."""
-    from db import api_keys
+    from cli.map_sync import register_found_maps
+    from db import api_keys, queries
 
+    db = database()
+    if map_names:
+        register_found_maps()
     try:
-        with database().session() as s:
+        with db.session() as s:
+            known = {m.name for m in queries.list_maps(s)}
+            unknown = sorted(set(map_names or ()) - known)
+            if unknown:
+                fail(
+                    f"unknown map(s) {', '.join(map(repr, unknown))}; the maps are: "
+                    f"{', '.join(sorted(known)) or 'none yet (featureloc map build)'}"
+                )
             key, token = api_keys.create_key(s, name, map_names, rate_limit)
     except ValueError as exc:
         fail(str(exc))
@@ -37,22 +47,38 @@ def apikey_create(
     typer.echo(f"API key {name!r} ({scope}); the token above is not shown again.", err=True)
 
 
-def apikey_list() -> None:
+def _rate_limit(limit: int | None) -> str:
+    return "default" if limit is None else "none" if limit == 0 else str(limit)
+
+
+def apikey_list(as_json: JsonOption = False) -> None:
     """Keys with their maps and state (never their tokens)."""
     from db import api_keys
 
     with database().session() as s:
         keys = api_keys.list_keys(s)
-    table = Table("name", "maps", "rate limit", "created", "revoked")
+    if as_json:
+        print_json_lines(
+            {
+                "name": k.name,
+                "maps": k.maps,
+                "rate_limit": k.rate_limit,
+                "created_at": k.created_at,
+                "revoked_at": k.revoked_at,
+            }
+            for k in keys
+        )
+        return
+    rows = table("name", "maps", "rate limit", "created", "revoked")
     for k in keys:
-        table.add_row(
+        rows.add_row(
             k.name,
             ", ".join(k.maps) if k.maps else "all",
-            str(k.rate_limit) if k.rate_limit else "default",
+            _rate_limit(k.rate_limit),
             f"{k.created_at:%Y-%m-%d %H:%M}",
             f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
         )
-    console.print(table)
+    console.print(rows)
 
 
 def apikey_revoke(name: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -10,10 +12,28 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
+    from core.settings import Settings
     from db.session import Database
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (piped, logged) rich would lay everything out in 80 columns and cut table cells
+# with "…": a width no line reaches instead, unless COLUMNS says otherwise.
+LOG_WIDTH = 4096
+
+
+def _console(stderr: bool = False) -> Console:
+    piped = Console(stderr=stderr)
+    if piped.is_terminal or "COLUMNS" in os.environ:
+        return piped
+    return Console(stderr=stderr, width=LOG_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+# ``--json`` of the listing commands: one JSON object per line (print_json_lines).
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 
 # ``--since`` of the listing commands, read with parse_since.
 SinceOption = Annotated[str | None, typer.Option(help="ISO time, or an age such as 30m, 2h, 7d.")]
@@ -41,13 +61,53 @@ def parse_options(option: list[str] | None, options_json: str | None) -> dict[st
     return opts
 
 
+def table(*headers: str, **kwargs: Any) -> Table:
+    """A table whose cells are never cut short: in a narrow terminal a long id or number folds
+    onto the next line instead of ending in "…" (a cut id cannot be looked up)."""
+    from rich.table import Column, Table
+
+    return Table(*(Column(h, overflow="fold") for h in headers), **kwargs)
+
+
+def print_json_lines(rows: Iterable[dict[str, Any]]) -> None:
+    """``--json``: each row on its own line (times as ISO 8601), on plain stdout."""
+    for row in rows:
+        print(json.dumps(row, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def parse_status(status: str | None) -> str | None:
+    """``--status`` of the job listings: one of the job statuses (db/models.py JobStatus)."""
+    from db.models import JobStatus
+
+    known = [s.value for s in JobStatus]
+    if status is not None and status not in known:
+        raise typer.BadParameter(f"--status: {status!r} is not one of {', '.join(known)}")
+    return status
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def get_settings() -> Settings:
+    """core.settings.get_settings, imported when first needed (pydantic-settings is slow to
+    import: `featureloc --help` does without it)."""
+    from core.settings import get_settings as settings
+
+    return settings()
 
 
 def database() -> Database:
@@ -59,6 +119,29 @@ def database() -> Database:
     url = get_settings().database_url.get_secret_value()
     init_db(url)
     return Database(url)
+
+
+# How many matches of an ambiguous job id prefix are named.
+SHOWN_MATCHES = 10
+
+
+def resolve_job_id(db: Database, given: str) -> str:
+    """The job a person names by its id or any unique start of it (``jobs show 64fb40c``)."""
+    from db import queries
+
+    with db.session() as s:
+        if queries.get_job(s, given) is not None:
+            return given
+        matches = queries.job_ids_starting_with(s, given, limit=SHOWN_MATCHES + 1)
+    if not matches:
+        fail(f"unknown job {given!r}")
+    if len(matches) > 1:
+        more = " and more" if len(matches) > SHOWN_MATCHES else ""
+        fail(
+            f"job id {given!r} is ambiguous, give more of it; it begins "
+            f"{', '.join(matches[:SHOWN_MATCHES])}{more}"
+        )
+    return matches[0]
 
 
 def parse_since(since: str | None) -> datetime | None:

@@ -16,9 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from rich.table import Table
+from cli.common import console, fmt, table
 
-from cli.common import console, fmt
+
+def demo_workdir(given: Path | None) -> Path:
+    """``--workdir``, by default ``demo`` under the configured data dir (FEATURELOC_DATA_DIR)."""
+    from core.settings import get_settings
+
+    return given if given is not None else get_settings().data_dir / "demo"
 
 
 def run_demo(workdir: Path, broker: str | None) -> int:
@@ -99,7 +104,7 @@ def _localise_queries(client, scene: Path) -> int:
     results = client.wait_many(ids, timeout=600)
     elapsed = time.perf_counter() - t0
 
-    table = Table(
+    rows_out = table(
         "query", "truth", "estimate", "error", "confidence", "inliers", "method", "status"
     )
     errors = []
@@ -110,7 +115,7 @@ def _localise_queries(client, scene: Path) -> int:
             err = abs(res.x - tx) + abs(res.y - ty)
             errors.append(err)
         best = max((c.inliers for c in res.candidates), default=0)
-        table.add_row(
+        rows_out.add_row(
             row["id"],
             f"({tx:.1f}, {ty:.1f})",
             f"({fmt(res.x, 1)}, {fmt(res.y, 1)})",
@@ -120,7 +125,7 @@ def _localise_queries(client, scene: Path) -> int:
             res.method or "",
             res.error or res.status,
         )
-    console.print(table)
+    console.print(rows_out)
     done = sum(r.status == "done" for r in results)
     if errors:
         console.print(

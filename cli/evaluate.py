@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
 
-from cli.common import console, fail, parse_options
-from core.errors import InputError
-from core.evaluation import (
-    EvaluationReport,
-    Query,
-    evaluate,
-    map_centroid,
-    score_result,
-    summarise,
-)
-from core.settings import get_settings
-from core.types import Estimate, LocalisationResult
+from cli.common import console, fail, get_settings, parse_options, table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from core.evaluation import EvaluationReport, Query
+    from core.types import LocalisationResult
 
 
 def evaluate_command(
@@ -49,6 +42,7 @@ def evaluate_command(
     ] = 600,
 ) -> None:
     """Localise every query, print MAE / median / p90 / within-N, write per-query rows."""
+    from core.errors import InputError
     from core.mapbuild import read_positions_csv
 
     opts = parse_options(option, None)
@@ -78,6 +72,8 @@ def evaluate_command(
 
 
 def _progress() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -89,6 +85,7 @@ def _progress() -> Progress:
 
 
 def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> EvaluationReport:
+    from core.evaluation import evaluate, map_centroid
     from core.images import read_image
     from core.localiser import LocaliseOptions, Localiser
     from core.mapstore import MapStore
@@ -114,6 +111,8 @@ def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> Evaluat
 
 
 def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: float):
+    from core.errors import InputError
+    from core.evaluation import EvaluationReport, map_centroid, score_result, summarise
     from db import queries
     from workers.client import Client
 
@@ -144,12 +143,14 @@ def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: fl
 
 def _as_result(res) -> LocalisationResult:
     """A stored job as the LocalisationResult the scorer reads."""
+    from core.types import Estimate, LocalisationResult
+
     est = Estimate(res.x, res.y, res.confidence or 0.0, bool(res.localised), "stored")
     return LocalisationResult(est, res.candidates, res.timings or {}, res.options)
 
 
 def _print_summary(s: dict) -> None:
-    table = Table(
+    rows = table(
         "queries",
         "MAE",
         "MAE 95% interval",
@@ -164,7 +165,7 @@ def _print_summary(s: dict) -> None:
         title="evaluation",
     )
     pct = "{:.0%}".format
-    table.add_row(
+    rows.add_row(
         str(s["queries"]),
         f"{s['mae']:.2f}",
         "{:.2f}-{:.2f}".format(*s["mae_ci95"]),
@@ -177,4 +178,4 @@ def _print_summary(s: dict) -> None:
         str(s["not_localised"]),
         f"{s['seconds_per_query']:.2f}",
     )
-    console.print(table)
+    console.print(rows)

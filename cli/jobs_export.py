@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import SinceOption, console, database, parse_since
+from cli.common import SinceOption, console, database, parse_since, parse_status
 
 CSV_COLUMNS = (
     "id",
@@ -72,6 +72,7 @@ def jobs_export_command(
     """Export jobs: CSV one row per job, JSON with every candidate's match statistics."""
     from workers.client import Client
 
+    status = parse_status(status)
     database()
     client = Client()
     listed = client.list_jobs(map_name, status, parse_since(since), limit)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.apikey import apikey_create, apikey_list, apikey_revoke
 from cli.common import (
+    JsonOption,
     SinceOption,
     console,
     database,
@@ -22,8 +22,13 @@ from cli.common import (
     err_console,
     fail,
     fmt,
+    get_settings,
     parse_options,
     parse_since,
+    parse_status,
+    print_json_lines,
+    resolve_job_id,
+    table,
 )
 from cli.dead_letters import dead_letters_command
 from cli.draw import draw_command
@@ -33,22 +38,27 @@ from cli.jobs_export import jobs_export_command
 from cli.jobs_register import jobs_register_command
 from cli.map_build import build_in_process, build_via_queue, map_add_command
 from cli.map_fit import map_fine, map_fit
+from cli.map_sync import register_found_maps
 from cli.map_versions import map_publish, map_upgrade
 from cli.serve import serve_command
-from core import defaults
-from core.errors import InputError
-from core.settings import get_settings
+
+# Imports of heavy modules (torch, cv2, SQLAlchemy, Celery...) stay inside the commands, so that
+# `featureloc --help` and a light command start fast; tests/cli/test_startup.py keeps it so.
 
 
 class _App(typer.Typer):
     """The CLI; an unreachable database is one line on stderr, not a driver traceback."""
 
     def __call__(self, *args, **kwargs):
-        from sqlalchemy.exc import InterfaceError, OperationalError
-
         try:
             return super().__call__(*args, **kwargs)
-        except (OperationalError, InterfaceError) as exc:
+        except Exception as exc:
+            # Loaded by then if the database was used: importing it here would slow every start.
+            sql_errors = sys.modules.get("sqlalchemy.exc")
+            if sql_errors is None or not isinstance(
+                exc, (sql_errors.OperationalError, sql_errors.InterfaceError)
+            ):
+                raise
             err_console.print(f"[bold red]error:[/] {database_unavailable(exc)}", soft_wrap=True)
             sys.exit(1)
 
@@ -74,8 +84,13 @@ def map_build(
     name: str,
     images: Annotated[Path, typer.Option(help="Folder of reference photos.")],
     positions: Annotated[Path, typer.Option(help="CSV with columns id,x,y (id = file stem).")],
-    extractor: Annotated[str, typer.Option(help="Local feature extractor.")] = defaults.EXTRACTOR,
-    retriever: Annotated[str, typer.Option(help="Shortlisting method.")] = defaults.RETRIEVER,
+    extractor: Annotated[
+        str | None,
+        typer.Option(help="Local feature extractor; default: the default preset's."),
+    ] = None,
+    retriever: Annotated[
+        str | None, typer.Option(help="Shortlisting method; default: the default preset's.")
+    ] = None,
     via_queue: Annotated[
         bool,
         typer.Option(
@@ -94,7 +109,10 @@ def map_build(
     ] = False,
 ) -> None:
     """Build a map (or add the photos a map does not have yet); re-running resumes."""
+    from core import defaults
 
+    extractor = extractor or defaults.EXTRACTOR
+    retriever = retriever or defaults.RETRIEVER
     database()
     if fine and via_queue:
         fail("--fine runs in process: build with --via-queue, then run `featureloc map fine`")
@@ -122,15 +140,19 @@ def map_builds(
     map_name: Annotated[str | None, typer.Option("--map", help="Only this map's builds.")] = None,
     limit: Annotated[int, typer.Option(help="Newest first, at most this many.")] = 20,
     failures: Annotated[bool, typer.Option(help="List each failed photo with its reason.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Builds run on the workers (--via-queue): status, progress, failed photos."""
     from db import build_queries
 
     with database().session() as s:
         builds = build_queries.list_builds(s, map_name, limit)
-        table = Table("build", "map", "status", "done", "added", "failed", "started", "finished")
+        if as_json:
+            print_json_lines(_build_row(b) for b in builds)
+            return
+        rows = table("build", "map", "status", "done", "added", "failed", "started", "finished")
         for b in builds:
-            table.add_row(
+            rows.add_row(
                 b.id,
                 b.map_name,
                 b.status,
@@ -140,12 +162,21 @@ def map_builds(
                 f"{b.created_at:%Y-%m-%d %H:%M:%S}",
                 f"{b.finished_at:%Y-%m-%d %H:%M:%S}" if b.finished_at else "",
             )
-        console.print(table)
+        console.print(rows)
         for b in builds if failures else []:
             for ref_id, reason in (b.failed or {}).items():
                 console.print(f"{b.id} {ref_id}: {reason}")
             if b.error:
                 console.print(f"{b.id} error: {b.error}")
+
+
+def _build_row(b) -> dict[str, Any]:
+    fields = ("id", "map_name", "status", "total", "processed", "added", "skipped", "failed")
+    return {f: getattr(b, f) for f in fields} | {
+        "error": b.error,
+        "created_at": b.created_at,
+        "finished_at": b.finished_at,
+    }
 
 
 def map_camera(
@@ -225,22 +256,37 @@ def map_images(
     console.print(f"map {name!r} reference photos: {current or 'not recorded'}", highlight=False)
 
 
-def map_list() -> None:
-    """Maps in the database, with their extractor and size."""
+def map_list(as_json: JsonOption = False) -> None:
+    """Maps with their extractor and size; maps found in the map store that the database does
+    not know yet (a new database, a map copied in) are recorded first."""
     from db import queries
 
-    with database().session() as s:
+    db = database()
+    register_found_maps()
+    with db.session() as s:
         maps = queries.list_maps(s)
-        table = Table("name", "references", "extractor", "retriever", "updated")
-        for m in maps:
-            table.add_row(
-                m.name,
-                str(m.num_references),
-                m.extractor.get("name", "?"),
-                m.retriever.get("name", "?"),
-                f"{m.updated_at:%Y-%m-%d %H:%M}",
-            )
-    console.print(table)
+    if as_json:
+        print_json_lines(
+            {
+                "name": m.name,
+                "references": m.num_references,
+                "extractor": m.extractor,
+                "retriever": m.retriever,
+                "updated_at": m.updated_at,
+            }
+            for m in maps
+        )
+        return
+    rows = table("name", "references", "extractor", "retriever", "updated")
+    for m in maps:
+        rows.add_row(
+            m.name,
+            str(m.num_references),
+            m.extractor.get("name", "?"),
+            m.retriever.get("name", "?"),
+            f"{m.updated_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(rows)
 
 
 def localise(
@@ -252,8 +298,12 @@ def localise(
         list[str] | None, typer.Option(help="Job option key=value (repeatable), e.g. top_k=20.")
     ] = None,
     options: Annotated[str | None, typer.Option(help="Job options as a JSON object.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per photo (the job with --wait).")
+    ] = False,
 ) -> None:
     """Submit photos to the queue; with --wait, print where each was taken."""
+    from core.errors import InputError
     from workers.client import Client, JobTimeout
 
     database()
@@ -264,18 +314,28 @@ def localise(
     except (InputError, OSError) as exc:
         fail(str(exc))
     if not wait:
+        if as_json:
+            print_json_lines({"id": j, "image": str(p)} for p, j in zip(images, ids, strict=True))
+            return
         for p, j in zip(images, ids, strict=True):
-            console.print(f"{j}  {p}")
+            console.print(f"{j}  {p}", highlight=False)
         return
-    table = Table("job", "image", "status", "x", "y", "confidence", "inliers", "error")
-    for p, j in zip(images, ids, strict=True):
+    results = []
+    for j in ids:
         try:
-            r = client.wait(j, timeout)
+            results.append(client.wait(j, timeout))
         except JobTimeout as exc:
             fail(str(exc))
+    if as_json:
+        print_json_lines(
+            {**r.to_dict(), "image": str(p)} for p, r in zip(images, results, strict=True)
+        )
+        return
+    rows = table("job", "image", "status", "x", "y", "confidence", "inliers", "error")
+    for p, r in zip(images, results, strict=True):
         best = max((c.inliers for c in r.candidates), default=0)
-        table.add_row(
-            j[:12],
+        rows.add_row(
+            r.id,
             p.name,
             r.status,
             fmt(r.x),
@@ -284,28 +344,28 @@ def localise(
             str(best),
             r.error or "",
         )
-    console.print(table)
+    console.print(rows)
 
 
 def jobs_list(
     map_name: Annotated[str | None, typer.Option("--map")] = None,
-    status: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="pending, running, done or failed.")] = None,
     since: SinceOption = None,
     limit: int = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Recent jobs, newest first."""
     from workers.client import Client
 
+    status = parse_status(status)
     database()
-    rows = Client().list_jobs(map_name, status, parse_since(since), limit)
+    jobs = Client().list_jobs(map_name, status, parse_since(since), limit)
     if as_json:
-        for r in rows:
-            print(json.dumps(r.to_dict()))
+        print_json_lines(r.to_dict() for r in jobs)
         return
-    table = Table("job", "map", "status", "x", "y", "confidence", "created", "error")
-    for r in rows:
-        table.add_row(
+    rows = table("job", "map", "status", "x", "y", "confidence", "created", "error")
+    for r in jobs:
+        rows.add_row(
             r.id,
             r.map_name,
             r.status,
@@ -315,7 +375,7 @@ def jobs_list(
             f"{r.created_at:%Y-%m-%d %H:%M:%S}" if r.created_at else "-",
             (r.error or "")[:60],
         )
-    console.print(table)
+    console.print(rows)
 
 
 def _provenance(r) -> str:
@@ -326,17 +386,14 @@ def _provenance(r) -> str:
 
 
 def jobs_show(
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(help="The job's id, or any unique start of it.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """One job with its estimate, timings and candidate table."""
     from workers.client import Client
 
-    database()
-    try:
-        r = Client().result(job_id)
-    except InputError as exc:
-        fail(str(exc))
+    client = Client()
+    r = client.result(resolve_job_id(database(), job_id))
     if as_json:
         print(json.dumps(r.to_dict(), indent=2))
         return
@@ -354,11 +411,12 @@ def jobs_show(
     if r.timings:
         console.print("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in r.timings.items()))
     if r.candidates:
-        table = Table(
-            "rank", "reference", "x", "y", "kp q/r", "matches", "inliers", "ratio", "score"
+        rows = table(
+            "stage", "rank", "reference", "x", "y", "kp q/r", "matches", "inliers", "ratio", "score"
         )
         for c in r.candidates[:20]:
-            table.add_row(
+            rows.add_row(
+                c.stage,
                 str(c.retrieval_rank),
                 c.reference_id,
                 fmt(c.position[0]),
@@ -369,7 +427,7 @@ def jobs_show(
                 fmt(c.inlier_ratio),
                 fmt(c.mean_match_score),
             )
-        console.print(table)
+        console.print(rows)
 
 
 def jobs_recover(
@@ -377,7 +435,7 @@ def jobs_recover(
         float | None,
         typer.Option(
             help="Seconds without a heartbeat that make a running job stale; default: "
-            "FEATURELOC_STALE_AFTER."
+            "FEATURELOC_STALE_AFTER. A job whose worker still beats is left alone, even with 0."
         ),
     ] = None,
 ) -> None:
@@ -399,6 +457,12 @@ def jobs_recover(
         f"re-queued {len(report.requeued_running)} stale running job(s), re-sent "
         f"{len(report.resent_pending)} pending job(s) without a message; "
         f"{report.still_queued} pending job(s) still queued"
+        + (
+            f"; {report.still_running} running job(s) left alone: their worker still beats"
+            if report.still_running
+            else ""
+        ),
+        highlight=False,
     )
 
 
@@ -413,13 +477,16 @@ def worker(
     """Run a Celery worker that holds the matcher and maps and serves jobs."""
     settings = get_settings()
     database()  # migrate once here, not in every worker process
+    register_found_maps()
     on_gpu = settings.resolved_device() == "cuda"
     if concurrency is None:
         concurrency = 1 if on_gpu else (os.cpu_count() or 1)
     if not on_gpu and concurrency > 1 and not settings.torch_threads:
         # Several 1-thread processes beat one process with many threads (BENCHMARKS.md).
         os.environ["FEATURELOC_TORCH_THREADS"] = "1"
-        get_settings.cache_clear()
+        from core.settings import get_settings as cached_settings
+
+        cached_settings.cache_clear()
     from workers.celery_app import make_celery
 
     celery = make_celery(get_settings())
@@ -438,17 +505,18 @@ def worker(
 
 
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(
-        "featureloc-data/demo"
-    ),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Where the demo keeps its data; default: FEATURELOC_DATA_DIR/demo."),
+    ] = None,
     broker: Annotated[
         str | None, typer.Option(help="Broker URL; default: an embedded file-system broker.")
     ] = None,
 ) -> None:
     """Generate a small scene, build a map, localise photos through a worker, print the error."""
-    from cli.demo import run_demo
+    from cli.demo import demo_workdir, run_demo
 
-    sys.exit(run_demo(workdir, broker))
+    sys.exit(run_demo(demo_workdir(workdir), broker))
 
 
 # Every command, in one place: (group, name, function).

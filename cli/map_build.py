@@ -12,19 +12,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, database, fail
+from cli.common import console, database, fail, get_settings
 from core.errors import InputError, MapError
-from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from core.settings import Settings
     from db.models import MapBuild
 
 FINISHED = ("done", "failed")
 
 
 def progress_bar() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),

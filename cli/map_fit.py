@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, fail
-from core import defaults
+from cli.common import console, fail, get_settings
 from core.errors import InputError
-from core.settings import get_settings
 
 
 def _photos(name: str, images: Path | None):
@@ -36,6 +34,7 @@ def map_fine(
     """Extract the fine feature set (ALIKED) of every reference that lacks it; the accurate
     profile re-verifies doubtful answers with it (core/finestage.py)."""
     from cli.map_build import progress_bar
+    from core import defaults
     from core.mapbuild import RefEntry, add_fine_features
     from core.mapstore import Reference
 
@@ -93,15 +92,18 @@ def map_fit(
         Path | None, typer.Option(help="Folder of the reference photos; default: the recorded")
     ] = None,
     queries: Annotated[
-        int, typer.Option(help="Held-out positions to localise.")
-    ] = defaults.HELDOUT_QUERIES,
+        int | None,
+        typer.Option(help="Held-out positions to localise; default: core/defaults.py's."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Which positions (reproducible).")] = 0,
 ) -> None:
     """Localise views of held-out positions against the rest of the map and fit the escalation
     rule, the confidence calibration and the "not localised" threshold on them. Resumable:
     re-run to continue an interrupted fit."""
+    from core import defaults
     from core.heldout import fit_map
 
+    queries = defaults.HELDOUT_QUERIES if queries is None else queries
     if queries < 1:
         fail("--queries must be at least 1")
     try:

@@ -3,9 +3,8 @@ versions in object storage (``core/mapstore.py``, ``workers/mapversions.py``).""
 
 from __future__ import annotations
 
-from cli.common import console, database, fail
+from cli.common import console, database, fail, get_settings
 from core.errors import MapError
-from core.settings import get_settings
 
 
 def map_upgrade(name: str) -> None:

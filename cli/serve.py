@@ -24,8 +24,10 @@ def serve_command(
     import uvicorn
 
     from cli.common import database
+    from cli.map_sync import register_found_maps
 
     database()  # migrate once here, not in every server process
+    register_found_maps()
     uvicorn.run(
         "api.app:create_app",
         factory=True,

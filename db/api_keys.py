@@ -33,12 +33,13 @@ def create_key(
 ) -> tuple[ApiKey, str]:
     """A new key and its token; the token is returned only here and never stored.
 
-    Raises ValueError for a name already taken or not 1-64 characters, or a rate limit < 1.
+    ``rate_limit``: requests per minute, 0 for none, None for the server's default.
+    Raises ValueError for a name already taken or not 1-64 characters, or a negative rate limit.
     """
     if not 0 < len(name) <= API_KEY_NAME_LENGTH:
         raise ValueError(f"key name must be 1-{API_KEY_NAME_LENGTH} characters")
-    if rate_limit is not None and rate_limit < 1:
-        raise ValueError("rate limit must be at least 1 request per minute")
+    if rate_limit is not None and rate_limit < 0:
+        raise ValueError("rate limit must be 0 (no limit) or more requests per minute")
     if s.scalars(select(ApiKey).where(ApiKey.name == name)).first() is not None:
         raise ValueError(f"an API key named {name!r} exists already")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)

@@ -115,6 +115,22 @@ def image_in_use(s: Session, image_key: str) -> bool:
     return s.scalar(select(Job.id).where(Job.image_key == image_key).limit(1)) is not None
 
 
+def job_ids_starting_with(s: Session, prefix: str, limit: int = 10) -> list[str]:
+    """Ids of jobs that begin with ``prefix`` (taken literally: ``%`` and ``_`` are not
+    wildcards), in order, at most ``limit``: how a person names a job by the start of its id."""
+    # LIKE may use the key's index; SQLite's LIKE ignores case, the substring check does not.
+    stmt = (
+        select(Job.id)
+        .where(
+            Job.id.startswith(prefix, autoescape=True),
+            func.substr(Job.id, 1, len(prefix)) == prefix,
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    return list(s.scalars(stmt))
+
+
 def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
     """Candidate matches of a job, strongest evidence (most inliers) first."""
     columns = [CandidateMatch.__table__.c[name] for name in CandidateResult.ROW_FIELDS]

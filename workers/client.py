@@ -15,17 +15,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url
-from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
-from core.localiser import LocaliseOptions, require_compatible
-from core.mapstore import validate_map_name
 from core.settings import Settings, get_settings
 from core.types import CandidateResult
 from db import queries
@@ -34,6 +31,9 @@ from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
 from workers.celery_app import LOCALISE_TASK, make_celery
 from workers.job_fields import record_job, validate_job_fields, with_default_profile
+
+if TYPE_CHECKING:
+    from core.localiser import LocaliseOptions
 
 FINISHED = ("done", "failed")
 log = logging.getLogger(__name__)
@@ -123,6 +123,10 @@ class Client:
         reason, not an exception. A submission refused by an outage (BrokerUnavailable, a
         database error) records nothing and leaves no photo behind that no job refers to.
         """
+        # Here, not at the top: the computer vision modules would slow every CLI command down.
+        from core.localiser import LocaliseOptions
+        from core.mapstore import validate_map_name
+
         validate_map_name(map_name)
         options = dict(options or {})
         parsed = LocaliseOptions.parse(options)  # a typo in an option fails here, before queueing
@@ -172,6 +176,8 @@ class Client:
         """Refuse what the worker would refuse on this map: a matcher that cannot match its
         features (core.localiser.require_compatible, the worker's own rule). An unknown map is
         left to the worker (it may be registered before the job runs)."""
+        from core.localiser import require_compatible
+
         with self.db.session() as s:
             row = queries.get_map(s, map_name)
             extractor = row.extractor["name"] if row is not None else None
@@ -206,6 +212,8 @@ class Client:
         a photo missing from the blob store, or (JobConflict) an id already naming another
         request.
         """
+        from core.localiser import LocaliseOptions
+
         fields = validate_job_fields(job_id, map_name, image_key, options)
         self._check_map(fields.map_name, LocaliseOptions.parse(fields.options))
         if not self.blobs.exists(fields.image_key):
@@ -214,6 +222,8 @@ class Client:
             return record_job(s, fields)[1]
 
     def _send(self, job: Job) -> None:
+        from redis.exceptions import RedisError
+
         try:
             send_job(self.app, self.settings, job)
         except (KombuOperationalError, RedisError, OSError) as exc:

@@ -7,7 +7,9 @@ so the row is the truth and the message is re-sent from it:
 
 - ``running`` jobs whose heartbeat (workers/heartbeat.py) stopped ``stale_after`` seconds ago
   lost their worker: they are set back to ``pending`` and re-sent. A long job on a live worker
-  keeps its heartbeat fresh and is left alone;
+  keeps its heartbeat fresh and is left alone, whatever age is asked for (``older_than`` 0
+  included): a job that beat within ``LIVE_BEATS`` heartbeat intervals is re-sent only when its
+  process is known dead (on this host, gone from the process table);
 - ``pending`` jobs whose message the broker does not hold are re-sent. Redis is looked into (the
   queue list and the hash of delivered, unacknowledged messages, less those delivered to a worker
   that died before claiming them), so this works right after a restart; other brokers cannot be
@@ -31,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
@@ -40,8 +42,10 @@ from core.settings import Settings, get_settings
 from db import queries
 from db.models import Job
 from db.session import Database
+from db.types import utcnow
 from workers.celery_app import make_celery
 from workers.client import send_job
+from workers.heartbeat import holder_alive
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ PENDING_GRACE = timedelta(seconds=2)
 # delays the next check by seconds. A longer recovery only risks a duplicate message, which the
 # task skips.
 RECOVERY_LOCK_SECONDS = 10.0
+# A running job that beat within this many heartbeat intervals has a live worker: a beat may come
+# late (a busy database), but not by two whole intervals.
+LIVE_BEATS = 3
 
 
 @dataclass
@@ -65,6 +72,7 @@ class RecoveryReport:
     requeued_running: list[str] = field(default_factory=list)
     resent_pending: list[str] = field(default_factory=list)
     still_queued: int = 0  # pending jobs whose message the broker still holds
+    still_running: int = 0  # running jobs past ``older_than`` whose worker still beats
 
     @property
     def total(self) -> int:
@@ -166,7 +174,9 @@ def recover_jobs(
         db = Database(settings.database_url.get_secret_value())
         send = functools.partial(send_job, celery, settings)
         default_stale = timedelta(seconds=settings.stale_after)
-        _requeue_stale(db, send, older_than if older_than is not None else default_stale, report)
+        stale_after = older_than if older_than is not None else default_stale
+        live_beat = timedelta(seconds=LIVE_BEATS * settings.heartbeat_interval)
+        _requeue_stale(db, send, stale_after, live_beat, report)
         if _is_redis(settings):
             pending_age = timedelta(0) if on_demand else PENDING_GRACE
         else:  # the broker cannot be looked into: by age
@@ -187,13 +197,30 @@ def recover_jobs(
 
 
 def _requeue_stale(
-    db: Database, send: Callable[[Job], None], stale_after: timedelta, report: RecoveryReport
+    db: Database,
+    send: Callable[[Job], None],
+    stale_after: timedelta,
+    live_beat: timedelta,
+    report: RecoveryReport,
 ) -> None:
     with db.session() as s:
+        beaten_since = utcnow() - live_beat
         for job in queries.find_stale_jobs(s, stale_after):
+            if _still_held(job, beaten_since):
+                report.still_running += 1
+                continue
             queries.mark_pending(job)  # so the next check sees it queued, not stale
             send(job)  # inside the transaction: no reset without a message
             report.requeued_running.append(job.id)
+
+
+def _still_held(job: Job, beaten_since: datetime) -> bool:
+    """Whether the job's worker is alive: it beat since ``beaten_since`` and its process is not
+    known dead. Re-sending such a job would set it pending while it runs, and run it twice."""
+    last_beat = job.heartbeat_at or job.started_at
+    if last_beat is None or last_beat < beaten_since:
+        return False
+    return holder_alive(job.worker)
 
 
 def _resend_unqueued(

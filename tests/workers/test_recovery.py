@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from core.settings import Settings
@@ -109,3 +110,61 @@ def test_on_redis_pending_jobs_are_resent_only_when_their_message_is_gone(sqlite
         assert again.resent_pending == [] and again.still_queued == 5
     finally:
         redis.stop()
+
+
+def test_a_job_whose_worker_still_beats_is_never_requeued_whatever_the_age(sqlite_url, tmp_path):
+    """``featureloc jobs recover --older-than 0`` once re-queued a job a live worker was running
+    (and so ran it twice). With age 0 every running job is past the age; only those whose worker
+    is gone go back: one beating on this host (a real heartbeat thread) and one on another host
+    that beat a moment ago stay running; one whose process on this host is gone (fresh beat or
+    not) and one on another host silent for many heartbeat intervals are re-queued."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from workers.heartbeat import Heartbeat
+    from workers.recovery import LIVE_BEATS
+
+    settings = Settings(
+        data_dir=tmp_path, broker_url="memory://", database_url=sqlite_url,
+        localise_queue=f"recovery-{tmp_path.name}", heartbeat_interval=0.2,
+    )  # fmt: skip
+    init_db(sqlite_url)
+    db = Database(sqlite_url)
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    holders = {
+        "beating": f"{host}:{os.getpid()}",
+        "fresh-elsewhere": "other-host:7",
+        "process-gone": f"{host}:{gone.stdout.strip()}",
+        "silent-elsewhere": "other-host:8",
+    }
+    with db.session() as s:
+        for job_id, worker in holders.items():
+            queries.create_job(s, job_id, "m", f"img-{job_id}", {})
+            queries.claim_job(s, job_id, worker)
+        silent = queries.get_job(s, "silent-elsewhere")
+        silent.heartbeat_at = utcnow() - 2 * LIVE_BEATS * timedelta(seconds=0.2)
+    app = make_celery(settings)
+    with Heartbeat(db, "beating", holders["beating"], interval=0.2):
+        time.sleep(0.5)  # older than the age asked for: the heartbeat alone keeps it
+        with db.session() as s:
+            queries.get_job(s, "fresh-elsewhere").heartbeat_at = utcnow()
+        report = recover_jobs(settings, older_than=timedelta(0), celery=app, on_demand=True)
+
+    assert sorted(report.requeued_running) == ["process-gone", "silent-elsewhere"]
+    assert report.still_running == 2
+    with db.session() as s:
+        statuses = {j: queries.get_job(s, j).status for j in holders}
+    assert statuses == {
+        "beating": "running",
+        "fresh-elsewhere": "running",
+        "process-gone": "pending",
+        "silent-elsewhere": "pending",
+    }
+    assert sorted(args[0] for _, args in _sent(app, settings.localise_queue)) == [
+        "process-gone",
+        "silent-elsewhere",
+    ]
