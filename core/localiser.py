@@ -32,6 +32,8 @@ from core.finestage import (
     decide,
     match_places,
     place_estimate,
+    place_rule,
+    takes_over,
     top_places,
 )
 from core.images import read_image
@@ -319,7 +321,7 @@ class Localiser:
         fine: list[CandidateResult] = []
         if self._escalate(opts, estimate):
             t0 = time.perf_counter()
-            estimate, fine = self._refine(image, estimate, candidates, opts.fine_config())
+            estimate, fine = self._refine(image, estimate, candidates, opts)
             if fine:  # else no chosen view had fine features, and the coarse answer stands
                 timings["fine"] = time.perf_counter() - t0
 
@@ -402,18 +404,15 @@ class Localiser:
         image: np.ndarray,
         coarse: Estimate,
         candidates: list[CandidateResult],
-        conf: FineConf,
+        opts: LocaliseOptions,
     ) -> tuple[Estimate, list[CandidateResult]]:
         """Re-verify the strongest coarse places with the fine features; the estimate the
         fine evidence supports, and one candidate row per fine-matched view."""
         extractor, matcher = self.fine_models()
+        conf = opts.fine_config()
+        radius, floor = place_rule(conf, opts.estimator_config())
         places = top_places(
-            candidates,
-            self.map.index.__getitem__,
-            conf.radius,
-            conf.inlier_floor,
-            conf.places,
-            conf.views,
+            candidates, self.map.index.__getitem__, radius, floor, conf.places, conf.views
         )
         query = extractor.extract(image)
         self._fill_fine([i for p in places for i in p.views])
@@ -422,7 +421,7 @@ class Localiser:
         fine = match_places(
             query, places, lambda i: fine_feats[i] if fine_feats.has(i) else None, matcher, vconf
         )
-        decision = decide(places, fine, conf)
+        decision = decide(len(places), fine, conf)
         rows = [
             CandidateResult(
                 reference_id=self.map.ids[m.index],
@@ -445,9 +444,7 @@ class Localiser:
         ]
         if decision.place is None:
             return coarse, rows
-        # Where the coarse stage declined, its guess under doubt (core.estimation) stands
-        # unless the fine place has the evidence a switch needs.
-        if decision.switched or (not coarse.localised and decision.strong):
+        if takes_over(decision, coarse.localised):
             x, y, views = place_estimate(decision.place, fine, self.map.positions)
             support = [self.map.ids[i] for i in views]
             estimate = Estimate(x, y, decision.score, True, "fine", support)
