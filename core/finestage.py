@@ -2,7 +2,7 @@
 
 The coarse stage (XFeat + mutual NN on a VLAD shortlist, MAGSAC) is fast, but on blank walls,
 glass and reflections its inlier counts do not separate the right place from wrong ones. ALIKED +
-LightGlue separates more of those pairs, at about ten times the cost on a CPU, so it runs only on
+LightGlue separates more of those pairs, at many times the cost on a CPU, so it runs only on
 the few places the coarse evidence ranks highest, on the views of each place that the coarse
 stage found best, and only for queries whose coarse answer is in doubt (the escalation rule is
 fitted on the map's own held-out positions: ``core/heldout.py``).
