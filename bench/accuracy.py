@@ -36,7 +36,7 @@ import torch
 
 from bench.getty_maps import GETTY, ensure_fine_and_training, ensure_map, getty_image
 from core import defaults
-from core.evaluation import RECALL_KS, EvaluationReport, bootstrap_ci, evaluate
+from core.evaluation import RECALL_KS, EvaluationReport, bootstrap_ci, evaluate, hits
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 
@@ -143,12 +143,12 @@ def compare(name: str, ours: EvaluationReport, base: EvaluationReport, base_name
     theirs = {r.id: r.error for r in base.rows}
     a, b = np.array([(r.error, theirs[r.id]) for r in ours.rows if r.id in theirs]).T
     lo, hi = bootstrap_ci(a - b)
-    hits = (a < 5).astype(float) - (b < 5).astype(float)
-    hlo, hhi = bootstrap_ci(hits)
+    gained = hits(a).astype(float) - hits(b).astype(float)
+    hlo, hhi = bootstrap_ci(gained)
     return (
         f"{name} vs {base_name} on the same {len(a)} queries: MAE {a.mean():.2f} vs "
         f"{b.mean():.2f}, difference {(a - b).mean():+.2f} (95 % {lo:+.2f} to {hi:+.2f}); "
-        f"within 5 {(a < 5).mean():.0%} vs {(b < 5).mean():.0%}, difference {hits.mean():+.0%} "
+        f"within 5 {hits(a).mean():.0%} vs {hits(b).mean():.0%}, difference {gained.mean():+.0%} "
         f"(95 % {hlo:+.0%} to {hhi:+.0%})"
     )
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from bench.common import DEFAULT_OUT, GETTY, machine_info, print_table, write_json
 from core import defaults
+from core.evaluation import HIT_RADIUS, hits
 
 FRACTIONS = (0.5, 0.8, 1.0)
-GOOD_ERROR = 5.0
 
 
 def calibration_figures(
@@ -48,7 +48,7 @@ def calibration_figures(
                 "fraction": f,
                 "queries": len(top),
                 "min_confidence": float(conf[top].min()),
-                f"within_{GOOD_ERROR:g}": float((err[top] < GOOD_ERROR).mean()),
+                f"within_{HIT_RADIUS:g}": float(hits(err[top]).mean()),
                 "mae": float(err[top].mean()),
                 "median": float(np.median(err[top])),
             }
@@ -70,7 +70,7 @@ def plot_calibration(
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter(conf[loc], err[loc], s=14, alpha=0.7, label="localised")
     ax.scatter(conf[~loc], err[~loc], s=14, alpha=0.7, marker="x", label="not localised")
-    ax.axhline(GOOD_ERROR, color="grey", lw=0.8, ls="--", label=f"error {GOOD_ERROR:g}")
+    ax.axhline(HIT_RADIUS, color="grey", lw=0.8, ls="--", label=f"error {HIT_RADIUS:g}")
     ax.set_yscale("log")
     ax.set_xlabel("confidence")
     ax.set_ylabel("error |dx| + |dy| (log)")
@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source: {source}")
     print_table(
         "confidence calibration (most confident first)",
-        ["most confident", "queries", "min conf", f"error < {GOOD_ERROR:g}", "MAE", "median"],
+        ["most confident", "queries", "min conf", f"error < {HIT_RADIUS:g}", "MAE", "median"],
         [
             (
                 f"{f['fraction']:.0%}",
                 f["queries"],
                 f["min_confidence"],
-                f"{f[f'within_{GOOD_ERROR:g}']:.1%}",
+                f"{f[f'within_{HIT_RADIUS:g}']:.1%}",
                 f["mae"],
                 f["median"],
             )

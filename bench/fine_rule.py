@@ -30,8 +30,8 @@ import numpy as np
 from bench.accuracy import MAP_NAME, load_queries
 from bench.getty_maps import GETTY, getty_image
 from core import defaults
-from core.evaluation import bootstrap_ci, l1_error, map_centroid, score_result
-from core.finestage import FineConf
+from core.evaluation import bootstrap_ci, hits, l1_error, map_centroid, score_result
+from core.finestage import FineConf, FineMatch, decide, place_estimate, takes_over
 from core.heldout import hidden_mask, sample_heldout
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
@@ -88,29 +88,22 @@ def collect(loc: Localiser, jobs, out: Path, fine_conf: dict, fine_below: float)
 
 
 def answer(row: dict, below: float, switch_inliers: float, ratio: float) -> tuple[float, float]:
-    """The coarse answer, or the fine stage's when it escalates and another place wins
-    clearly (``core.finestage.decide``), placed as ``place_estimate`` places it.
-
-    A query the coarse stage declined keeps its coarse answer (the guess under doubt of
-    ``core.estimation.doubt_position``) unless the fine stage's place reaches
-    ``switch_inliers``, as the engine does (``Localiser._refine``)."""
+    """The answer the engine gives with this rule (``Localiser._refine``): the coarse one, or,
+    when it escalates, the fine stage's place where ``core.finestage.takes_over`` says so,
+    placed as ``place_estimate`` places it."""
     if not row["fine"] or row["score"] >= below:
         return tuple(row["coarse"])
-    places = max(p for p, _, _ in row["fine"]) + 1
-    best = np.zeros(places)
-    for p, _, inl in row["fine"]:
-        best[p] = max(best[p], inl)
-    w = int(np.argmax(best))
-    switched = w != 0 and best[w] >= switch_inliers and best[w] >= ratio * best[0]
-    if not switched:
-        if not (row.get("declined") and best[0] >= switch_inliers):
-            return tuple(row["coarse"])
-        w = 0
-    views = [(xy, inl) for p, xy, inl in row["fine"] if p == w and inl > 0]
-    weights = np.array([inl**2 for _, inl in views], np.float64)
-    xy = np.array([v[0] for v in views], np.float64)
-    x, y = (weights[:, None] * xy).sum(0) / weights.sum()
-    return float(x), float(y)
+    fine = [
+        FineMatch(index=i, place=p, tentative=inl, inliers=inl, mean_score=0.0, seconds=0.0)
+        for i, (p, _, inl) in enumerate(row["fine"])
+    ]
+    conf = FineConf.make({"switch_inliers": switch_inliers, "switch_ratio": ratio})
+    decision = decide(max(m.place for m in fine) + 1, fine, conf)
+    if decision.place is None or not takes_over(decision, not row.get("declined")):
+        return tuple(row["coarse"])
+    positions = np.array([xy for _, xy, _ in row["fine"]], np.float64)
+    x, y, _ = place_estimate(decision.place, fine, positions)
+    return x, y
 
 
 def errors(rows: list[dict], rule: tuple[float, float, float]) -> np.ndarray:
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"queries.csv ({len(query_rows)}), {label}: coarse MAE {base_q.mean():.2f} -> "
               f"{ours.mean():.2f} (difference {(ours - base_q).mean():+.2f}, 95 % {lo:+.2f} to "
               f"{hi:+.2f}), median {np.median(ours):.2f}, "
-              f"within 5 {np.mean(ours < 5):.0%}")  # fmt: skip
+              f"within 5 {hits(ours).mean():.0%}")  # fmt: skip
     print(f"s per escalated query: {np.mean([r['seconds'] for r in held_rows if r['fine']]):.1f}")
     return 0
 

@@ -36,12 +36,12 @@ from torch.nn import functional as F
 
 from bench.accuracy import MAP_NAME, load_queries
 from bench.getty_maps import GETTY
-from core.evaluation import first_rank_within
+from core.evaluation import HIT_RADIUS, first_rank_within
 from core.heldout import sample_heldout
 from core.images import read_image
 from core.localiser import Localiser
 from core.mapstore import MapStore
-from core.positions import at_position, position_key
+from core.positions import at_position, position_groups, position_key
 
 KS = (1, 5, 20, 50)
 
@@ -97,13 +97,15 @@ def train(
 ) -> None:
     opt = torch.optim.Adam(head.parameters(), lr=args.lr)
     dist = np.abs(pos[:, None] - pos[None]).sum(-1)  # L1 between references
+    groups = position_groups(pos)
     rng = np.random.default_rng(0)
     tr = np.asarray(train_rows)
     for epoch in range(args.epochs):
         g = describe(head, desc[tr], mask[tr])
         sims = g @ g.T
         d = dist[np.ix_(tr, tr)]
-        near = (d > 1e-6) & (d <= args.positive_radius)
+        # Views of the same position are not positives.
+        near = (groups[tr][:, None] != groups[tr][None]) & (d <= args.positive_radius)
         far = d > args.negative_radius
         anchors = np.flatnonzero(near.any(1))
         positives = np.where(near[anchors], sims[anchors], -np.inf).argmax(1)
@@ -130,7 +132,9 @@ def train(
 
 
 def recall(ranked_positions: list[np.ndarray], truths: list[tuple[float, float]]) -> dict:
-    ranks = [first_rank_within(p, t, 5.0) for p, t in zip(ranked_positions, truths, strict=True)]
+    ranks = [
+        first_rank_within(p, t, HIT_RADIUS) for p, t in zip(ranked_positions, truths, strict=True)
+    ]
     return {k: float(np.mean([r is not None and r < k for r in ranks])) for k in KS}
 
 

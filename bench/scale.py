@@ -49,7 +49,7 @@ from bench.common import (
     write_subset_map,
 )
 from bench.distractors import GroupChimeras
-from core.evaluation import first_rank_within
+from core.evaluation import HIT_RADIUS, first_rank_within, hits, l1_error
 
 # --- 1. one map size, in a child process ---------------------------------------------------
 
@@ -324,11 +324,11 @@ def full_pipeline(args, src, query_images: list[Path], truths, options: dict) ->
         print(f"  {name}: a prefork worker with the map preloaded, 1 then 2 processes ...")
         row.update(pool_workers({**spec, "expected_estimates": row["estimates"]},
                                 args.second_worker_queries))  # fmt: skip
-        errors = [
-            None if e is None else float(np.hypot(e[0] - t[0], e[1] - t[1]))
+        errors = [  # a query without an estimate is a miss
+            np.inf if e is None else l1_error(e[0], e[1], t[0], t[1])
             for e, t in zip(row.pop("estimates"), truths, strict=True)
         ]
-        row["within_5"] = float(np.mean([e is not None and e <= 5 for e in errors]))
+        row["within_5"] = float(hits(errors).mean())
         row["index_bytes"] = _index_bytes(maps_dir / name)
         rows.append(row)
     base, big = rows
@@ -403,8 +403,8 @@ def retrieval_only(args, src, query_feats, truths) -> dict:
             scores[~is_real] = chimeras.scores(per, rows[~is_real] - len(real))
         short = rows[np.argsort(-scores)[:top]]
         times.append(1000 * (time.perf_counter() - t))
-        hits_exact.append(first_rank_within(positions[exact], truth, 5.0) is not None)
-        hits_index.append(first_rank_within(positions[short], truth, 5.0) is not None)
+        hits_exact.append(first_rank_within(positions[exact], truth, HIT_RADIUS) is not None)
+        hits_index.append(first_rank_within(positions[short], truth, HIT_RADIUS) is not None)
     found = [i for e, i in zip(hits_exact, hits_index, strict=True) if e]
     return {
         "references": total,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# A calibrated answer is "localised" when its probability of being a hit is at least this.
+LOCALISED_PROBABILITY = 0.5
+
 
 def isotonic(scores: np.ndarray, hits: np.ndarray) -> dict[str, list[float]]:
     """A non-decreasing map from raw score to P(hit), as breakpoints for ``np.interp``."""

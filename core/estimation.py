@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,31 +61,48 @@ def best_candidate(candidates: list[CandidateResult], conf: ConfLike = None) -> 
 ESTIMATORS: dict[str, Estimator] = {"best": Estimator(best_candidate, BestConf)}
 
 
-def position_evidence(
-    candidates: list[CandidateResult], inlier_floor: float
-) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-    """Evidence pooled per reference position: the views of one place add up.
+@dataclass(frozen=True)
+class PooledPlaces:
+    """The coarse candidates pooled per reference position and per place.
 
-    A candidate's evidence is its inliers above ``inlier_floor`` (a wrong place still gets a
-    few dozen inliers from learned features), so noise does not accumulate.
-    Returns unique positions (P, 2), their evidence (P,) and the supporting reference ids.
+    Where the coarse answer is: the cluster estimator answers at the place of ``order[0]`` and
+    the fine stage (core/finestage.py) re-verifies the places of ``order`` in turn, so its
+    place 0 is the estimator's place whenever both use the same radius and floor.
     """
-    by_pos: dict[tuple[float, float], tuple[float, list[str]]] = {}
-    for c in candidates:
-        e = max(c.inliers - inlier_floor, 0.0)
-        if e <= 0:
-            continue
-        key = position_key(*c.position)
-        total, ids = by_pos.get(key, (0.0, []))
-        by_pos[key] = (total + e, [*ids, c.reference_id])
-    if not by_pos:
-        return np.zeros((0, 2)), np.zeros(0), []
-    keys = list(by_pos)
-    return (
-        np.array(keys, np.float64),
-        np.array([by_pos[k][0] for k in keys], np.float64),
-        [by_pos[k][1] for k in keys],
+
+    positions: np.ndarray  # (P, 2) the candidates' distinct positions (core/positions.py)
+    views: list[list[CandidateResult]]  # the candidates at each position
+    evidence: np.ndarray  # (P,) inliers above the floor, pooled over a position's views
+    near: np.ndarray  # (P, P) bool: within the radius (L1) of each other
+    place: np.ndarray  # (P,) evidence of the place around each position
+    # Positions as seeds of places: those with evidence first, by their place's evidence, then
+    # their own, then their first candidate's retrieval rank; positions without evidence (whose
+    # place may still hold the right answer) after, by their place's evidence, then their best
+    # view's inliers, then retrieval rank.
+    order: np.ndarray
+
+
+def pool_places(
+    candidates: Sequence[CandidateResult], radius: float, inlier_floor: float
+) -> PooledPlaces:
+    """The evidence of every position and of the place within ``radius`` (L1, the score's
+    metric) of it; a candidate's evidence is its inliers above ``inlier_floor``."""
+    by_key: dict[tuple[float, float], list[CandidateResult]] = {}
+    # Positions in order of their first candidate with evidence, then the others (candidates
+    # come in retrieval rank order): the last tie-break, and the order of the support.
+    for c in sorted(candidates, key=lambda c: c.inliers <= inlier_floor):
+        by_key.setdefault(position_key(*c.position), []).append(c)
+    views = list(by_key.values())
+    xy = np.array(list(by_key), np.float64).reshape(-1, 2)
+    evidence = np.array(
+        [sum(max(c.inliers - inlier_floor, 0.0) for c in v) for v in views], np.float64
     )
+    best = np.array([max(c.inliers for c in v) for v in views], np.float64)
+    near = np.abs(xy[:, None, :] - xy[None, :, :]).sum(-1) <= radius
+    place = near @ evidence
+    weak = evidence <= 0
+    order = np.lexsort((np.where(weak, -best, 0.0), -evidence, -place, weak))
+    return PooledPlaces(xy, views, evidence, near, place, order)
 
 
 class ClusterConf(Conf):
@@ -135,9 +152,9 @@ def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None)
     carries the guess of :func:`doubt_position` (unless ``doubt_power`` is None).
     """
     c = ClusterConf.make(conf, "estimator 'cluster'")
-    radius, floor, min_evidence = c.radius, c.inlier_floor, c.min_evidence
-    scale, power = c.confidence_scale, c.weight_power
-    pos, ev, ids = position_evidence(candidates, floor)
+    pooled = pool_places(candidates, c.radius, c.inlier_floor)
+    ev = pooled.evidence
+    has = ev > 0
 
     def declined(confidence: float, support: list[str]) -> Estimate:
         if c.doubt_power is None or not candidates:
@@ -145,23 +162,21 @@ def cluster_candidates(candidates: list[CandidateResult], conf: ConfLike = None)
         x, y = doubt_position(candidates, c.doubt_power)
         return Estimate(x, y, confidence, False, "cluster:doubt", support)
 
-    if len(pos) == 0:
+    if not has.any():
         return declined(0.0, [])
-    dist = np.abs(pos[:, None, :] - pos[None, :, :]).sum(-1)  # L1 between positions
-    near = dist <= radius
-    place = near @ ev  # evidence of the place around each position
-    # Ties: the place whose own position is strongest.
-    seed = int(np.lexsort((-ev, -place))[0])
-    members = np.flatnonzero(near[seed])
-    w = ev[members] ** power
-    x, y = (w[:, None] * pos[members]).sum(0) / w.sum()
-    best = float(place[seed])
-    far = dist[seed] > 2 * radius
-    second = float(place[far].max()) if far.any() else 0.0
+    seed = int(pooled.order[0])  # a position with evidence: they come first
+    members = np.flatnonzero(pooled.near[seed] & has)
+    w = ev[members] ** c.weight_power
+    x, y = (w[:, None] * pooled.positions[members]).sum(0) / w.sum()
+    best = float(pooled.place[seed])
+    far = has & (np.abs(pooled.positions - pooled.positions[seed]).sum(1) > 2 * c.radius)
+    second = float(pooled.place[far].max()) if far.any() else 0.0
     share = best / (best + second)
-    confidence = inlier_confidence(best, scale) * share
-    support = [rid for m in members for rid in ids[m]]
-    if best < min_evidence:
+    confidence = inlier_confidence(best, c.confidence_scale) * share
+    support = [
+        v.reference_id for m in members for v in pooled.views[m] if v.inliers > c.inlier_floor
+    ]
+    if best < c.min_evidence:
         return declined(confidence, support)
     return Estimate(float(x), float(y), confidence, True, "cluster", support)
 

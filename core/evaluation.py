@@ -30,13 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from core.calibration import expected_calibration_error
+from core.calibration import LOCALISED_PROBABILITY, expected_calibration_error
 from core.types import CandidateResult, LocalisationResult
 
 Query = tuple[str, Path | str, float, float]  # (id, image path, x, y)
 LocaliserFn = Callable[[Path], LocalisationResult]
 
-WITHIN = (1.0, 2.0, 5.0, 10.0)
+# An answer strictly within this L1 error of the truth is a hit: the "within 5" of every report,
+# the radius of recall@K, and what a calibrated confidence is the probability of.
+HIT_RADIUS = 5.0
+WITHIN = (1.0, 2.0, HIT_RADIUS, 10.0)
 RECALL_KS = (1, 5, 10, 20, 30, 50)
 
 
@@ -78,6 +81,11 @@ def l1_error(x: float, y: float, tx: float, ty: float) -> float:
     return abs(x - tx) + abs(y - ty)
 
 
+def hits(errors: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Which errors are hits (strictly within ``HIT_RADIUS``)."""
+    return np.asarray(errors, np.float64) < HIT_RADIUS
+
+
 def first_rank_within(
     ranked_positions: np.ndarray, truth: tuple[float, float], radius: float
 ) -> int | None:
@@ -105,7 +113,7 @@ def score_result(
     result: LocalisationResult,
     seconds: float,
     fallback_position: tuple[float, float],
-    recall_radius: float = 5.0,
+    recall_radius: float = HIT_RADIUS,
 ) -> QueryRow:
     est = result.estimate
     if est.x is not None and est.y is not None:
@@ -147,7 +155,7 @@ def evaluate(
     localiser_fn: LocaliserFn,
     queries: Sequence[Query],
     fallback_position: tuple[float, float],
-    recall_radius: float = 5.0,
+    recall_radius: float = HIT_RADIUS,
     shortlists: dict[str, np.ndarray] | None = None,
     config: dict | None = None,
     on_row: Callable[[QueryRow], None] | None = None,
@@ -194,7 +202,7 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def summarise(rows: Sequence[QueryRow], recall_radius: float = 5.0) -> dict:
+def summarise(rows: Sequence[QueryRow], recall_radius: float = HIT_RADIUS) -> dict:
     """MAE (with its bootstrap 95 % interval), median, p90, fraction within 1/2/5/10 (strictly
     less), recall@K, confidence calibration (MAE of the most confident 50 % / 80 %), seconds
     per query."""
@@ -222,11 +230,11 @@ def summarise(rows: Sequence[QueryRow], recall_radius: float = 5.0) -> dict:
         top = order[: max(1, int(round(frac * len(rows))))]
         out[f"mae_top{int(frac * 100)}_confident"] = float(err[top].mean())
     # Is the confidence a probability of being within 5? (calibrated maps: core/heldout.py)
-    hits = err < 5.0
-    out["ece_within_5"], out["reliability"] = expected_calibration_error(conf, hits)
-    sure = conf >= 0.5
+    hit = hits(err)
+    out["ece_within_5"], out["reliability"] = expected_calibration_error(conf, hit)
+    sure = conf >= LOCALISED_PROBABILITY  # what a calibrated map calls localised
     out["confident_share"] = float(sure.mean())
-    out["within_5_confident"] = float(hits[sure].mean()) if sure.any() else None
+    out["within_5_confident"] = float(hit[sure].mean()) if sure.any() else None
     out["escalated"] = float(np.mean([r.escalated for r in rows]))
     out["candidates_per_query"] = float(np.mean([r.candidates for r in rows]))
     out["seconds_per_query"] = float(np.mean([r.seconds for r in rows]))

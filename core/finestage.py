@@ -2,14 +2,15 @@
 
 The coarse stage (XFeat + mutual NN on a VLAD shortlist, MAGSAC) is fast, but on blank walls,
 glass and reflections its inlier counts do not separate the right place from wrong ones. ALIKED +
-LightGlue separates more of those pairs, at about ten times the cost on a CPU, so it runs only on
+LightGlue separates more of those pairs, at many times the cost on a CPU, so it runs only on
 the few places the coarse evidence ranks highest, on the views of each place that the coarse
 stage found best, and only for queries whose coarse answer is in doubt (the escalation rule is
 fitted on the map's own held-out positions: ``core/heldout.py``).
 
-A place is a group of reference positions within ``radius`` (L1) of its strongest position, as
-in ``core.estimation.cluster_candidates``. The fine features of the references are the map's
-"fine" feature set (``ReferenceMap.feature_set("fine")``), built with the map or added later
+A place is a group of reference positions within ``radius`` (L1) of its strongest position,
+seeded and ranked as the cluster estimator does it (``core.estimation.pool_places``). The fine
+features of the references are the map's "fine" feature set
+(``ReferenceMap.feature_set("fine")``), built with the map or added later
 (``core.mapbuild.add_fine_features``); views without them are skipped.
 """
 
@@ -23,9 +24,8 @@ import numpy as np
 from pydantic import Field
 
 from core.config import Conf
-from core.estimation import inlier_confidence
+from core.estimation import ClusterConf, inlier_confidence, pool_places
 from core.matching.base import Matcher
-from core.positions import position_key
 from core.types import CandidateResult, Features
 from core.verify import VerifyConfig, verify
 
@@ -49,39 +49,28 @@ def top_places(
 ) -> list[Place]:
     """The ``places`` strongest places of the coarse candidates, ``views`` references each.
 
-    Places are ranked by pooled evidence (as the cluster estimator ranks them), then by their
-    best single view; a place's views are its references with the most coarse inliers (ties by
-    retrieval score). Candidates with no evidence above the floor still form places, ranked by
-    inliers, so a query whose coarse evidence is all weak is re-verified too.
+    Places are seeded and ranked as the cluster estimator ranks them
+    (``core.estimation.pool_places``), so place 0 is where its answer is; a place's views are
+    its references with the most coarse inliers (ties by retrieval score). Candidates with no
+    evidence above the floor still form places, after the others, so a query whose coarse
+    evidence is all weak is re-verified too.
     """
     if not candidates or places < 1 or views < 1:
         return []
-    by_key: dict[tuple[float, float], list[CandidateResult]] = {}
-    for c in candidates:
-        by_key.setdefault(position_key(*c.position), []).append(c)
-    keys = list(by_key)
-    xy = np.array(keys, np.float64)
-    pooled = np.array(
-        [sum(max(c.inliers - inlier_floor, 0.0) for c in by_key[k]) for k in keys], np.float64
-    )
-    best = np.array([max(c.inliers for c in by_key[k]) for k in keys], np.float64)
-    score = np.array([max(c.retrieval_score for c in by_key[k]) for k in keys], np.float64)
-    near = np.abs(xy[:, None, :] - xy[None, :, :]).sum(-1) <= radius
-    place_ev = near @ pooled
-    order = np.lexsort((-score, -best, -place_ev))
-    used = np.zeros(len(keys), bool)
+    pooled = pool_places(candidates, radius, inlier_floor)
+    used = np.zeros(len(pooled.positions), bool)
     chosen: list[Place] = []
-    for s in order:
+    for s in pooled.order:
         if used[s]:
             continue
-        members = np.flatnonzero(near[s] & ~used)
+        members = np.flatnonzero(pooled.near[s] & ~used)
         used[members] = True
-        pool = [c for m in members for c in by_key[keys[m]]]
+        pool = [c for m in members for c in pooled.views[m]]
         pool.sort(key=lambda c: (-c.inliers, -c.retrieval_score))
         chosen.append(
             Place(
-                (float(xy[s, 0]), float(xy[s, 1])),
-                float(place_ev[s]),
+                (float(pooled.positions[s, 0]), float(pooled.positions[s, 1])),
+                float(pooled.place[s]),
                 tuple(index(c.reference_id) for c in pool[:views]),
             )
         )
@@ -156,8 +145,10 @@ class FineConf(Conf):
     # switch at 40 fine inliers and any lead lowered it. Re-run the replay to revisit them.
     places: int = Field(5, ge=1, le=20)  # coarse places re-verified
     views: int = Field(3, ge=1, le=10)  # views of each place matched
-    radius: float = Field(9.0, gt=0)  # L1 extent of a place, as the cluster estimator's
-    inlier_floor: float = Field(20.0, ge=0)  # coarse inliers that count as evidence
+    # L1 extent of a place and the coarse inliers that count as evidence; None: the cluster
+    # estimator's (the job's estimator_conf), so that place 0 is where the coarse answer is.
+    radius: float | None = Field(None, gt=0)
+    inlier_floor: float | None = Field(None, ge=0)
     # Escalate when the coarse confidence is below this (1.0: always, 0.0: never); None: the
     # map's fitted value, else DEFAULT_ESCALATE_BELOW.
     escalate_below: float | None = Field(None, ge=0, le=1)
@@ -168,6 +159,16 @@ class FineConf(Conf):
 
 
 DEFAULT_ESCALATE_BELOW = 0.5
+
+
+def place_rule(conf: FineConf, estimator_conf: Conf) -> tuple[float, float]:
+    """The radius and inlier floor of the fine stage's places: the job's ``fine_conf`` where it
+    sets them, else those of the cluster estimator's conf (its defaults under another
+    estimator)."""
+    cluster = estimator_conf if isinstance(estimator_conf, ClusterConf) else ClusterConf()
+    radius = conf.radius if conf.radius is not None else cluster.radius
+    floor = conf.inlier_floor if conf.inlier_floor is not None else cluster.inlier_floor
+    return radius, floor
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,13 @@ class FineDecision:
     strong: bool
 
 
-def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -> FineDecision:
-    """Which place the fine evidence supports. The coarse winner's place (place 0) keeps the
-    answer unless another place beats it clearly: fine matchers also find a few dozen inliers
-    on wrong places, so a narrow lead is noise."""
+def decide(places: int, fine: Sequence[FineMatch], conf: FineConf) -> FineDecision:
+    """Which of the ``places`` re-verified places the fine evidence supports. The coarse
+    winner's place (place 0) keeps the answer unless another place beats it clearly: fine
+    matchers also find a few dozen inliers on wrong places, so a narrow lead is noise."""
     if not fine:
         return FineDecision(None, False, 0.0, (), False)
-    best = place_scores(fine, len(places))
+    best = place_scores(fine, places)
     w = int(np.argmax(best))
     switched = w != 0 and best[w] >= conf.switch_inliers and best[w] >= conf.switch_ratio * best[0]
     chosen = w if switched else 0
@@ -199,6 +200,15 @@ def decide(places: Sequence[Place], fine: Sequence[FineMatch], conf: FineConf) -
     score = inlier_confidence(float(best[chosen]), conf.confidence_scale) * share
     strong = bool(best[chosen] >= conf.switch_inliers)
     return FineDecision(chosen, switched, float(score), tuple(float(b) for b in best), strong)
+
+
+def takes_over(decision: FineDecision, coarse_localised: bool) -> bool:
+    """Whether the fine place's position replaces the coarse answer: another place won clearly,
+    or the coarse stage declined and the fine place has the evidence a switch needs (with less,
+    the coarse guess under doubt of ``core.estimation.doubt_position`` stands)."""
+    if decision.place is None:
+        return False
+    return decision.switched or (not coarse_localised and decision.strong)
 
 
 def place_estimate(

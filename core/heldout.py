@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration import isotonic
+from core.calibration import LOCALISED_PROBABILITY, isotonic
 from core.defaults import HELDOUT_FINE_BELOW, HELDOUT_QUERIES
-from core.evaluation import l1_error, map_centroid, score_result
+from core.evaluation import hits, l1_error, map_centroid, score_result
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore, ReferenceMap, write_training
+from core.positions import at_position, position_groups
 
-WITHIN = 5.0  # the calibrated confidence is P(error < WITHIN)
 HELDOUT_FILE = "heldout.jsonl"  # in the map folder: one row per pseudo-query done
 
 
@@ -75,9 +75,7 @@ class HeldoutRow:
 def sample_heldout(ref_map: ReferenceMap, n: int, seed: int = 0) -> list[int]:
     """Map rows of one view at each of ``n`` distinct positions (all positions if fewer),
     chosen reproducibly from ``seed``."""
-    keys = np.round(ref_map.positions, 6)
-    _, groups = np.unique(keys, axis=0, return_inverse=True)
-    groups = groups.ravel()
+    groups = position_groups(ref_map.positions)
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(int(groups.max()) + 1 if len(groups) else 0)[:n]
     return [int(rng.choice(np.flatnonzero(groups == g))) for g in chosen]
@@ -85,7 +83,7 @@ def sample_heldout(ref_map: ReferenceMap, n: int, seed: int = 0) -> list[int]:
 
 def hidden_mask(ref_map: ReferenceMap, row: int) -> np.ndarray:
     """Every reference at the position of ``row``: hidden while that view is the query."""
-    return (np.abs(ref_map.positions - ref_map.positions[row]).sum(1) < 1e-6).astype(bool)
+    return at_position(ref_map.positions, ref_map.positions[row])
 
 
 def run_heldout(
@@ -189,8 +187,8 @@ def fit(
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "heldout_queries": len(rows),
         "fine_extractor": fine_extractor,
-        "calibration": {"coarse": isotonic(coarse_score, coarse_err < WITHIN)},
-        "localised_probability": 0.5,
+        "calibration": {"coarse": isotonic(coarse_score, hits(coarse_err))},
+        "localised_probability": LOCALISED_PROBABILITY,
     }
     final_err, esc = coarse_err, np.zeros(len(rows), bool)
     if has_fine.any():
@@ -202,7 +200,7 @@ def fit(
         record["escalate_below"] = _escalate_below(
             coarse_score, coarse_err, has_fine, fine_err, max_escalated
         )
-        record["calibration"]["fine"] = isotonic(fine_score[has_fine], fine_err[has_fine] < WITHIN)
+        record["calibration"]["fine"] = isotonic(fine_score[has_fine], hits(fine_err[has_fine]))
         esc = has_fine & (coarse_score < record["escalate_below"])
         final_err = np.where(esc, fine_err, coarse_err)
     elif fine_extractor is None:
@@ -213,7 +211,7 @@ def fit(
         "coarse_mae": float(coarse_err.mean()),
         "mae": float(final_err.mean()),
         "median": float(np.median(final_err)),
-        "within_5": float((final_err < WITHIN).mean()),
+        "within_5": float(hits(final_err).mean()),
         "escalated": float(esc.mean()),
         "fine_run": int(has_fine.sum()),
     }

@@ -32,6 +32,8 @@ from core.finestage import (
     decide,
     match_places,
     place_estimate,
+    place_rule,
+    takes_over,
     top_places,
 )
 from core.images import read_image
@@ -351,9 +353,7 @@ class Localiser:
         fine_inliers: list[InlierMatches] = []
         if run.profile == "accurate" and estimate.confidence < run.escalate_below:
             t0 = time.perf_counter()
-            estimate, fine, fine_inliers = self._refine(
-                image, estimate, candidates, opts.fine_config()
-            )
+            estimate, fine, fine_inliers = self._refine(image, estimate, candidates, opts)
             if fine:  # else no chosen view had fine features, and the coarse answer stands
                 timings["fine"] = time.perf_counter() - t0
 
@@ -459,18 +459,15 @@ class Localiser:
         image: np.ndarray,
         coarse: Estimate,
         candidates: list[CandidateResult],
-        conf: FineConf,
+        opts: LocaliseOptions,
     ) -> tuple[Estimate, list[CandidateResult], list[InlierMatches]]:
         """Re-verify the strongest coarse places with the fine features; the estimate the
         fine evidence supports, one candidate row per fine-matched view, and its inliers."""
         extractor, matcher = self.fine_models()
+        conf = opts.fine_config()
+        radius, floor = place_rule(conf, opts.estimator_config())
         places = top_places(
-            candidates,
-            self.map.index.__getitem__,
-            conf.radius,
-            conf.inlier_floor,
-            conf.places,
-            conf.views,
+            candidates, self.map.index.__getitem__, radius, floor, conf.places, conf.views
         )
         query = extractor.extract(image)
         self._fill_fine([i for p in places for i in p.views])
@@ -479,7 +476,7 @@ class Localiser:
         fine = match_places(
             query, places, lambda i: fine_feats[i] if fine_feats.has(i) else None, matcher, vconf
         )
-        decision = decide(places, fine, conf)
+        decision = decide(len(places), fine, conf)
         rows = [
             CandidateResult(
                 reference_id=self.map.ids[m.index],
@@ -513,9 +510,7 @@ class Localiser:
         ]
         if decision.place is None:
             return coarse, rows, inliers
-        # Where the coarse stage declined, its guess under doubt (core.estimation) stands
-        # unless the fine place has the evidence a switch needs.
-        if decision.switched or (not coarse.localised and decision.strong):
+        if takes_over(decision, coarse.localised):
             x, y, views = place_estimate(decision.place, fine, self.map.positions)
             support = [self.map.ids[i] for i in views]
             estimate = Estimate(x, y, decision.score, True, "fine", support)

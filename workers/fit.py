@@ -29,8 +29,8 @@ from workers.retry import RETRY_POLICY
 
 log = logging.getLogger(__name__)
 
-# Held-out positions per task: well inside the soft time limit even when every one escalates
-# to the fine stage on a CPU (~30 s each on 2 busy cores).
+# Held-out positions per task: few enough that a task ends well inside the soft time limit even
+# when every one escalates to the fine stage on a slow CPU; the task sends itself for the rest.
 FIT_BATCH = 8
 
 

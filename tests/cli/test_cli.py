@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -64,7 +65,9 @@ def test_map_build_again_adds_nothing_and_lists(cli_env, scene):
     out = _build_small(env, scene, data / "refs.csv")
     assert "0 added, 24 already there" in out.stdout
     listing = _cli(env, "map", "list").stdout
-    assert "small" in listing and "24" in listing and "sift" in listing
+    row = next(line for line in listing.splitlines() if " small " in line)
+    cells = [c.strip() for c in re.split("[│|]", row) if c.strip()]  # rich's table cells
+    assert cells[:4] == ["small", "24", "sift", "exhaustive"], listing
 
 
 def test_map_camera_records_shows_refuses_and_clears(cli_env):

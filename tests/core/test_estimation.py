@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.estimation import ESTIMATORS, cluster_candidates, position_evidence, weighted_median
+from core.estimation import ESTIMATORS, cluster_candidates, pool_places, weighted_median
 from core.types import CandidateResult
 
 
@@ -59,12 +59,14 @@ def test_cluster_weighted_mean_lies_between_positions_by_evidence():
 
 
 def test_views_of_one_position_pool_their_evidence():
-    pos, ev, ids = position_evidence(
-        [cand("p_1", 5.0, 5.0, 40), cand("p_2", 5.0, 5.0, 35), cand("q_1", 9.0, 9.0, 10)], 15
+    pooled = pool_places(
+        [cand("q_1", 9.0, 9.0, 10), cand("p_1", 5.0, 5.0, 40), cand("p_2", 5.0, 5.0, 35)], 0, 15
     )
-    assert pos.tolist() == [[5.0, 5.0]]  # q_1 is below the floor: no evidence
-    assert ev.tolist() == [25 + 20]
-    assert ids == [["p_1", "p_2"]]
+    # q_1 is below the floor: no evidence, and positions with evidence come first
+    assert pooled.positions.tolist() == [[5.0, 5.0], [9.0, 9.0]]
+    assert pooled.evidence.tolist() == [25 + 20, 0]
+    assert [[v.reference_id for v in views] for views in pooled.views] == [["p_1", "p_2"], ["q_1"]]
+    assert pooled.order.tolist() == [0, 1]
 
 
 def test_not_localised_when_evidence_is_weak_or_absent():

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.finestage import FineConf, FineMatch, Place, decide, place_estimate, top_places
+from core.estimation import BestConf, ClusterConf, cluster_candidates
+from core.finestage import (
+    FineConf,
+    FineMatch,
+    decide,
+    place_estimate,
+    place_rule,
+    takes_over,
+    top_places,
+)
 from core.types import CandidateResult
 
 
@@ -56,6 +65,26 @@ def test_weak_candidates_still_form_places_ranked_by_their_best_view() -> None:
     assert [p.views for p in places] == [(ROWS["b1"],), (ROWS["a1"],)]
 
 
+def test_place_zero_is_where_the_cluster_estimator_answers() -> None:
+    # a3 lies between two places and sees both; with no evidence of its own it seeds no place
+    # ahead of them, so place 0 is the estimator's place (A), not a merge of A and B around a3.
+    cands = [_cand("a1", 0, 0, 50), _cand("b1", 16, 0, 45), _cand("a3", 8, 0, 10)]
+    estimate = cluster_candidates(cands, {"radius": 9.0, "inlier_floor": 20.0})
+    places = _places(cands, views=1)
+    assert estimate.x == pytest.approx(0.0) and places[0].seed == (estimate.x, estimate.y)
+    assert places[0].evidence == pytest.approx(30.0)
+    assert [p.seed for p in places] == [(0.0, 0.0), (16.0, 0.0)]  # a3 joined place 0
+
+
+def test_places_take_the_estimators_radius_and_floor_unless_the_job_sets_them() -> None:
+    cluster = ClusterConf.make({"radius": 4.0, "inlier_floor": 30.0})
+    assert place_rule(FineConf.make({}), cluster) == (4.0, 30.0)
+    assert place_rule(FineConf.make({"radius": 7.0}), cluster) == (7.0, 30.0)
+    defaults = ClusterConf()
+    other = BestConf.make({})  # another estimator: the cluster estimator's defaults
+    assert place_rule(FineConf.make({}), other) == (defaults.radius, defaults.inlier_floor)
+
+
 def _fine(*per_place: list[int]) -> list[FineMatch]:
     return [
         FineMatch(index=10 * p + k, place=p, tentative=n + 5, inliers=n, mean_score=0.5,
@@ -67,12 +96,11 @@ def _fine(*per_place: list[int]) -> list[FineMatch]:
 
 def test_another_place_wins_only_with_a_clear_lead() -> None:
     conf = FineConf.make({"switch_inliers": 40, "switch_ratio": 1.5})
-    places = [Place((0, 0), 1, ()), Place((50, 0), 1, ()), Place((0, 50), 1, ())]
-    clear = decide(places, _fine([10, 30], [151, 12], [20]), conf)
+    clear = decide(3, _fine([10, 30], [151, 12], [20]), conf)
     assert clear.switched and clear.place == 1
-    narrow = decide(places, _fine([100], [140], [20]), conf)  # 140 < 1.5 * 100
+    narrow = decide(3, _fine([100], [140], [20]), conf)  # 140 < 1.5 * 100
     assert not narrow.switched and narrow.place == 0
-    weak = decide(places, _fine([5], [35], [0]), conf)  # below switch_inliers
+    weak = decide(3, _fine([5], [35], [0]), conf)  # below switch_inliers
     assert not weak.switched
     # Strong: the chosen place could answer a query the coarse stage declined.
     assert clear.strong and narrow.strong and not weak.strong
@@ -80,8 +108,21 @@ def test_another_place_wins_only_with_a_clear_lead() -> None:
     assert 0 < weak.score < clear.score < 1
 
 
+def test_the_fine_place_takes_over_a_clear_win_or_a_declined_answer_it_can_support() -> None:
+    conf = FineConf.make({"switch_inliers": 40, "switch_ratio": 1.5})
+    switched = decide(2, _fine([10], [90]), conf)
+    strong = decide(2, _fine([60], [20]), conf)  # place 0 keeps it, with a switch's evidence
+    weak = decide(2, _fine([30], [20]), conf)
+    assert switched.switched and not strong.switched and strong.strong and not weak.strong
+    assert takes_over(switched, coarse_localised=True)
+    assert not takes_over(strong, coarse_localised=True)  # the coarse answer stands
+    assert takes_over(strong, coarse_localised=False)  # its guess under doubt gives way
+    assert not takes_over(weak, coarse_localised=False)
+    assert not takes_over(decide(2, [], conf), coarse_localised=False)
+
+
 def test_no_fine_features_no_decision() -> None:
-    d = decide([Place((0, 0), 1, (0,))], [], FineConf.make({}))
+    d = decide(1, [], FineConf.make({}))
     assert d.place is None and not d.switched and d.score == 0.0
 
 

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import MapError
 from tests.support.faults import JOB_OPTIONS, PrivateRedis, make_tiny_scene, query_images, stack
 from tests.support.paths import REPO
 
@@ -86,7 +87,7 @@ def test_bad_photos_fail_their_jobs_and_the_worker_serves_on(service):
         assert "internal error" not in res.error, (name, res.error)
         assert not res.candidates
 
-    with pytest.raises(Exception, match="invalid map name"):
+    with pytest.raises(MapError, match="invalid map name"):
         client.submit(good, "../../etc", JOB_OPTIONS)  # refused before anything is stored
 
     served = client.wait(client.submit(good, "tiny", JOB_OPTIONS), timeout=60)

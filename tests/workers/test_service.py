@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
 from db import queries
 from db.session import Database, init_db
 from tests.support.services import (
@@ -128,7 +129,7 @@ def test_bad_input_fails_its_job_and_the_worker_serves_on(service, scene, tmp_pa
         args=[bad_options_job, "scene", key, {"top_k": -3}],
         queue=settings.localise_queue,
     )
-    with pytest.raises(Exception, match="bad options"):
+    with pytest.raises(InputError, match="bad options"):
         client.submit(good, "scene", {"no_such_option": 1})  # refused before queueing
 
     for name, (_, _, reason) in cases.items():
