@@ -1,6 +1,6 @@
 """The HTTP API: ``featureloc serve`` runs ``create_app`` under uvicorn.
 
-Settings come from the environment, as for the workers and the CLI (``core/settings.py``). The
+Settings come from the environment, as for the workers and the CLI (``workers/settings.py``). The
 schema is at ``/openapi.json``; the interactive docs at ``/docs`` and ``/redoc`` are served from
 this process (fastapi-offline ships their assets), so they work without internet access.
 """
@@ -19,7 +19,7 @@ from api.accesslog import install_access_log_filter
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.problems import install_problem_handlers
 from api.services import Services
-from core.settings import get_settings
+from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
 

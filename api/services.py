@@ -12,8 +12,8 @@ from sqlalchemy import text
 
 from api.ratelimit import RateLimiter
 from core.mapstore import MapStore
-from core.settings import Settings
 from workers.client import Client
+from workers.settings import Settings
 
 
 def rate_limit_redis_url(settings: Settings) -> str | None:

@@ -18,7 +18,7 @@ unless ``--extractor`` / ``--retriever`` / ``--option`` say otherwise. The map h
 ``--references`` Getty references (whole positions, spread over the site; 0 = all 3000); its timed
 build also gives the build time per reference; ``--map-from DIR`` serves an already built map
 instead (e.g. the full 3000-reference ``bench/out/maps/getty-xfeat``). Without the Getty set
-(../shared/getty) the script falls back to the synthetic scene (core.synthetic) and says so.
+(../shared/getty) the script falls back to the synthetic scene (cli.synthetic) and says so.
 
 ``--via-http`` also sends the same number of photos through the HTTP API (a real ``featureloc
 serve`` process on loopback, uploads from ``--http-clients`` threads, results read with
@@ -59,8 +59,8 @@ from cli.common import parse_options
 from core import defaults
 from core.mapbuild import RefEntry, build_map, read_positions_csv
 from core.mapstore import MapStore, existing_reference_ids
-from core.settings import Settings
 from tests.support.process import WorkerProcess
+from workers.settings import Settings
 
 POSTGRES_URL = os.environ.get(
     "FEATURELOC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -250,7 +250,7 @@ def getty_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
 
 
 def synthetic_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
-    from core.synthetic import generate_dataset
+    from cli.synthetic import generate_dataset
 
     root = args.out / "throughput" / f"synthetic-{args.queries + 8}"
     if not (root / "queries.csv").is_file():

@@ -14,8 +14,8 @@ from rich.console import Console
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from core.settings import Settings
     from db.session import Database
+    from workers.settings import Settings
 
 # Off a terminal (piped, logged) rich would lay everything out in 80 columns and cut table cells
 # with "…": a width no line reaches instead, unless COLUMNS says otherwise.
@@ -103,9 +103,9 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def get_settings() -> Settings:
-    """core.settings.get_settings, imported when first needed (pydantic-settings is slow to
+    """workers.settings.get_settings, imported when first needed (pydantic-settings is slow to
     import: `featureloc --help` does without it)."""
-    from core.settings import get_settings as settings
+    from workers.settings import get_settings as settings
 
     return settings()
 
@@ -113,8 +113,8 @@ def get_settings() -> Settings:
 def database() -> Database:
     """The configured database, migrated to the newest schema first (every command that reads or
     writes it calls this, so a fresh install needs no separate migration step)."""
-    from core.settings import get_settings
     from db.session import Database, init_db
+    from workers.settings import get_settings
 
     url = get_settings().database_url.get_secret_value()
     init_db(url)
@@ -162,7 +162,7 @@ def database_unavailable(exc: Exception) -> str:
     """What to tell a person whose command could not reach the database (password hidden)."""
     from sqlalchemy.engine import make_url
 
-    from core.settings import get_settings
+    from workers.settings import get_settings
 
     url = make_url(get_settings().database_url.get_secret_value())
     cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

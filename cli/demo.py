@@ -1,6 +1,6 @@
 """``featureloc demo``: the whole path on one machine with nothing installed by hand.
 
-It renders a small synthetic scene (core.synthetic), builds a map from its reference views,
+It renders a small synthetic scene (cli.synthetic), builds a map from its reference views,
 starts a real Celery worker process on an embedded file-system broker (or the broker given),
 submits the query views through the client, waits for the results in the SQLite database, and
 prints each estimate with its error.
@@ -21,7 +21,7 @@ from cli.common import console, fmt, table
 
 def demo_workdir(given: Path | None) -> Path:
     """``--workdir``, by default ``demo`` under the configured data dir (FEATURELOC_DATA_DIR)."""
-    from core.settings import get_settings
+    from workers.settings import get_settings
 
     return given if given is not None else get_settings().data_dir / "demo"
 
@@ -31,15 +31,15 @@ def run_demo(workdir: Path, broker: str | None) -> int:
     os.environ["FEATURELOC_DATA_DIR"] = str(workdir)
     os.environ["FEATURELOC_BROKER_URL"] = broker or "filesystem://"
     os.environ.setdefault("FEATURELOC_DATABASE_URL", f"sqlite:///{workdir / 'featureloc.db'}")
-    from core.settings import get_settings
+    from workers.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
 
+    from cli.synthetic import FOV_DEG, generate_dataset
     from core import defaults
     from core.camera import Camera
     from core.mapstore import MapStore
-    from core.synthetic import FOV_DEG, generate_dataset
     from db.session import init_db
     from workers.client import Client
     from workers.maps import build_and_register

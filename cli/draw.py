@@ -34,10 +34,10 @@ def draw_command(
     import cv2
 
     from core.mapstore import MapStore
-    from core.settings import get_settings
     from workers.blobstore import BlobNotFound
     from workers.client import Client
     from workers.figures import FIGURE_REFERENCES, job_figure
+    from workers.settings import get_settings
 
     if not 1 <= top <= FIGURE_REFERENCES:
         fail(f"--top must be from 1 to {FIGURE_REFERENCES}")

@@ -484,7 +484,7 @@ def worker(
     if not on_gpu and concurrency > 1 and not settings.torch_threads:
         # Several 1-thread processes beat one process with many threads (BENCHMARKS.md).
         os.environ["FEATURELOC_TORCH_THREADS"] = "1"
-        from core.settings import get_settings as cached_settings
+        from workers.settings import get_settings as cached_settings
 
         cached_settings.cache_clear()
     from workers.celery_app import make_celery

@@ -19,8 +19,8 @@ from core.errors import InputError, MapError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from core.settings import Settings
     from db.models import MapBuild
+    from workers.settings import Settings
 
 FINISHED = ("done", "failed")
 

@@ -16,10 +16,10 @@ def register_found_maps() -> list[str]:
     """Record every map of the map store that the database lacks; returns their names."""
     from core.errors import MapError
     from core.mapstore import MapStore
-    from core.settings import get_settings
     from db import queries
     from db.session import Database
     from workers.maps import record_map
+    from workers.settings import get_settings
 
     settings = get_settings()
     with Database(settings.database_url.get_secret_value()).session() as s:

@@ -5,7 +5,7 @@ see the Makefile): we locate the package directory with ``importlib.util.find_sp
 run the package's code, so none of its global side effects happen) and read the file from there.
 A plug-in's ``weights`` conf key overrides the location with a user path. Weights that may not
 be shipped (SuperPoint, SuperGlue) come only from a user path (``resolve_user_weights``): the
-plug-in's ``weights`` option or a path in core/settings.py's Settings.
+plug-in's ``weights`` option or the path the service's settings give (core/userweights.py).
 
 Loading is always ``weights_only=True`` and strict: every missing or unexpected key is an error,
 except buffers the model derives itself and names explicitly.
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from core.userweights import settings_path
 
 
 class WeightsError(InputError):
@@ -132,17 +133,15 @@ def _preview(keys: list[str], n: int = 8) -> str:
 def resolve_user_weights(
     path: str | os.PathLike | None, setting: str, filename: str, where_from: str
 ) -> Path:
-    """The checkpoint to load: the ``weights`` option, else the ``setting`` field of
-    core.settings.Settings (environment or ``.env``); refuse clearly if neither.
-    ``where_from`` tells the user how to obtain the file."""
-    from core.settings import Settings
-
-    # Read now, not cached: the environment or .env may have changed since start-up.
-    given = path or getattr(Settings(), setting)
+    """The checkpoint to load: the ``weights`` option, else the path the service's settings
+    give for ``setting`` (core/userweights.py); refuse clearly if neither. ``where_from`` tells
+    the user how to obtain the file."""
+    fallback, how = settings_path(setting)
+    given = path or fallback
     if not given:
+        also = f" or {how}" if how else ""
         raise WeightsError(
-            f"no {filename} given: set the 'weights' option or the environment variable "
-            f"{Settings.env_name(setting)} (or that line in .env) to its path; {where_from}"
+            f"no {filename} given: set the 'weights' option{also} to its path; {where_from}"
         )
     resolved = Path(given).expanduser()
     if not resolved.is_file():

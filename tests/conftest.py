@@ -56,9 +56,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def scene(tmp_path_factory) -> Path:
-    """A small synthetic scene (core.synthetic) in the Getty layout: images/, references.csv,
+    """A small synthetic scene (cli.synthetic) in the Getty layout: images/, references.csv,
     queries.csv. Generated once per test session."""
-    from core.synthetic import generate_dataset
+    from cli.synthetic import generate_dataset
 
     out = tmp_path_factory.mktemp("scene")
     generate_dataset(out, seed=0)

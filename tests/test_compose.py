@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from core.settings import Settings
 from tests.support.paths import REPO
+from workers.settings import Settings
 
 
 def test_compose_has_the_production_services():

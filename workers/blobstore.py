@@ -20,7 +20,7 @@ from core.errors import InputError
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from core.settings import Settings
+    from workers.settings import Settings
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 

@@ -45,7 +45,6 @@ from core.mapstore import (
     write_part,
 )
 from core.registry import create_extractor, extractor_identity, retriever_class
-from core.settings import Settings
 from db import build_queries
 from db.models import BuildStatus, ChunkStatus, MapBuild
 from db.session import Database
@@ -54,6 +53,7 @@ from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
 from workers.fit import send_fit
 from workers.maps import image_limits, register_map
 from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.utils.log import get_logger
 from kombu import Queue
 
-from core.settings import Settings, get_settings
+from workers.settings import Settings, get_settings
 
 LOCALISE_TASK = "featureloc.localise"
 BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py

@@ -23,7 +23,6 @@ from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import InputError
-from core.settings import Settings, get_settings
 from core.types import CandidateResult
 from db import queries
 from db.models import Job
@@ -31,6 +30,7 @@ from db.session import Database
 from workers.blobstore import blob_key, make_blob_store
 from workers.celery_app import LOCALISE_TASK, make_celery
 from workers.job_fields import record_job, validate_job_fields, with_default_profile
+from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from core.localiser import LocaliseOptions

@@ -21,11 +21,11 @@ from core.errors import InputError
 from core.heldout import fit_map
 from core.mapbuild import map_photos
 from core.mapstore import MapStore
-from core.settings import Settings
 from workers import runtime
 from workers.celery_app import FIT_MAP_TASK
 from workers.maps import publish_if_configured
 from workers.retry import RETRY_POLICY
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

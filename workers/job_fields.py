@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from core.defaults import DEFAULT_PROFILE
 from core.errors import InputError
 from core.mapstore import validate_map_name
-from core.settings import Settings
 from db import queries
 from db.models import JOB_ID_LENGTH, Job
+from workers.settings import Settings
 
 # Letters, digits and "_.:-" (hex digests, UUIDs, "service:1234"), starting with a letter or digit.
 _JOB_ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{JOB_ID_LENGTH - 1}}}$")

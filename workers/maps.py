@@ -10,9 +10,9 @@ from core.defaults import DEFAULT
 from core.images import ImageLimits
 from core.mapbuild import BuildReport, build_map, finalise_map, read_positions_csv
 from core.mapstore import MapStore
-from core.settings import Settings
 from db import queries
 from db.session import Database
+from workers.settings import Settings
 
 
 def image_limits(settings: Settings) -> ImageLimits:

@@ -38,7 +38,6 @@ from datetime import datetime, timedelta
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from core.settings import Settings, get_settings
 from db import queries
 from db.models import Job
 from db.session import Database
@@ -46,6 +45,7 @@ from db.types import utcnow
 from workers.celery_app import make_celery
 from workers.client import send_job
 from workers.heartbeat import holder_alive
+from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

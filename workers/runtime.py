@@ -29,10 +29,10 @@ from core.mapstore import (
     part_files,
     validate_map_name,
 )
-from core.settings import Settings, get_settings
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
 from workers.mapversions import MapVersions, make_map_versions
+from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

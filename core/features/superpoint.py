@@ -3,7 +3,7 @@
 The network is written here from the paper; its module names follow the official release so
 that ``superpoint_v1.pth`` loads with every key accounted for. Magic Leap's licence does not let
 featureloc ship that file: the user supplies it (``weights`` option or the environment variable
-``FEATURELOC_SUPERPOINT_WEIGHTS`` in the environment or ``.env``, core/settings.py).
+``FEATURELOC_SUPERPOINT_WEIGHTS`` in the environment or ``.env``, workers/settings.py).
 
 Post-processing follows the official release so that results match it: softmax over 65 channels
 (64 cell positions + "no point"), iterated max-pool NMS, score threshold, border removal, top-k,

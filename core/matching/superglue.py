@@ -3,7 +3,7 @@
 Written here from the paper; module names follow the official release so that
 ``superglue_indoor.pth`` / ``superglue_outdoor.pth`` load with every key accounted for. The user
 supplies the file (``weights`` option, or ``FEATURELOC_SUPERGLUE_WEIGHTS`` in the environment or
-``.env``, core/settings.py): the licence forbids shipping it.
+``.env``, workers/settings.py): the licence forbids shipping it.
 
 Pipeline (paper, section 3): keypoint encoder (x, y normalised by image size, detector score)
 added to the descriptors; 18 alternating self/cross attention layers (4 heads); a final linear

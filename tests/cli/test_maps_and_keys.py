@@ -95,7 +95,7 @@ def test_a_key_with_rate_limit_0_is_never_limited(tmp_path):
 
 def test_demo_keeps_its_data_under_the_data_dir(tmp_path, monkeypatch):
     from cli.demo import demo_workdir
-    from core.settings import get_settings
+    from workers.settings import get_settings
 
     monkeypatch.setenv("FEATURELOC_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()

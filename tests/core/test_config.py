@@ -12,9 +12,9 @@ from core.errors import InputError
 from core.estimation import ESTIMATORS, ClusterConf, cluster_candidates
 from core.localiser import LocaliseOptions
 from core.placement import PlacementConfig
-from core.settings import Settings
 from core.verify import VerifyConfig
 from core.weights import WeightsError, resolve_user_weights
+from workers.settings import Settings
 
 PLUGINS = {
     "extractor": (registry.EXTRACTORS, registry.extractor_class),

@@ -298,7 +298,7 @@ def test_disk_lightglue_matches_the_right_place():
 @pytest.fixture(scope="module")
 def synthetic_views() -> dict[str, np.ndarray]:
     """Query, a view 1.6 units away looking nearly the same way, one from far across the room."""
-    synthetic = pytest.importorskip("core.synthetic")
+    synthetic = pytest.importorskip("cli.synthetic")
     world = synthetic.make_world(0)
     q = synthetic.nearest_free(world, 20.0, 20.0)
     r = synthetic.nearest_free(world, q[0] + 1.5, q[1] + 0.5)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.synthetic import FOV_DEG
 from core.camera import Camera
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
-from core.synthetic import FOV_DEG
 
 pytestmark = pytest.mark.integration  # builds the scene's map once per session
 

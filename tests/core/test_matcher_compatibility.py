@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cli.synthetic import generate_dataset
 from core.errors import MapError
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
-from core.synthetic import generate_dataset
 from core.weights import WeightsError
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from cli.synthetic import FOV_DEG as SCENE_FOV_DEG
+from cli.synthetic import make_world, render_view
 from core import registry
 from core.camera import Camera
 from core.errors import InputError
@@ -17,8 +19,6 @@ from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore
 from core.placement import Link, place_query
-from core.synthetic import FOV_DEG as SCENE_FOV_DEG
-from core.synthetic import make_world, render_view
 from core.verify import VerifyConfig, verify
 from tests.support.paths import GETTY
 
@@ -100,7 +100,7 @@ def test_a_map_records_its_camera(scene_map: MapStore) -> None:
 
 def _random_views(n: int, seed: int = 7):
     """``n`` photos of the scene from random free positions inside the reference grid, random
-    headings, with the mild photometric change of a query (core.synthetic.render_view)."""
+    headings, with the mild photometric change of a query (cli.synthetic.render_view)."""
     world = make_world(0)  # the scene fixture's world
     rng = np.random.default_rng(seed)
     lo, hi = np.array([5.0, 5.0]), np.array([55.0, 35.0])  # the grid's span (6 x 4, 10 apart)

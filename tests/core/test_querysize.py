@@ -11,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
+from cli.synthetic import make_world, render_view
 from core.camera import Camera
 from core.images import decode_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import RefEntry, build_map, read_positions_csv
 from core.mapstore import MapStore
 from core.querysize import MAX_UPSCALE, resize_by, scale_factor
-from core.synthetic import make_world, render_view
 
-# The scene's references are 480x360 (core.synthetic.generate_dataset's default size).
+# The scene's references are 480x360 (cli.synthetic.generate_dataset's default size).
 REF_SIZE = (480, 360)
 
 

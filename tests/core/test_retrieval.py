@@ -36,7 +36,7 @@ def _getty_entries() -> list[RefEntry]:
 
 
 def _synthetic_entries(tmp: Path) -> list[RefEntry]:
-    synthetic = pytest.importorskip("core.synthetic")
+    synthetic = pytest.importorskip("cli.synthetic")
     data = synthetic.generate_dataset(tmp / "synthetic", grid=(4, 3), views_per_position=4)
     return read_positions_csv(data.references_csv, data.images_dir)
 

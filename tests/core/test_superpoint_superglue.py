@@ -27,6 +27,7 @@ from core.features.superpoint import (
 )
 from core.matching.superglue import SuperGlueMatcher, SuperGlueNet, log_optimal_transport
 from core.types import Features
+from workers import settings  # noqa: F401 - registers the weights paths of the environment
 
 # Key names of the official checkpoints, derived from the official model definitions
 # (magicleap/SuperGluePretrainedNetwork, models/superpoint.py and models/superglue.py).

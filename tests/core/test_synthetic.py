@@ -10,11 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.features.sift import SiftExtractor
-from core.images import read_image
-from core.mapbuild import read_positions_csv
-from core.matching.mnn import MutualNearestNeighbour
-from core.synthetic import (
+from cli.synthetic import (
     CAMERA_HEIGHT,
     MIN_CLEARANCE,
     World,
@@ -24,6 +20,10 @@ from core.synthetic import (
     reference_positions,
     render_view,
 )
+from core.features.sift import SiftExtractor
+from core.images import read_image
+from core.mapbuild import read_positions_csv
+from core.matching.mnn import MutualNearestNeighbour
 from core.verify import VerifyConfig, verify
 
 SIZE = (240, 180)  # small renders keep the data set tests quick

@@ -26,7 +26,6 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select
 
-from core.settings import Settings
 from db.models import CandidateMatch, Job
 from db.session import Database, init_db
 from tests.support.services import (
@@ -38,6 +37,7 @@ from tests.support.services import (
 )
 from workers.celery_app import LOCALISE_TASK
 from workers.client import BrokerUnavailable, Client
+from workers.settings import Settings
 
 # Every job of the fault tests uses these options: a shortlist of 5 keeps a job near 50 ms.
 JOB_OPTIONS = {"top_k": 5}
@@ -224,7 +224,7 @@ def make_tiny_scene(
 ) -> Path:
     """16 references at 240x180 (2x2 positions x 4 views) and ``num_queries`` query photos, or
     smaller still for tests that run thousands of jobs."""
-    from core.synthetic import generate_dataset
+    from cli.synthetic import generate_dataset
 
     generate_dataset(
         out,

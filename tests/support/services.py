@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from db.schemas import temporary_schema
 from tests.support.process import WorkerProcess  # noqa: F401 - re-exported for the tests
+from workers.settings import Settings
 
 REDIS_URL = os.environ.get("FEATURELOC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

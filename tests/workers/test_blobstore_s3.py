@@ -11,9 +11,9 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, s3_client
 from workers.blobstore import BlobNotFound, InvalidBlobKey, S3BlobStore, blob_key, make_blob_store
+from workers.settings import Settings
 
 pytest.importorskip("boto3")
 pytest.importorskip("moto.server")

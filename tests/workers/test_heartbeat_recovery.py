@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from db import queries
 from tests.support.faults import (
     JOB_OPTIONS,
@@ -22,6 +21,7 @@ from tests.support.faults import (
     stack,
     wait_running,
 )
+from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from core.settings import Settings
 from db import queries
 from db.session import Database, init_db
 from db.types import utcnow
 from workers.celery_app import LOCALISE_TASK, make_celery
 from workers.client import send_job
 from workers.recovery import recover_jobs
+from workers.settings import Settings
 
 HOUR_AGO = timedelta(hours=1)
 

@@ -6,9 +6,9 @@ import pytest
 from celery import Celery
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from core.settings import Settings
 from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK, LOCALISE_TASK, make_celery
 from workers.retry import MAX_RETRIES, RETRY_POLICY, TransientFault, is_transient, last_try
+from workers.settings import Settings
 
 
 def test_every_task_carries_the_policy(tmp_path):

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.userweights import use_weights_from
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEATURELOC_", env_file=".env", extra="ignore")
@@ -132,3 +134,13 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def user_weights(setting: str) -> tuple[Path | None, str]:
+    """A checkpoint path of these settings (``superpoint_weights``, ``superglue_weights``) for
+    core/userweights.py, read when a plug-in loads."""
+    how = f"the environment variable {Settings.env_name(setting)} (or that line in .env)"
+    return getattr(Settings(), setting), how
+
+
+use_weights_from(user_weights)  # every process that loads the settings supplies the weights
