@@ -149,6 +149,7 @@ class Estimate:
     localised: bool
     method: str
     support: list[str] = field(default_factory=list)  # reference ids that voted for it
+    heading: float | None = None  # radians in the map frame, where a pose solve gave one
 
 
 @dataclass
