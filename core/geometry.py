@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydantic import Field
+from scipy.optimize import least_squares
 
 from core.config import Conf
 from core.flatfile import read_rows, write_arrays
@@ -51,7 +52,10 @@ class GeometryConfig(Conf):
     essential_px: float = Field(2.0, gt=0)  # MAGSAC threshold of the pair's essential matrix
     max_reprojection_px: float = Field(4.0, gt=0)  # in both views, for a point to be kept
     max_depth: float = Field(200.0, gt=0)  # map units in front of both cameras
-    max_heading_disagreement: float = Field(5.0, gt=0)  # degrees, a pair's against the median
+    # Rays meeting at a smaller angle fix the point's depth poorly: a pixel of error moves
+    # it by metres along the ray, unseen by the reprojection check (the scene test's tail).
+    min_angle_deg: float = Field(4.0, ge=0)
+    max_heading_disagreement: float = Field(2.0, gt=0)  # degrees, a pair's against the median
     left_handed: bool = False
 
 
@@ -291,7 +295,14 @@ def _triangulate(
         depth = h[:, 2]  # K's last row is (0, 0, 1): the depth in that camera
         bad = ~np.isfinite(e) | (depth <= 0) | (depth > conf.max_depth)
         err = np.maximum(err, np.where(bad, np.inf, e))
-    return pts, err
+    ray_a = pts - np.array([*world[pair.i], 0.0])
+    ray_b = pts - np.array([*world[pair.j], 0.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.einsum("ij,ij->i", ray_a, ray_b) / (
+            np.linalg.norm(ray_a, axis=1) * np.linalg.norm(ray_b, axis=1)
+        )
+    narrow = ~(cos <= math.cos(math.radians(conf.min_angle_deg)))
+    return pts, np.where(narrow, np.inf, err)
 
 
 def solve_headings(pairs: Sequence[_Pair], n: int) -> np.ndarray:
@@ -442,7 +453,6 @@ def _upright_pose(
 ) -> tuple[float, float, float]:
     """(x, y, heading) of an upright camera at height 0 that best reprojects ``obj`` onto
     ``img`` (robust least squares from ``start``, scipy)."""
-    from scipy.optimize import least_squares
 
     def residuals(p: np.ndarray) -> np.ndarray:
         proj = _projection(k, float(p[2]), p[:2])

@@ -12,7 +12,7 @@ import pytest
 from core import geometry as geo
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
-from core.synthetic import FOV_DEG
+from core.synthetic import CAMERA_HEIGHT, FOV_DEG, make_world, surface_points
 from core.types import Features, Matches
 
 K = np.array([[320.0, 0, 239.5], [0, 320.0, 179.5], [0, 0, 1]])
@@ -93,28 +93,32 @@ def _true_yaws(scene: Path) -> dict[str, float]:
 
 @pytest.mark.integration  # real XFeat features of the scene map
 def test_scene_headings_and_points_agree_with_the_true_cameras(scene: Path, scene_geometry):
-    """Headings within a degree of the scene's true yaws (median), and each reference's
-    points reproject into its true camera within 2.5 px (median): points consistent with the
-    true poses of two cameras lie at their true 3D positions."""
+    """Headings within a degree of the scene's true yaws (median), and the triangulated points
+    at the scene's true 3D points (core.synthetic.surface_points: what each keypoint's pixel
+    sees): median error at most 0.6 map units (the grid spacing is 10; measured 0.25 on an
+    AVX-512 CPU) and most within one unit (measured 71 %)."""
     store, built = scene_geometry
     m = store.open("scene")
     yaw = _true_yaws(scene)
-    k = m.camera.matrix((480, 360))
-    errs, reproj = [], []
+    world = make_world(0)  # the scene fixture's world
+    errs, point_errors = [], []
     for i, g in built.items():
         if math.isnan(g.heading):
             continue
         errs.append(abs(geo._wrap(g.heading - yaw[m.ids[i]])))
         ok = ~np.isnan(g.points[:, 0])
         if ok.any():
-            h = (
-                np.hstack([g.points[ok], np.ones((ok.sum(), 1))])
-                @ geo._projection(k, yaw[m.ids[i]], m.positions[i]).T
+            truth = surface_points(
+                world, *m.positions[i], math.degrees(yaw[m.ids[i]]), m.features[i].keypoints[ok]
             )
-            reproj.append(np.hypot(*(h[:, :2] / h[:, 2:] - m.features[i].keypoints[ok]).T))
+            truth[:, 2] -= CAMERA_HEIGHT  # the map's frame puts the cameras at z = 0
+            point_errors.append(np.linalg.norm(g.points[ok] - truth, axis=1))
     assert len(errs) >= 0.6 * len(m)
     assert math.degrees(float(np.median(errs))) <= 1.0
-    assert float(np.median(np.concatenate(reproj))) <= 2.5
+    point_err = np.concatenate(point_errors)
+    assert len(point_err) >= 20 * len(m)  # measured ~70 per reference
+    assert float(np.nanmedian(point_err)) <= 0.6
+    assert float(np.mean(point_err < 1.0)) >= 0.55
     # Stored and read back whole.
     stored = m.geometry
     assert stored.count() == len(m)
@@ -127,8 +131,9 @@ def test_scene_headings_and_points_agree_with_the_true_cameras(scene: Path, scen
 
 @pytest.mark.integration
 def test_a_query_is_placed_by_one_pose_against_the_map(scene_geometry) -> None:
-    """20 random views: where the pose applies, its median error is within a tenth of the
-    grid spacing and its heading within 3 degrees (median) of the truth."""
+    """20 random views: where the pose applies (measured 10 of 20 on an AVX-512 CPU), its
+    median error (L1) is within a tenth of the grid spacing (measured 0.36) and its heading
+    within 3 degrees (median; measured about 1) of the truth."""
     from tests.core.test_placement import _random_views
 
     store, _ = scene_geometry
