@@ -29,51 +29,58 @@ from core.geometry import GEOMETRY_DIR, build_geometry, write_geometry
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 
-CHUNK = 250
-METHODS = {
+CHUNK = 100
+METHODS = {  # in this order: the first finds the places whose geometry the others need
     "none": {"placement": False},
-    "pairs": {"placement_conf": {"method": "pairs"}},
-    "pose": {"placement_conf": {"method": "pose-only"}},
     "pose+pairs": {"placement_conf": {"method": "pose"}},
+    "pose": {"placement_conf": {"method": "pose-only"}},
+    "pairs": {"placement_conf": {"method": "pairs"}},
 }
 
 
-def ensure_geometry(loc: Localiser, log=print) -> dict:
-    """Build the geometry of the references that lack it, in chunks; returns its cost."""
+def ensure_geometry(loc: Localiser, wanted: list[int] | None = None, log=print) -> dict:
+    """Build the geometry of the references (all, or ``wanted``) that lack it, a chunk of
+    ``CHUNK`` at a time, each chunk stored as it is done (an interrupted run resumes);
+    returns its cost."""
     ref_map = loc.map
     camera = ref_map.camera
     assert camera is not None, "the map needs its camera"
-    todo = [i for i in range(len(ref_map)) if not ref_map.geometry.has(i)]
+    rows = range(len(ref_map)) if wanted is None else sorted(set(wanted))
+    todo = [i for i in rows if not ref_map.geometry.has(i)]
     matcher = loc.job_matcher(LocaliseOptions())
     size = ref_map.reference_size
     assert size is not None
     k = camera.matrix(size)  # Getty's photos are all one size
-    t0 = time.perf_counter()
-    geo = build_geometry(
-        todo,
-        ref_map.features,
-        ref_map.positions,
-        lambda _i: k,
-        loc.retriever.reference_similarity,
-        matcher.match,
-        ref_map.ids,
-    )
-    items = [(ref_map.ids[i], g) for i, g in geo.items()]
-    for start in range(0, len(items), CHUNK):  # parts of a build chunk's size
-        write_geometry(ref_map.path, items[start : start + CHUNK])
-    seconds = time.perf_counter() - t0
-    log(f"  geometry of {len(todo)} references in {seconds:.0f} s")
-    ref_map.geometry.refresh()
+    seconds, cpu = 0.0, 0.0
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start : start + CHUNK]
+        t0, c0 = time.perf_counter(), time.process_time()
+        geo = build_geometry(
+            chunk,
+            ref_map.features,
+            ref_map.positions,
+            lambda _i: k,
+            loc.retriever.reference_similarity,
+            matcher.match,
+            ref_map.ids,
+            known_heading=ref_map.geometry.heading,
+        )
+        write_geometry(ref_map.path, [(ref_map.ids[i], g) for i, g in geo.items()])
+        ref_map.geometry.refresh()
+        seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        log(f"  geometry: {start + len(chunk)}/{len(todo)} references, {seconds:.0f} s")
     size = sum(p.stat().st_size for p in (ref_map.path / GEOMETRY_DIR).glob("*"))
     with_points = [
         int((~np.isnan(g.points[:, 0])).sum())
-        for i in range(0, len(ref_map), 10)
+        for i in rows
         if (g := ref_map.geometry[i]) is not None
     ]
     return {
         "built": len(todo),
         "s_per_reference": seconds / max(len(todo), 1),
-        "bytes_per_reference": size / len(ref_map),
+        "cpu_s_per_reference": cpu / max(len(todo), 1),
+        "bytes_per_reference": size / max(ref_map.geometry.count(), 1),
         "points_per_reference_median": float(np.median(with_points)) if with_points else 0.0,
     }
 
@@ -85,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", default="queries.csv")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--needed-only",
+        action="store_true",
+        help="build the geometry only of the references the queries' places use (found by a "
+        "first run without placement), not of the whole map: the cost per reference is the "
+        "same, the run far shorter",
+    )
     args = ap.parse_args(argv)
     if not (args.getty / args.queries).is_file():
         print(f"skipped: {args.getty / args.queries} not found")
@@ -94,19 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
     )
     loc = Localiser(store.open(MAP_NAME))
-    cost = ensure_geometry(loc)
-    print(
-        f"geometry: {cost['built']} references built at {cost['s_per_reference']:.3f} s each, "
-        f"{cost['bytes_per_reference'] / 1024:.1f} KiB per reference, "
-        f"median {cost['points_per_reference_median']:.0f} points per reference"
-    )
     queries = load_queries(args.getty, args.queries)[: args.limit]
     images = [(qid, read_image(p), np.array([x, y])) for qid, p, x, y in queries]
     loc.localise(images[0][1])  # warm-up
-    rows, per_query = [], {}
+    rows, per_query, supports = [], {}, set()
+    cost: dict = {}
     for name, options in METHODS.items():
+        if name != "none" and not cost:  # the geometry, once the unplaced run found the places
+            cost = ensure_geometry(loc, sorted(supports) if args.needed_only else None)
+            print(
+                f"geometry: {cost['built']} references built at {cost['s_per_reference']:.3f} s "
+                f"each ({cost['cpu_s_per_reference']:.3f} CPU s), "
+                f"{cost['bytes_per_reference'] / 1024:.1f} KiB per reference, "
+                f"median {cost['points_per_reference_median']:.0f} points per reference",
+                flush=True,
+            )
         opts = LocaliseOptions.parse(options)
-        errors, placed, place_ms, total = [], 0, [], []
+        errors, placed, posed, place_ms, total = [], 0, 0, [], []
+        c0 = time.process_time()
         for qid, image, truth in images:
             t0 = time.perf_counter()
             res = loc.localise(image, opts)
@@ -114,15 +133,31 @@ def main(argv: list[str] | None = None) -> int:
             est = res.estimate
             errors.append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
             placed += est.method.endswith(("+pose", "+placement"))
+            posed += est.method.endswith("+pose")
             place_ms.append(1000 * res.timings.get("place", 0.0))
             per_query.setdefault(qid, {})[name] = (est.x, est.y, est.method)
+            supports.update(loc.map.index[rid] for rid in est.support)
+        cpu = (time.process_time() - c0) / len(images)
         e = np.array(errors)
         rows.append([name, len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
-                     f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}", np.mean(place_ms),
-                     np.mean(total)])  # fmt: skip
+                     f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}", f"{posed / len(e):.0%}",
+                     np.mean(place_ms), np.mean(total), cpu])  # fmt: skip
+        print(f"  {name}: {rows[-1]}", flush=True)
     print_table(
         f"placement on {args.queries} ({len(images)} queries, {args.threads} thread)",
-        ["method", "n", "MAE", "median", "<1", "<5", "placed", "place ms", "s/query"],
+        [
+            "method",
+            "n",
+            "MAE",
+            "median",
+            "<1",
+            "<5",
+            "placed",
+            "posed",
+            "place ms",
+            "s/query",
+            "cpu s/q",
+        ],  # fmt: skip
         rows,
     )
     path = write_json(args.out, "geometry", {"machine": machine_info(), "cost": cost,

@@ -24,6 +24,7 @@ Frames: the map is right-handed seen from above (x east, y north) unless ``left_
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -419,7 +420,10 @@ def write_geometry(map_path: Path, items: Sequence[tuple[str, ReferenceGeometry]
         "partner": np.concatenate([g.partner for g in geo]).astype(np.int16),
         "partner_ids": partner_ids,
     }
-    return write_arrays(directory / f"part-{uuid.uuid4().hex}{PART_SUFFIX}", arrays)
+    # Named in time order: a reference rebuilt later (a map's extension gave it new partners)
+    # is read from its newest part, as the last one opened wins (core/parts.py).
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    return write_arrays(directory / name, arrays)
 
 
 class GeometrySet(PartIndex):
@@ -429,6 +433,11 @@ class GeometrySet(PartIndex):
 
     def __init__(self, map_path: Path, index: dict[str, int]) -> None:
         super().__init__(Path(map_path) / GEOMETRY_DIR, index)
+
+    def heading(self, i: int) -> float | None:
+        """The stored heading of reference ``i`` (from memory), None where not built."""
+        where = self.locate(i)
+        return None if where is None else float(where[0]["headings"][where[1]])
 
     def __getitem__(self, i: int) -> ReferenceGeometry | None:
         where = self.locate(i)

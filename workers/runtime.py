@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ImageError, MapError
+from core.geometry import GEOMETRY_DIR
 from core.localiser import Localiser
 from core.mapstore import (
     IMAGES_DIR_KEY,
@@ -66,9 +67,11 @@ def worker_name() -> str:
 
 
 def _local_version(path: Path) -> str:
-    """A directory map's version: changes whenever a part or the retrieval state is added or
-    replaced, or the manifest changes (``local-`` + a hash of names and modification times)."""
-    files = part_files(path / "parts") + sorted(path.glob("retrieval/*"))
+    """A directory map's version: changes whenever a part, a geometry part or the retrieval
+    state is added or replaced, or the manifest changes (``local-`` + a hash of names and
+    modification times)."""
+    files = part_files(path / "parts") + part_files(path / GEOMETRY_DIR)
+    files += sorted(path.glob("retrieval/*"))
     stamp = [(f.name, f.stat().st_mtime_ns) for f in files]
     stamp.append(("manifest.json", (path / "manifest.json").stat().st_mtime_ns))
     return "local-" + hashlib.sha256(repr(stamp).encode()).hexdigest()[:20]

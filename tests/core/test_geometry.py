@@ -149,3 +149,54 @@ def test_a_query_is_placed_by_one_pose_against_the_map(scene_geometry) -> None:
     assert len(errors) >= 8
     assert float(np.median(errors)) <= 1.0
     assert math.degrees(float(np.median(turns))) <= 3.0
+
+
+@pytest.mark.integration
+def test_a_map_extension_builds_the_new_references_and_their_partners(
+    scene: Path, copy_scene_map, scene_geometry
+) -> None:
+    """The map's geometry step (core.mapbuild.add_geometry): none without a camera; on a map
+    whose geometry is built, extended by two photos, it builds those two and rebuilds only
+    their partners whose own partners changed; a further step has nothing to do."""
+    import shutil
+
+    from core.mapbuild import add_entries, add_geometry, finalise_map, read_positions_csv
+    from core.registry import create_extractor
+
+    store = copy_scene_map()
+    assert add_geometry(store, "scene") is None  # no camera: no geometry
+    store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
+    built_store, _ = scene_geometry
+    shutil.copytree(
+        built_store.path("scene") / geo.GEOMETRY_DIR, store.path("scene") / geo.GEOMETRY_DIR
+    )
+    before = store.open("scene")
+    assert before.geometry.count() == len(before)
+    old = {rid: before.geometry[i] for i, rid in enumerate(before.ids)}
+
+    new = read_positions_csv(scene / "queries.csv", scene / "images")[:2]
+    add_entries(store.path("scene"), new, create_extractor("xfeat"))
+    finalise_map(store, "scene")
+    step = add_geometry(store, "scene")
+    assert step is not None and step.remaining == 0
+    after = store.open("scene")
+    assert len(after) == len(before) + 2 and after.geometry.count() == len(after)
+
+    def stored(rid: str) -> geo.ReferenceGeometry:
+        g = after.geometry[after.index[rid]]
+        assert g is not None
+        return g
+
+    new_ids = {e.reference.id for e in new}
+    rebuilt = [rid for rid, g in old.items() if stored(rid).partners != g.partners]
+    assert step.built == 2 + len(rebuilt)
+    new_partners = {p for rid in new_ids for p in stored(rid).partners}
+    assert new_partners and new_partners <= set(old)
+    # Only the new references' partners, and only where their own partners changed.
+    assert set(rebuilt) <= new_partners
+    untouched = [rid for rid in old if rid not in rebuilt]
+    assert untouched and all(
+        np.array_equal(stored(rid).points, old[rid].points, equal_nan=True) for rid in untouched
+    )
+    again = add_geometry(store, "scene")
+    assert again is not None and again.built == 0 and again.remaining == 0

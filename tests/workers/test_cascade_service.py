@@ -1,5 +1,5 @@
-"""The accurate profile and the map's held-out fit through a real worker: Redis, a Celery
-worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene."""
+"""The accurate profile, the map's held-out fit and its geometry through a real worker: Redis,
+a Celery worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import uuid
 
 import pytest
 
+from core.camera import Camera
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import MapStore
+from core.synthetic import FOV_DEG
 from db.session import init_db
 from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
 from workers.celery_app import make_celery
 from workers.client import Client
 from workers.fit import FIT_BATCH, send_fit
+from workers.geometry import send_geometry
 from workers.maps import build_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,3 +80,20 @@ def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> N
     assert len(rows) == queries and len({r.reference_id for r in rows}) == queries
     assert 0.0 <= record["escalate_below"] <= 1.0
     assert set(record["calibration"]) == {"coarse", "fine"}
+
+
+def test_the_map_builds_its_geometry_on_the_build_queue(service) -> None:
+    """workers/geometry.py through the worker: the map's geometry step runs on the build queue
+    and sends itself until every reference has its geometry (core/geometry.py)."""
+    settings, _, store = service
+    store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))  # the geometry needs the camera
+    assert store.open("scene").geometry.count() == 0
+    send_geometry(make_celery(settings), settings, "scene")
+    deadline = time.monotonic() + 420
+    ref_map = store.open("scene")
+    while ref_map.geometry.count() < len(ref_map) and time.monotonic() < deadline:
+        time.sleep(1)
+        ref_map.geometry.refresh()
+    assert ref_map.geometry.count() == len(ref_map), "the geometry did not finish"
+    headings = [g.heading for i in range(len(ref_map)) if (g := ref_map.geometry[i]) is not None]
+    assert sum(h == h for h in headings) >= 0.6 * len(ref_map)  # most have a heading (not NaN)
