@@ -533,6 +533,7 @@ class Localiser:
             y=posed.y,
             method=f"{estimate.method}+pose",
             heading=posed.heading,
+            pose_inliers=posed.inliers,
         )
 
 

@@ -178,6 +178,8 @@ def save_result(
     candidates: Sequence[CandidateResult],
     method: str | None = None,
     map_version: str | None = None,
+    heading: float | None = None,
+    pose_inliers: int | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -201,6 +203,8 @@ def save_result(
     job.matcher = matcher
     job.method = method
     job.map_version = map_version
+    job.heading = heading
+    job.pose_inliers = pose_inliers
     if worker is not None:
         job.worker = worker
     job.error = None

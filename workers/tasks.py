@@ -152,6 +152,8 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             matcher=opts.matcher,
             method=est.method,
             map_version=map_version,
+            heading=est.heading,
+            pose_inliers=est.pose_inliers,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
         )

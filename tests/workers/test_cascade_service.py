@@ -4,6 +4,7 @@ a Celery worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthet
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 
@@ -13,7 +14,8 @@ from core.camera import Camera
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import MapStore
 from core.synthetic import FOV_DEG
-from db.session import init_db
+from db import queries
+from db.session import Database, init_db
 from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
 from workers.celery_app import make_celery
 from workers.client import Client
@@ -82,10 +84,11 @@ def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service) -> N
     assert set(record["calibration"]) == {"coarse", "fine"}
 
 
-def test_the_map_builds_its_geometry_on_the_build_queue(service) -> None:
+def test_the_map_builds_its_geometry_on_the_build_queue(service, scene) -> None:
     """workers/geometry.py through the worker: the map's geometry step runs on the build queue
-    and sends itself until every reference has its geometry (core/geometry.py)."""
-    settings, _, store = service
+    and sends itself until every reference has its geometry (core/geometry.py); the worker
+    then places queries by one pose against it and the job keeps the heading and inliers."""
+    settings, client, store = service
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))  # the geometry needs the camera
     assert store.open("scene").geometry.count() == 0
     send_geometry(make_celery(settings), settings, "scene")
@@ -97,3 +100,14 @@ def test_the_map_builds_its_geometry_on_the_build_queue(service) -> None:
     assert ref_map.geometry.count() == len(ref_map), "the geometry did not finish"
     headings = [g.heading for i in range(len(ref_map)) if (g := ref_map.geometry[i]) is not None]
     assert sum(h == h for h in headings) >= 0.6 * len(ref_map)  # most have a heading (not NaN)
+    # The worker sees the new geometry parts (a new map version) and places by pose.
+    options = {"profile": "fast", "placement_conf": {"method": "pose-only"}}
+    photos = sorted((scene / "images").glob("query_*.jpg"))
+    jobs = client.wait_many([client.submit(p, "scene", options) for p in photos], timeout=300)
+    posed = [j for j in jobs if (j.method or "").endswith("+pose")]
+    assert posed, [j.method for j in jobs]
+    with Database(settings.database_url.get_secret_value()).session() as s:
+        rows = [queries.get_job(s, j.id) for j in posed]
+    for row in rows:
+        assert row is not None and row.heading is not None and -math.pi <= row.heading <= math.pi
+        assert row.pose_inliers is not None and row.pose_inliers >= 12  # PoseConfig.min_inliers
