@@ -76,3 +76,17 @@ def test_fit_needs_the_photos(small, tmp_path) -> None:
     bad = _cli(env, "map", "fit", "small", "--images", str(tmp_path))
     assert bad.returncode != 0
     assert "have no photo in" in bad.stdout + bad.stderr
+
+
+def test_map_geometry_needs_the_camera_then_builds_and_resumes(small) -> None:
+    env, _, store = small
+    refused = _cli(env, "map", "geometry", "small")
+    assert refused.returncode != 0 and "no camera" in refused.stdout + refused.stderr
+    assert store.open("small").geometry.count() == 0
+    assert _cli(env, "map", "camera", "small", "--fov-x", "74").returncode == 0
+    built = _cli(env, "map", "geometry", "small")
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "geometry built for 16 references" in built.stdout
+    assert store.open("small").geometry.count() == 16
+    again = _cli(env, "map", "geometry", "small")  # all built: nothing to do
+    assert again.returncode == 0 and "geometry built for 0 references" in again.stdout
