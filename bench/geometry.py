@@ -23,9 +23,10 @@ import torch
 
 from bench.accuracy import MAP_NAME, load_queries
 from bench.common import DEFAULT_OUT, GETTY, machine_info, print_table, write_json
-from bench.getty_maps import ensure_map
+from bench.getty_maps import ensure_map, getty_image
 from core import defaults
 from core.geometry import GEOMETRY_DIR, build_geometry, write_geometry
+from core.heldout import hidden_mask, sample_heldout
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 
@@ -93,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--heldout",
+        type=int,
+        default=0,
+        help="localise this many of the map's own held-out positions (core/heldout.py: one "
+        "view each, its position hidden) instead of the queries: the figures that may choose",
+    )
+    ap.add_argument(
         "--needed-only",
         action="store_true",
         help="build the geometry only of the references the queries' places use (found by a "
@@ -108,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
     )
     loc = Localiser(store.open(MAP_NAME))
-    queries = load_queries(args.getty, args.queries)[: args.limit]
-    images = [(qid, read_image(p), np.array([x, y])) for qid, p, x, y in queries]
-    loc.localise(images[0][1])  # warm-up
-    rows, per_query, supports = [], {}, set()
+    if args.heldout:  # the map's own held-out positions (core/heldout.py): these may choose
+        rows = sample_heldout(loc.map, args.heldout, seed=0)
+        photo = getty_image(args.getty)
+        items = [(loc.map.ids[r], read_image(photo(loc.map.ids[r])), loc.map.positions[r].copy(),
+                  hidden_mask(loc.map, r)) for r in rows]  # fmt: skip
+        title = f"{len(items)} held-out positions of the map"
+    else:
+        queries = load_queries(args.getty, args.queries)[: args.limit]
+        items = [(qid, read_image(p), np.array([x, y]), None) for qid, p, x, y in queries]
+        title = f"{args.queries} ({len(items)} queries)"
+    loc.localise(items[0][1])  # warm-up
+    rows_out, per_query, supports = [], {}, set()
     cost: dict = {}
     for name, options in METHODS.items():
         if name != "none" and not cost:  # the geometry, once the unplaced run found the places
@@ -126,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         opts = LocaliseOptions.parse(options)
         errors, placed, posed, place_ms, total = [], 0, 0, [], []
         c0 = time.process_time()
-        for qid, image, truth in images:
+        for qid, image, truth, hidden in items:
             t0 = time.perf_counter()
-            res = loc.localise(image, opts)
+            # Held-out views: their position's views hidden, and the points made with them
+            # (core/geometry.ReferenceGeometry.usable), as a query from a new position.
+            res = loc.localise(image, opts, hidden, calibrated=hidden is None)
             total.append(time.perf_counter() - t0)
             est = res.estimate
             errors.append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
@@ -137,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             place_ms.append(1000 * res.timings.get("place", 0.0))
             per_query.setdefault(qid, {})[name] = (est.x, est.y, est.method)
             supports.update(loc.map.index[rid] for rid in est.support)
-        cpu = (time.process_time() - c0) / len(images)
+        cpu = (time.process_time() - c0) / len(items)
         e = np.array(errors)
-        rows.append([name, len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
-                     f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}", f"{posed / len(e):.0%}",
-                     np.mean(place_ms), np.mean(total), cpu])  # fmt: skip
-        print(f"  {name}: {rows[-1]}", flush=True)
+        rows_out.append([name, len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
+                         f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}",
+                         f"{posed / len(e):.0%}", np.mean(place_ms), np.mean(total),
+                         cpu])  # fmt: skip
+        print(f"  {name}: {rows_out[-1]}", flush=True)
     print_table(
-        f"placement on {args.queries} ({len(images)} queries, {args.threads} thread)",
+        f"placement on {title}, {args.threads} thread",
         [
             "method",
             "n",
@@ -158,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             "s/query",
             "cpu s/q",
         ],  # fmt: skip
-        rows,
+        rows_out,
     )
-    path = write_json(args.out, "geometry", {"machine": machine_info(), "cost": cost,
-                                               "rows": rows, "queries": per_query})  # fmt: skip
+    name = "geometry-heldout.json" if args.heldout else "geometry.json"
+    path = write_json(args.out, name, {"machine": machine_info(), "cost": cost,
+                                               "rows": rows_out, "queries": per_query})  # fmt: skip
     print(f"written {path}")
     return 0
 
