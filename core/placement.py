@@ -40,8 +40,10 @@ class PlacementConfig(Conf):
     left_handed: bool = False
     # "pose": one PnP against the map's triangulated points (core/geometry.py) where the map
     # has them, else the pairs; "pairs": this module's pairwise geometry per query;
-    # "pose-only": no pairwise fallback.
-    method: Literal["pose", "pairs", "pose-only"] = "pose"
+    # "pose-only": no pairwise fallback. "pairs" by default: on the Getty map's own held-out
+    # positions the pose placed a quarter of the views and moved those away from the truth,
+    # the pairs placed them better (BENCHMARKS.md, section 12).
+    method: Literal["pose", "pairs", "pose-only"] = "pairs"
 
 
 @dataclass(frozen=True)

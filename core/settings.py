@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     # Queue the map's held-out fit (workers/fit.py) after each queued build or extension.
     fit_after_build: bool = False
     # Queue the map's geometry (workers/geometry.py) after each queued build or extension of a
-    # map with a camera: queries are then placed by one pose against it (core/geometry.py).
-    geometry_after_build: bool = True
+    # map with a camera, for jobs that ask for placement by pose (core/geometry.py). Off: the
+    # default placement does not use it yet (BENCHMARKS.md, section 12).
+    geometry_after_build: bool = False
     # Checkpoints featureloc may not ship (core/weights.py resolve_user_weights); a plug-in's
     # own "weights" option wins over these.
     superpoint_weights: Path | None = Field(default=None, description="superpoint_v1.pth")
