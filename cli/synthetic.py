@@ -376,6 +376,61 @@ def _photometric_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
+def _face_hits(
+    world: World, p: np.ndarray, d: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the plan rays ``p + t d`` (``d``: (R, 2)) cross the faces that look at them:
+    per ray, the nearest ``_MAX_LAYERS`` faces (R, L), their ray parameters t (inf: missed)
+    and positions s along the face (0..1)."""
+    # Ray/segment intersections, all rays against all faces: p + t d = a + s (b - a).
+    a, e = world.starts, world.ends - world.starts  # (K, 2)
+    ap = a - p
+    denom = d[:, None, 0] * e[None, :, 1] - d[:, None, 1] * e[None, :, 0]  # cross(d, e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (ap[None, :, 0] * e[None, :, 1] - ap[None, :, 1] * e[None, :, 0]) / denom
+        s = (ap[None, :, 0] * d[:, None, 1] - ap[None, :, 1] * d[:, None, 0]) / denom
+    facing = (d @ world.normals.T) < 0  # back faces are hidden by their box
+    valid = facing & (t > 1e-6) & (s >= 0) & (s <= 1) & np.isfinite(t)
+    t = np.where(valid, t, np.inf)
+    layers = min(_MAX_LAYERS, t.shape[1])
+    order = np.argsort(t, axis=1)[:, :layers]  # nearest faces first
+    return order, np.take_along_axis(t, order, axis=1), np.take_along_axis(s, order, axis=1)
+
+
+def surface_points(
+    world: World,
+    x: float,
+    y: float,
+    yaw_deg: float,
+    pixels: np.ndarray,
+    size: tuple[int, int] = (480, 360),
+    fov_deg: float = FOV_DEG,
+) -> np.ndarray:
+    """The 3D points (world x, y, height z) that the camera of :func:`render_view` sees at
+    ``pixels`` (N, 2; pixel centres at integers, as keypoints are): (N, 3), NaN for sky. The
+    ground truth that geometry recovered from the images is checked against."""
+    w, h = size
+    f = (w / 2) / math.tan(math.radians(fov_deg) / 2)
+    yaw = math.radians(yaw_deg)
+    forward = np.array([math.cos(yaw), math.sin(yaw)])
+    right = np.array([math.sin(yaw), -math.cos(yaw)])
+    px = np.asarray(pixels, np.float64).reshape(-1, 2)
+    x_cam = (px[:, 0] + 0.5 - w / 2) / f
+    y_cam = (px[:, 1] + 0.5 - h / 2) / f
+    d = forward[None, :] + x_cam[:, None] * right[None, :]
+    order, t_l, _ = _face_hits(world, np.array([x, y]), d)
+    with np.errstate(invalid="ignore"):  # a level ray (y_cam 0) times a missed face (inf)
+        z = CAMERA_HEIGHT - y_cam[:, None] * t_l
+    covered = (z >= 0) & (z <= world.heights[order]) & np.isfinite(t_l)
+    rows = np.arange(len(px))
+    first = covered.argmax(axis=1)
+    with np.errstate(divide="ignore"):
+        t = np.where(covered.any(axis=1), t_l[rows, first], CAMERA_HEIGHT / y_cam)
+    t = np.where(covered.any(axis=1) | (y_cam > 0), t, np.nan)  # neither wall nor floor: sky
+    xy = np.array([x, y]) + t[:, None] * d
+    return np.column_stack([xy, CAMERA_HEIGHT - y_cam * t])
+
+
 def render_view(
     world: World,
     x: float,
@@ -401,21 +456,7 @@ def render_view(
     # Unnormalised ray directions: the ray parameter at a hit is then the depth along the axis.
     d = forward[None, :] + x_cam[:, None] * right[None, :]  # (W, 2)
 
-    # Ray/segment intersections, all columns against all faces: p + t d = a + s (b - a).
-    p = np.array([x, y])
-    a, e = world.starts, world.ends - world.starts  # (K, 2)
-    ap = a - p
-    denom = d[:, None, 0] * e[None, :, 1] - d[:, None, 1] * e[None, :, 0]  # cross(d, e)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (ap[None, :, 0] * e[None, :, 1] - ap[None, :, 1] * e[None, :, 0]) / denom
-        s = (ap[None, :, 0] * d[:, None, 1] - ap[None, :, 1] * d[:, None, 0]) / denom
-    facing = (d @ world.normals.T) < 0  # back faces are hidden by their box
-    valid = facing & (t > 1e-6) & (s >= 0) & (s <= 1) & np.isfinite(t)
-    t = np.where(valid, t, np.inf)
-    layers = min(_MAX_LAYERS, t.shape[1])
-    order = np.argsort(t, axis=1)[:, :layers]  # (W, L) nearest faces first
-    t_l = np.take_along_axis(t, order, axis=1)
-    s_l = np.take_along_axis(s, order, axis=1)
+    order, t_l, s_l = _face_hits(world, np.array([x, y]), d)
 
     # Height seen by each pixel on each layer; the first layer covering it wins.
     z = CAMERA_HEIGHT - y_cam[:, None, None] * t_l[None, :, :]  # (H, W, L)
@@ -429,7 +470,7 @@ def render_view(
     layer = first[rows, cols]
     face = order[cols, layer]
     tw = t_l[cols, layer]
-    lengths = np.linalg.norm(e, axis=1)
+    lengths = np.linalg.norm(world.ends - world.starts, axis=1)
     u_tex = world.atlas_offsets[face] + s_l[cols, layer] * lengths[face] * TEXELS_PER_UNIT
     v_tex = (world.wall_height - z[rows, cols, layer]) * TEXELS_PER_UNIT
     level = _mip_level(tw * TEXELS_PER_UNIT / f, len(world.atlas))

@@ -36,6 +36,7 @@ from core.finestage import (
     takes_over,
     top_places,
 )
+from core.geometry import PoseConfig, place_by_pose
 from core.images import read_image
 from core.mapstore import FINE_SET, ReferenceMap, append_features, fine_fitted
 from core.placement import Link, PlacementConfig, place_query
@@ -536,10 +537,17 @@ class Localiser:
         query_camera = opts.query_camera or ref_camera
         assert ref_camera is not None and query_camera is not None
         assert estimate.x is not None and estimate.y is not None  # a localised estimate
+        chosen = [links[rid] for rid in dict.fromkeys(estimate.support) if rid in links]
+        if conf.method != "pairs" and self.map.geometry.count():
+            posed = self._pose(
+                query, query_camera.matrix(query.image_size), chosen, estimate, conf, hidden
+            )
+            if posed is not None or conf.method == "pose-only":
+                return posed or estimate
         placed = place_query(
             query,
             query_camera.matrix(query.image_size),
-            [links[rid] for rid in dict.fromkeys(estimate.support) if rid in links],
+            chosen,
             feats,
             self.map.positions,
             lambda i: ref_camera.matrix(feats[i].image_size),
@@ -553,6 +561,42 @@ class Localiser:
             return estimate
         return dataclasses.replace(
             estimate, x=placed.x, y=placed.y, method=f"{estimate.method}+placement"
+        )
+
+    def _pose(
+        self,
+        query: Features,
+        query_k: np.ndarray,
+        links: list[Link],
+        estimate: Estimate,
+        conf: PlacementConfig,
+        hidden: np.ndarray | None,
+    ) -> Estimate | None:
+        """The estimate moved to the query's camera centre by one PnP against the map's
+        points (core/geometry.py), or None when that gives no pose."""
+        assert estimate.x is not None and estimate.y is not None
+        hidden_rows = np.flatnonzero(hidden) if hidden is not None else np.zeros(0, np.int64)
+        pconf = PoseConfig(
+            left_handed=conf.left_handed, max_shift=conf.max_shift, pnp_px=conf.pnp_px
+        )
+        posed = place_by_pose(
+            query,
+            query_k,
+            links,
+            self.map.geometry.__getitem__,
+            (estimate.x, estimate.y),
+            pconf,
+            frozenset(self.map.ids[i] for i in hidden_rows),
+        )
+        if posed is None:
+            return None
+        return dataclasses.replace(
+            estimate,
+            x=posed.x,
+            y=posed.y,
+            method=f"{estimate.method}+pose",
+            heading=posed.heading,
+            pose_inliers=posed.inliers,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from core.defaults import DEFAULT
 from core.errors import ImageError, InputError
 from core.features.base import Extractor
+from core.geometry import GeometryConfig, build_geometry, partners_of, write_geometry
 from core.images import ImageLimits, read_image
 from core.mapstore import (
     FINE_SET,
@@ -216,3 +218,60 @@ def add_fine_features(
         report.added.extend(ref.id for ref, _ in done)
         report.failed.update(failed)
     return report
+
+
+@dataclass(frozen=True)
+class GeometryStep:
+    built: int  # references whose geometry this step wrote
+    remaining: int  # references still without geometry
+    seconds: float
+
+
+def add_geometry(
+    store: MapStore,
+    name: str,
+    batch: int | None = None,
+    conf: GeometryConfig | None = None,
+) -> GeometryStep | None:
+    """One step of the map's geometry (core/geometry.py): up to ``batch`` references without
+    it (all: None), and the references already built that now take one of them as a partner
+    (an extension's neighbours), stored as one part. Steps resume: what is stored is never
+    rebuilt unless a new neighbour changes its partners. None when the map has no camera
+    (the geometry needs it, as placement does)."""
+    # The matcher and retriever a job uses; imported here: core/finestage.py imports this
+    # module, and core/localiser.py imports that one.
+    from core.localiser import LocaliseOptions, Localiser
+
+    t0 = time.perf_counter()
+    conf = conf or GeometryConfig()
+    loc = Localiser(store.open(name))
+    ref_map, camera = loc.map, loc.map.camera
+    if camera is None:
+        return None
+    stored = ref_map.geometry
+    missing = [i for i in range(len(ref_map)) if not stored.has(i)]
+    todo = missing[:batch] if batch is not None else missing
+    similar = loc.retriever.reference_similarity
+    # Built neighbours whose partners the new references change: rebuilt with them.
+    neighbours = {j for i in todo for j in partners_of(i, ref_map.positions, similar, conf)}
+    stale = [
+        j
+        for j in sorted(neighbours - set(todo))
+        if (g := stored[j]) is not None
+        and g.partners
+        != tuple(ref_map.ids[k] for k in partners_of(j, ref_map.positions, similar, conf))
+    ]
+    features = ref_map.features
+    built = build_geometry(
+        todo + stale,
+        features,
+        ref_map.positions,
+        lambda i: camera.matrix(features[i].image_size),
+        similar,
+        loc.job_matcher(LocaliseOptions()).match,
+        ref_map.ids,
+        conf,
+        known_heading=stored.heading,
+    )
+    write_geometry(ref_map.path, [(ref_map.ids[i], g) for i, g in built.items()])
+    return GeometryStep(len(built), len(missing) - len(todo), time.perf_counter() - t0)

@@ -53,7 +53,9 @@ import numpy as np
 
 from core.camera import Camera
 from core.errors import MapError
-from core.flatfile import read_arrays, read_rows, release_pages, write_arrays
+from core.flatfile import read_arrays, read_rows, write_arrays
+from core.geometry import GeometrySet
+from core.parts import PART_RE, PART_SUFFIX, PartIndex, part_files
 from core.types import Features
 
 FORMAT_VERSION = 2
@@ -62,8 +64,6 @@ FINE_SET = "fine"  # the feature set of the fine stage (core/finestage.py)
 FINE_EXTRACTOR_KEY = "fine_extractor"  # manifest key: the extractor of that set
 TRAINING_FILE = "training.json"  # what was fitted on held-out positions (core/heldout.py)
 DEFAULT_SET = "coarse"
-PART_SUFFIX = ".feat"
-_PART_RE = re.compile(r"part-[A-Za-z0-9_-]+\.feat")
 _SET_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -240,10 +240,6 @@ def feature_dir(map_path: Path, set_name: str = DEFAULT_SET) -> Path:
     return Path(map_path) / "sets" / set_name
 
 
-def part_files(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).glob("part-*.feat") if _PART_RE.fullmatch(p.name))
-
-
 def existing_reference_ids(
     map_path: Path, exclude: Iterable[str] = (), set_name: str = DEFAULT_SET
 ) -> set[str]:
@@ -290,7 +286,7 @@ def _write_features(
 ) -> Path | None:
     if not items:
         return None
-    if name is not None and not _PART_RE.fullmatch(name):
+    if name is not None and not PART_RE.fullmatch(name):
         raise MapError(f"invalid part name {name!r}")
     directory.mkdir(parents=True, exist_ok=True)
     feats = [f for _, f in items]
@@ -313,62 +309,29 @@ def _stack(arrays: list[np.ndarray], empty: tuple[int, ...], dtype) -> np.ndarra
     return np.concatenate(rows) if rows else np.zeros(empty, dtype)
 
 
-class FeatureSet:
+class FeatureSet(PartIndex):
     """Lazy random access to one feature set of a loaded map: ``[i]`` -> Features.
 
     Holds the parts' memory maps and, per reference (map order), which part and row hold its
-    features; nothing else is read until a reference is asked for.
+    features (core/parts.py); nothing else is read until a reference is asked for.
     """
+
+    in_memory = ("offsets", "sizes")
 
     def __init__(self, name: str, directory: Path, index: dict[str, int]) -> None:
         self.name = name
-        self.directory = directory
-        self._index = index
-        self._parts: list[dict[str, np.ndarray]] = []
-        self._opened: set[str] = set()
-        self._part = np.full(len(index), -1, np.int32)
-        self._row = np.zeros(len(index), np.int64)
-        self.refresh()
-
-    def refresh(self) -> int:
-        """Open parts written since the last look; returns how many were new."""
-        new = [p for p in part_files(self.directory) if p.name not in self._opened]
-        for path in new:
-            arrays = read_arrays(path)
-            # Row bounds and image sizes in memory (a few bytes per reference): reading them
-            # through the mapping would map a page-cache folio per part into the process.
-            for small in ("offsets", "sizes"):
-                if small in arrays:
-                    arrays[small] = np.array(arrays[small])
-            k = len(self._parts)
-            self._parts.append(arrays)
-            self._opened.add(path.name)
-            for row, rid in enumerate(arrays["ids"]):
-                i = self._index.get(str(rid))
-                if i is not None:
-                    self._part[i], self._row[i] = k, row
-        return len(new)
-
-    def has(self, i: int) -> bool:
-        return bool(self._part[i] >= 0)
+        super().__init__(directory, index)
 
     def image_sizes(self) -> np.ndarray:
         """(K, 2) width and height of the photo of each reference in this set (from memory)."""
-        rows = [part["sizes"][self._row[self._part == k]] for k, part in enumerate(self._parts)]
+        rows = [part["sizes"][r] for part, r in self.parts_with_rows()]
         return np.concatenate(rows).reshape(-1, 2) if rows else np.empty((0, 2), np.int32)
 
-    def count(self) -> int:
-        """References that have features in this set."""
-        return int((self._part >= 0).sum())
-
-    def __len__(self) -> int:
-        return len(self._part)
-
     def __getitem__(self, i: int) -> Features:
-        k = int(self._part[i])
-        if k < 0:
+        where = self.locate(i)
+        if where is None:
             raise KeyError(f"reference {i} has no {self.name!r} features")
-        a, row = self._parts[k], int(self._row[i])
+        a, row = where
         lo, hi = int(a["offsets"][row]), int(a["offsets"][row + 1])
         w, h = (int(v) for v in a["sizes"][row])
         # Copies read with pread, not through the mapping (core/flatfile.read_rows): only the
@@ -382,10 +345,6 @@ class FeatureSet:
 
     def __iter__(self) -> Iterator[Features]:
         return (self[i] for i in range(len(self)))
-
-    def release_pages(self) -> None:
-        """Unmap the pages read so far from this process (core/flatfile.release_pages)."""
-        release_pages(array for part in self._parts for array in part.values())
 
 
 class ReferenceMap:
@@ -428,6 +387,8 @@ class ReferenceMap:
         its resident memory does not grow with the map (core/flatfile.release_pages)."""
         for feature_set in self._sets.values():
             feature_set.release_pages()
+        if "geometry" in self.__dict__:  # the cached property, once read
+            self.geometry.release_pages()
 
     def feature_set(self, name: str = DEFAULT_SET) -> FeatureSet:
         if name not in self._sets:
@@ -449,6 +410,11 @@ class ReferenceMap:
     @property
     def retrieval_dir(self) -> Path:
         return self.path / "retrieval"
+
+    @cached_property
+    def geometry(self) -> GeometrySet:
+        """The references' headings and 3D points (core/geometry.py); empty until built."""
+        return GeometrySet(self.path, self.index)
 
     @cached_property
     def reference_size(self) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -37,6 +38,12 @@ class PlacementConfig(Conf):
     essential_px: float = 2.0  # MAGSAC threshold for the A-B essential matrix
     pnp_px: float = 4.0  # PnP RANSAC reprojection threshold
     left_handed: bool = False
+    # "pose": one PnP against the map's triangulated points (core/geometry.py) where the map
+    # has them, else the pairs; "pairs": this module's pairwise geometry per query;
+    # "pose-only": no pairwise fallback. "pairs" by default: on the Getty map's own held-out
+    # positions the pose placed a quarter of the views and moved those away from the truth,
+    # the pairs placed them better (BENCHMARKS.md, section 12).
+    method: Literal["pose", "pairs", "pose-only"] = "pairs"
 
 
 @dataclass(frozen=True)
@@ -190,22 +197,11 @@ def _place_from_pair(
     q_idx = np.fromiter(q_to_pt.keys(), np.int64)
     obj = pts[np.fromiter(q_to_pt.values(), np.int64)]
     img = query.keypoints[q_idx].astype(np.float64)
-    try:
-        ok_pnp, rvec, tvec, inl = cv2.solvePnPRansac(
-            obj,
-            img,
-            query_k,
-            None,
-            reprojectionError=conf.pnp_px,
-            iterationsCount=1000,
-            flags=cv2.SOLVEPNP_SQPNP,
-        )
-    except cv2.error:  # degenerate point sets
+    solved = pnp_ransac(obj, img, query_k, conf.pnp_px, conf.min_points)
+    if solved is None:
         return None
-    if not ok_pnp or inl is None or len(inl) < conf.min_points:
-        return None
-    rq, _ = cv2.Rodrigues(rvec)
-    centre_q = -rq.T @ tvec.ravel()
+    rq, tvec, inl = solved
+    centre_q = -rq.T @ tvec
     centre_b = -rot.T @ t
     # Ground-plane coordinates in A's frame: (x right, z forward).
     u = np.array([centre_b[0], centre_b[2]])
@@ -219,6 +215,25 @@ def _place_from_pair(
     perp = np.array([-v[1], v[0]]) * (-1.0 if conf.left_handed else 1.0)
     xy = pos_a + along * v + across * perp
     return float(xy[0]), float(xy[1]), len(inl)
+
+
+def pnp_ransac(
+    obj: np.ndarray, img: np.ndarray, k: np.ndarray, px: float, min_inliers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """World-to-camera rotation, translation and inlier indices of a camera that sees the 3D
+    points ``obj`` at the pixels ``img`` (OpenCV's PnP RANSAC with SQPnP), or None with fewer
+    than ``min_inliers`` inliers."""
+    try:
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(
+            obj, img, k, None, reprojectionError=px, iterationsCount=1000,
+            flags=cv2.SOLVEPNP_SQPNP,
+        )  # fmt: skip
+    except cv2.error:  # degenerate point sets
+        return None
+    if not ok or inl is None or len(inl) < min_inliers:
+        return None
+    rot, _ = cv2.Rodrigues(rvec)
+    return rot, tvec.ravel(), inl.ravel()
 
 
 def _normalise(points: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -124,8 +124,12 @@ class Job(Base):
     timings: Mapped[dict[str, Any] | None]
     worker: Mapped[str | None] = mapped_column(String(WORKER_LENGTH))
     matcher: Mapped[str | None] = mapped_column(String(MATCHER_LENGTH))
-    # How the estimate was made: the estimator, "+placement" when geometry placed it.
+    # How the estimate was made: the estimator, "+placement" when pairwise geometry placed it,
+    # "+pose" when one pose against the map's geometry did (core/geometry.py).
     method: Mapped[str | None] = mapped_column(String(METHOD_LENGTH))
+    # With "+pose": the query's heading (radians, map frame) and the pose's 2D-3D inliers.
+    heading: Mapped[float | None] = mapped_column(Float)
+    pose_inliers: Mapped[int | None] = mapped_column(Integer)
     # The exact map version the estimate came from (workers/mapversions.py).
     map_version: Mapped[str | None] = mapped_column(String(MAP_VERSION_LENGTH))
     # The profile that ran (may differ from the one asked: profile_note says why), whether the

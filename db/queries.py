@@ -204,6 +204,8 @@ def save_result(
     profile_note: str | None = None,
     calibrated: bool | None = None,
     fit_id: str | None = None,
+    heading: float | None = None,
+    pose_inliers: int | None = None,
 ) -> Job:
     """Store a finished job and its candidates (replacing any from an earlier delivery).
 
@@ -232,6 +234,8 @@ def save_result(
     job.profile_note = profile_note
     job.calibrated = calibrated
     job.fit_id = fit_id
+    job.heading = heading
+    job.pose_inliers = pose_inliers
     if worker is not None:
         job.worker = worker
     job.error = None

@@ -5,7 +5,9 @@ holds, records a ``map_builds`` row with one ``map_build_chunks`` row per chunk 
 ``featureloc.build_chunk`` message per chunk to the build queue. Each chunk writes its own part
 file, named after the build and chunk, so a redelivered chunk replaces its part rather than
 duplicating references. The chunk that finishes last (counted under the build row's lock) sends
-``featureloc.finalise_build``, which fits retrieval over the whole map and registers it.
+``featureloc.finalise_build``, which fits retrieval over the whole map and registers it, then
+queues the map's geometry (workers/geometry.py: its own resumable steps, once the whole map's
+features and retrieval are there).
 
 Workers read the reference photos by path: they must see the same paths as the submitting host
 (shared storage), and the maps directory must be shared too.
@@ -51,6 +53,7 @@ from db.session import Database
 from workers import runtime
 from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
 from workers.fit import send_fit
+from workers.geometry import send_geometry
 from workers.maps import image_limits, register_map
 from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
 from workers.settings import Settings
@@ -288,6 +291,8 @@ def finalise_build(self, build_id: str) -> dict[str, Any]:
         photos = MapStore(settings.maps_dir).images_dir(map_name) if error is None else None
         if settings.fit_after_build and photos is not None:
             send_fit(self.app, settings, map_name, defaults.HELDOUT_QUERIES)
+        if settings.geometry_after_build and error is None:
+            send_geometry(self.app, settings, map_name)
         with db.session() as s:
             build_queries.finish_build(s, build_id, error)
         return {"build": build_id, "status": "failed" if error else "done"}

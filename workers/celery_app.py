@@ -21,6 +21,7 @@ LOCALISE_TASK = "featureloc.localise"
 BUILD_CHUNK_TASK = "featureloc.build_chunk"  # workers/build.py
 FINALISE_BUILD_TASK = "featureloc.finalise_build"
 FIT_MAP_TASK = "featureloc.fit_map"  # workers/fit.py
+MAP_GEOMETRY_TASK = "featureloc.map_geometry"  # workers/geometry.py
 
 # The workers package logs through Celery's handlers and level (``--loglevel``): Celery leaves
 # the root logger alone (worker_hijack_root_logger is off), so without this parent the
@@ -54,7 +55,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
     app = Celery(
         "featureloc",
         broker=url,
-        include=["workers.tasks", "workers.recovery", "workers.build", "workers.fit"],
+        include=[
+            "workers.tasks",
+            "workers.recovery",
+            "workers.build",
+            "workers.fit",
+            "workers.geometry",
+        ],  # fmt: skip
     )
     app.conf.update(
         task_serializer="json",
@@ -78,6 +85,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             BUILD_CHUNK_TASK: {"queue": settings.build_queue},
             FINALISE_BUILD_TASK: {"queue": settings.build_queue},
             FIT_MAP_TASK: {"queue": settings.build_queue},
+            MAP_GEOMETRY_TASK: {"queue": settings.build_queue},
         },
         worker_hijack_root_logger=False,
         # Recycle a process now and then so a slow leak cannot grow without bound.

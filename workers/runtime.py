@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ImageError, MapError
+from core.geometry import GEOMETRY_DIR
 from core.localiser import Localiser
 from core.mapstore import (
     IMAGES_DIR_KEY,
@@ -67,15 +68,17 @@ def worker_name() -> str:
 
 
 def _local_version(path: Path) -> str:
-    """A directory map's version: changes whenever a part or the retrieval state is added or
-    replaced, or the manifest (a new fine set) or the fit (``training.json``) changes.
+    """A directory map's version: changes whenever a part, a geometry part or the retrieval
+    state is added or replaced, or the manifest (a new fine set) or the fit (``training.json``)
+    changes.
 
     ``local-`` + a hash of names, modification times and inodes (every file is replaced by a
     rename, so a new one has a new inode even within the clock's resolution). The fine set's
     parts are left out: they only add features, which a loaded map reads when it lacks them
     (core/mapstore.FeatureSet.refresh), and workers add some themselves.
     """
-    files = part_files(path / "parts") + sorted(path.glob("retrieval/*"))
+    files = part_files(path / "parts") + part_files(path / GEOMETRY_DIR)
+    files += sorted(path.glob("retrieval/*"))
     files += [path / "manifest.json"] + [f for f in [path / TRAINING_FILE] if f.is_file()]
     stamp = [(f.name, f.stat().st_mtime_ns, f.stat().st_ino) for f in files]
     return "local-" + hashlib.sha256(repr(stamp).encode()).hexdigest()[:20]

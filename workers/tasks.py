@@ -156,6 +156,8 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             profile_note=result.profile_note,
             calibrated=result.calibrated,
             fit_id=result.fit_id,
+            heading=est.heading,
+            pose_inliers=est.pose_inliers,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
             figure_inliers=keep_figure(result, image, runtime.blob_store()),

@@ -108,3 +108,17 @@ def test_a_map_fitted_before_its_fine_set_is_told_what_to_do(small) -> None:
     assert f"(0 measured now, {len(doubtful)} measured again for the fine stage)" in told
     rows = read_rows(held)
     assert len(rows) == 3 and all(r.fine_tried for r in rows if r.coarse_score < HELDOUT_FINE_BELOW)
+
+
+def test_map_geometry_needs_the_camera_then_builds_and_resumes(small) -> None:
+    env, _, store = small
+    refused = _cli(env, "map", "geometry", "small")
+    assert refused.returncode != 0 and "no camera" in refused.stdout + refused.stderr
+    assert store.open("small").geometry.count() == 0
+    assert _cli(env, "map", "camera", "small", "--fov-x", "74").returncode == 0
+    built = _cli(env, "map", "geometry", "small")
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "geometry built for 16 references" in built.stdout
+    assert store.open("small").geometry.count() == 16
+    again = _cli(env, "map", "geometry", "small")  # all built: nothing to do
+    assert again.returncode == 0 and "geometry built for 0 references" in again.stdout

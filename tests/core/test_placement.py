@@ -98,9 +98,10 @@ def test_a_map_records_its_camera(scene_map: MapStore) -> None:
     assert scene_map.open("scene").camera is None
 
 
-def _random_views(n: int, seed: int = 7):
+def _random_views(n: int, seed: int = 7, with_yaw: bool = False):
     """``n`` photos of the scene from random free positions inside the reference grid, random
-    headings, with the mild photometric change of a query (cli.synthetic.render_view)."""
+    headings, with the mild photometric change of a query (cli.synthetic.render_view):
+    (photo, true (x, y)), and the true yaw in degrees ``with_yaw``."""
     world = make_world(0)  # the scene fixture's world
     rng = np.random.default_rng(seed)
     lo, hi = np.array([5.0, 5.0]), np.array([55.0, 35.0])  # the grid's span (6 x 4, 10 apart)
@@ -109,7 +110,8 @@ def _random_views(n: int, seed: int = 7):
         if world.is_free(x, y):
             n -= 1
             yaw = float(rng.uniform(0, 360))
-            yield render_view(world, x, y, yaw, rng=rng), np.array([x, y])
+            image = render_view(world, x, y, yaw, rng=rng)
+            yield (image, np.array([x, y]), yaw) if with_yaw else (image, np.array([x, y]))
 
 
 @pytest.mark.integration  # builds a map of the synthetic scene (tens of seconds)

@@ -81,6 +81,19 @@ def test_stored_candidates_read_back_as_saved(database):
         assert queries.get_candidates(s, "j1") == [saved[1], saved[0]]  # most inliers first
 
 
+def test_a_posed_job_keeps_its_heading_and_pose_inliers(database):
+    with database.session() as s:
+        queries.create_job(s, "j1", "m", "img", {})
+        queries.save_result(
+            s, "j1", x=1, y=2, confidence=0.9, localised=True, timings={}, matcher="mnn",
+            worker="w", candidates=[], method="cluster+pose", heading=-1.25, pose_inliers=87,
+        )  # fmt: skip
+    with database.session() as s:
+        job = queries.get_job(s, "j1")
+        assert job is not None and job.method == "cluster+pose"
+        assert (job.heading, job.pose_inliers) == (-1.25, 87)
+
+
 def test_status_check_constraint(database):
     with pytest.raises(IntegrityError, match="(?i)check"), database.session() as s:
         job, _ = queries.create_job(s, "j1", "m", "img", {})

@@ -1,24 +1,29 @@
-"""The accurate profile and the map's held-out fit through a real worker: Redis, a Celery
-worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene."""
+"""The accurate profile, the map's held-out fit and its geometry through a real worker: Redis,
+a Celery worker process, SQLite; real XFeat, ALIKED and LightGlue on the synthetic scene."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 
 import pytest
 
+from cli.synthetic import FOV_DEG
+from core.camera import Camera
 from core.draw import figure_size
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import MapStore
-from db.session import init_db
+from db import queries
+from db.session import Database, init_db
 from tests.support.services import WorkerProcess, require_redis, service_env, service_settings
 from workers.celery_app import make_celery
 from workers.client import Client
 from workers.figures import FIGURE_REFERENCES, job_figure
 from workers.fit import FIT_BATCH, send_fit
+from workers.geometry import send_geometry
 from workers.maps import build_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -109,3 +114,32 @@ def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service, scen
     assert job.status == "done", job.error
     fit_id = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     assert job.fit_id == fit_id and job.calibrated is True and job.profile_used == "fast"
+
+
+def test_the_map_builds_its_geometry_on_the_build_queue(service, scene) -> None:
+    """workers/geometry.py through the worker: the map's geometry step runs on the build queue
+    and sends itself until every reference has its geometry (core/geometry.py); the worker
+    then places queries by one pose against it and the job keeps the heading and inliers."""
+    settings, client, store = service
+    store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))  # the geometry needs the camera
+    assert store.open("scene").geometry.count() == 0
+    send_geometry(make_celery(settings), settings, "scene")
+    deadline = time.monotonic() + 420
+    ref_map = store.open("scene")
+    while ref_map.geometry.count() < len(ref_map) and time.monotonic() < deadline:
+        time.sleep(1)
+        ref_map.geometry.refresh()
+    assert ref_map.geometry.count() == len(ref_map), "the geometry did not finish"
+    headings = [g.heading for i in range(len(ref_map)) if (g := ref_map.geometry[i]) is not None]
+    assert sum(h == h for h in headings) >= 0.6 * len(ref_map)  # most have a heading (not NaN)
+    # The worker sees the new geometry parts (a new map version) and places by pose.
+    options = {"profile": "fast", "placement_conf": {"method": "pose-only"}}
+    photos = sorted((scene / "images").glob("query_*.jpg"))
+    jobs = client.wait_many([client.submit(p, "scene", options) for p in photos], timeout=300)
+    posed = [j for j in jobs if (j.method or "").endswith("+pose")]
+    assert posed, [j.method for j in jobs]
+    with Database(settings.database_url.get_secret_value()).session() as s:
+        rows = [queries.get_job(s, j.id) for j in posed]
+    for row in rows:
+        assert row is not None and row.heading is not None and -math.pi <= row.heading <= math.pi
+        assert row.pose_inliers is not None and row.pose_inliers >= 12  # PoseConfig.min_inliers
