@@ -197,6 +197,7 @@ class Localiser:
         ret = ref_map.retriever
         self.retriever = registry.retriever_class(ret["name"])(ret.get("conf"))
         self.retriever.prepare(ref_map)
+        self.retriever.keep_resident(device)
         self._matchers: dict[tuple[str, str], Any] = {}
         self._fine: tuple[Any, Any] | None = None
 
