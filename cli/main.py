@@ -37,7 +37,7 @@ from cli.map_versions import map_publish, map_upgrade
 from cli.serve import serve_command
 from core import defaults
 from core.errors import InputError
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 
 class _App(typer.Typer):
@@ -396,7 +396,8 @@ def jobs_recover(
 
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(help="Processes; default: 1 per GPU, else 1 per core.")
+        int | None,
+        typer.Option(help="Processes; default: 1 per core, on a GPU too (workers/layout.py)."),
     ] = None,
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
     loglevel: str = "info",
@@ -405,13 +406,16 @@ def worker(
     """Run a Celery worker that holds the matcher and maps and serves jobs."""
     settings = get_settings()
     database()  # migrate once here, not in every worker process
-    on_gpu = settings.resolved_device() == "cuda"
-    if concurrency is None:
-        concurrency = 1 if on_gpu else (os.cpu_count() or 1)
-    if not on_gpu and concurrency > 1 and not settings.torch_threads:
-        # Several 1-thread processes beat one process with many threads (BENCHMARKS.md).
-        os.environ["FEATURELOC_TORCH_THREADS"] = "1"
-        get_settings.cache_clear()
+    from workers.layout import worker_layout
+
+    layout = worker_layout(
+        settings.resolved_device(), concurrency, settings.torch_threads, settings.verify_threads
+    )
+    concurrency = layout.processes
+    # The pool's processes read these (workers/runtime.settings).
+    os.environ[Settings.env_name("torch_threads")] = str(layout.torch_threads)
+    os.environ[Settings.env_name("verify_threads")] = str(layout.verify_threads)
+    get_settings.cache_clear()
     from workers.celery_app import make_celery
 
     celery = make_celery(get_settings())
