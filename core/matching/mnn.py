@@ -61,20 +61,20 @@ class MutualNearestNeighbour(Matcher):
                 # torch converts the map's float16 to float32 much faster than numpy does.
                 refs[row, : lengths[row]] = torch.from_numpy(np.ascontiguousarray(ref.descriptors))
             parts.append(self._mutual(q, refs.to(device, non_blocking=True), lengths))
-        # One copy back: per reference and query descriptor, kept?, its partner, similarity.
-        keep, partner, best = (torch.cat(p).cpu().numpy() for p in zip(*parts, strict=True))
+        # One copy back: per reference and query descriptor its mutual partner (-1: none) and
+        # their similarity, the float32 bits carried as int32 beside it.
+        packed = torch.cat(parts, dim=1).cpu().numpy()
+        partners, sims = packed[0], packed[1].view(np.float32)
         for row, i in enumerate(todo):
-            qi = np.flatnonzero(keep[row])
-            idx = np.stack([qi, partner[row, qi]], axis=1).astype(np.int64)
-            out[i] = Matches(idx, np.clip(best[row, qi], 0, 1).astype(np.float32))
+            qi = np.flatnonzero(partners[row] >= 0)
+            idx = np.stack([qi, partners[row, qi]], axis=1).astype(np.int64)
+            out[i] = Matches(idx, np.clip(sims[row, qi], 0, 1).astype(np.float32))
         return out
 
-    def _mutual(
-        self, q: torch.Tensor, refs: torch.Tensor, lengths: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For each reference of ``refs`` (G, N, D, zero-padded to the longest of ``lengths``)
-        and query descriptor: whether it has a mutual match passing the thresholds, its best
-        reference descriptor and their similarity, each (G, Nq)."""
+    def _mutual(self, q: torch.Tensor, refs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """(2, G, Nq) int32: for each reference of ``refs`` (G, N, D, zero-padded to the
+        longest of ``lengths``) and query descriptor, its mutual partner passing the thresholds
+        (-1: none) and the bits of their float32 similarity."""
         sim = torch.matmul(q, refs.transpose(1, 2))  # (G, Nq, Nr) cosine similarities
         for row, n in enumerate(lengths):
             sim[row, :, n:] = -torch.inf  # padding is no neighbour (only its columns written)
@@ -92,4 +92,5 @@ class MutualNearestNeighbour(Matcher):
             d1 = (2 - 2 * best).clamp(min=0).sqrt()
             d2 = (2 - 2 * second).clamp(min=0).sqrt()
             keep &= d1 < self.conf.ratio * d2
-        return keep, partner, best
+        partner = torch.where(keep, partner, -1).to(torch.int32)
+        return torch.stack([partner, best.contiguous().view(torch.int32)])

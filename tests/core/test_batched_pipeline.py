@@ -60,3 +60,26 @@ def test_batched_and_resident_give_the_per_pair_estimates(
             assert a.estimate.y == pytest.approx(b.estimate.y, abs=1e-6)
         assert a.estimate.confidence == pytest.approx(b.estimate.confidence, abs=1e-9)
     assert localised >= 3  # the comparison covers real estimates, not only refusals
+
+
+def test_resident_descriptors_score_as_the_disk_pass(
+    scene: Path, scene_xfeat_map: Path, device: str
+) -> None:
+    """Equal on the CPU (NumPy's product sums as the row blocks read from disk do); within
+    float32 rounding on a GPU."""
+    ref_map = MapStore(scene_xfeat_map).open("scene")
+    ret = ref_map.retriever
+    disk = retriever_class(ret["name"])(ret.get("conf"))
+    disk.prepare(ref_map)
+    held = retriever_class(ret["name"])(ret.get("conf"))
+    held.prepare(ref_map)
+    held.keep_resident(device)
+    assert held.resident_bytes >= 4 * len(ref_map) and disk.resident_bytes == 0
+    for i in range(0, len(ref_map), 7):  # references as queries: a spread of scores
+        query = ref_map.features[i]
+        want, got = disk.scores(query, ref_map), held.scores(query, ref_map)
+        if device == "cpu":
+            assert np.array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert int(np.argmax(got)) == i
