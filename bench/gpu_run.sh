@@ -9,8 +9,9 @@
 #      process and with one process per core (workers/layout.py), fast profile, then the fine
 #      stage on every query (accurate profile, escalate_below=1).
 # Usage: bench/gpu_run.sh [--device cuda|cpu] [--queries N] [--positions P]
-#   --device cpu is the smoke mode: the same steps on the CPU, fewer queries (how the script was
-#   checked on a machine without a GPU).
+#   --device cpu is the smoke mode: the same steps on the CPU. How the script was checked without
+#   a GPU: `bench/gpu_run.sh --device cpu --queries 4 --positions 20` ran every step to the end
+#   on a busy 2-core CPU in about 30 minutes (the fine set's ALIKED on the CPU is most of it).
 # Needs: the Getty set (FEATURELOC_GETTY_DIR), Redis at $REDIS_URL or redis-server on the PATH
 # (a private one is started on port 6391), nvidia-ml-py for the GPU samples.
 set -euo pipefail

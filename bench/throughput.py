@@ -14,8 +14,10 @@ all of them, then reads the job rows:
 - seconds per stage (mean of the jobs' stored timings: extract, retrieve, match, verify, ...);
 - host CPU-seconds per query: user + system time of the worker processes (main and pool, read
   from /proc) over the timed batch, divided by the queries; split into the model forward passes
-  (the ``extract`` stage's seconds: the coarse extractor, equal to its CPU time on a 1-thread CPU
-  worker and at most it on a GPU, where the host waits) and the rest;
+  (the ``extract`` stage's wall seconds: the coarse extractor, about its CPU time on an idle
+  1-thread CPU worker, more than it on a busy machine or a GPU, where the host waits, so "rest"
+  is then understated; the fine stage's models count in "rest"; bench/speed_ab.py measures
+  the models' CPU time itself) and the rest;
 - on a GPU (``nvidia-ml-py`` installed: ``pip install nvidia-ml-py``), its utilisation (mean of
   samples every 0.2 s over the timed batch) and the most memory used; absent otherwise;
 
