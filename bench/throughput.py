@@ -2,21 +2,33 @@
 
 Real services: Redis (``--redis``, unique queue names per run), SQLite (default) or PostgreSQL
 (``--database postgres``, a fresh schema dropped afterwards), and real ``featureloc worker``
-processes, each ``--concurrency 1`` with ``FEATURELOC_TORCH_THREADS=1``. For each worker count the
-script warms the workers up (models and map loaded), submits ``--queries`` photos at once through
-``workers.client.Client`` and waits for all of them, then reads the job rows:
+processes, each of ``--concurrency`` pool processes (default 1) with
+``FEATURELOC_TORCH_THREADS=1``. For each worker count the script warms the workers up (models and
+map loaded), submits ``--queries`` photos at once through ``workers.client.Client`` and waits for
+all of them, then reads the job rows:
 
 - queries/s over the whole drain (first submission to last finish, database timestamps);
 - latency per job (``finished_at - created_at``: queueing included) p50 / p95, and service time
   (``finished_at - started_at``) p50 / p95;
 - the speed-up of 2 workers over 1;
+- seconds per stage (mean of the jobs' stored timings: extract, retrieve, match, verify, ...);
+- host CPU-seconds per query: user + system time of the worker processes (main and pool, read
+  from /proc) over the timed batch, divided by the queries; split into the model forward passes
+  (the ``extract`` stage's wall seconds: the coarse extractor, about its CPU time on an idle
+  1-thread CPU worker, more than it on a busy machine or a GPU, where the host waits, so "rest"
+  is then understated; the fine stage's models count in "rest"; bench/speed_ab.py measures
+  the models' CPU time itself) and the rest;
+- on a GPU (``nvidia-ml-py`` installed: ``pip install nvidia-ml-py``), its utilisation (mean of
+  samples every 0.2 s over the timed batch) and the most memory used; absent otherwise;
 
 and writes them to ``<out>/throughput-<database>.json`` (default out: bench/out).
 
 Configuration: the defaults (``core/defaults.py`` extractor and retriever, default job options)
 unless ``--extractor`` / ``--retriever`` / ``--option`` say otherwise. The map holds
 ``--references`` Getty references (whole positions, spread over the site; 0 = all 3000); its timed
-build also gives the build time per reference; ``--map-from DIR`` serves an already built map
+build also gives the build time per reference (on Getty the map records Getty's camera, so
+placement runs as in bench/accuracy.py; ``--fine`` adds the accurate profile's fine set);
+``--map-from DIR`` serves an already built map
 instead (e.g. the full 3000-reference ``bench/out/maps/getty-xfeat``). Without the Getty set
 (../shared/getty) the script falls back to the synthetic scene (cli.synthetic) and says so.
 
@@ -32,6 +44,8 @@ Reproduce:
     python -m bench.throughput --map-from bench/out/maps/getty-xfeat --queries 40
     python -m bench.throughput --database postgres
     python -m bench.throughput --synthetic --workers 1 --queries 16 --via-http
+    python -m bench.throughput --device cuda --workers 1 --concurrency 8   # a GPU host
+    bench/gpu_run.sh                                 # every GPU figure in one command
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,7 +72,7 @@ from bench.common import (
 )
 from cli.common import parse_options
 from core import defaults
-from core.mapbuild import RefEntry, build_map, read_positions_csv
+from core.mapbuild import RefEntry, add_fine_features, build_map, read_positions_csv
 from core.mapstore import MapStore, existing_reference_ids
 from tests.support.process import WorkerProcess
 from workers.settings import Settings
@@ -98,13 +113,93 @@ def latency_figures(jobs) -> dict:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (the prefork pool)."""
+    from tests.support.faults import pool_children
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid, *pool_children(pid)]:
+        try:
+            # Fields after the command's closing parenthesis: utime and stime are 12th and 13th.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a pool process that just ended
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class GpuSampler:
+    """GPU utilisation and memory sampled through NVML (nvidia-ml-py) while a batch runs;
+    ``figures()`` is None without the package or a GPU."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period = period
+        self.util: list[float] = []
+        self.memory: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        except Exception:  # no package, no driver or no GPU: nothing to sample
+            self._nvml, self._handles = None, []
+
+    def __enter__(self) -> GpuSampler:
+        if self._handles:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        nvml = self._nvml
+        assert nvml is not None
+        while not self._stop.wait(self.period):
+            for h in self._handles:
+                self.util.append(float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+                self.memory.append(nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def figures(self) -> dict | None:
+        if not self._handles or not self.util:
+            return None
+        nvml = self._nvml
+        assert nvml is not None
+        name = nvml.nvmlDeviceGetName(self._handles[0])
+        return {
+            "gpu": name.decode() if isinstance(name, bytes) else name,
+            "gpu_util_mean_percent": sum(self.util) / len(self.util),
+            "gpu_util_max_percent": max(self.util),
+            "gpu_memory_max_mib": max(self.memory),
+            "samples": len(self.util),
+        }
+
+
+def stage_seconds(jobs) -> dict[str, float]:
+    """Mean seconds per stage over the jobs' stored timings (a stage a job skipped counts 0)."""
+    stages: dict[str, float] = {}
+    for j in jobs:
+        for stage, seconds in (j.timings or {}).items():
+            stages[stage] = stages.get(stage, 0.0) + float(seconds)
+    return {k: v / max(len(jobs), 1) for k, v in stages.items()}
+
+
 def run_with_workers(
     n_workers: int,
     args,
     maps_dir: Path,
     map_name: str,
     warmups: list[Path],
-    queries: list[Path],
+    queries: list[bytes],
     options: dict,
 ) -> dict:
     from workers.client import Client
@@ -137,24 +232,41 @@ def run_with_workers(
             for i in range(n_workers):  # one after the other: the first migrates the database
                 workers.append(
                     WorkerProcess(
-                        env, data_dir / f"worker-{i}.log", name=f"bench{uuid.uuid4().hex[:6]}@%h"
+                        env,
+                        data_dir / f"worker-{i}.log",
+                        concurrency=args.concurrency,
+                        name=f"bench{uuid.uuid4().hex[:6]}@%h",
                     ).start(timeout=120.0)
                 )
             client = Client(settings)
             # Warm-up: every worker loads its models and the map before the clock starts.
             warm = [client.submit(p, map_name, options) for p in warmups[: 2 * n_workers]]
             client.wait_many(warm, timeout=args.timeout)
-            t0 = time.perf_counter()
-            ids = [client.submit(p, map_name, options) for p in queries]
-            submit_s = time.perf_counter() - t0
-            jobs = client.wait_many(ids, timeout=args.timeout)
-            wall = time.perf_counter() - t0
+            cpu0 = sum(cpu_seconds(w.proc.pid) for w in workers)
+            with GpuSampler() as gpu:
+                t0 = time.perf_counter()
+                ids = [client.submit(p, map_name, options) for p in queries]
+                submit_s = time.perf_counter() - t0
+                jobs = client.wait_many(ids, timeout=args.timeout)
+                wall = time.perf_counter() - t0
+            cpu_s = sum(cpu_seconds(w.proc.pid) for w in workers) - cpu0
             http = run_via_http(args, env, data_dir, client, map_name, queries, options)
         finally:
             for w in workers:
                 w.stop(timeout=60.0)
     figures = batch_figures(jobs, wall)
-    figures.update(workers=n_workers, submit_seconds=submit_s)
+    stages = stage_seconds(jobs)
+    host_cpu = cpu_s / len({j.id for j in jobs})
+    figures.update(
+        workers=n_workers,
+        processes=n_workers * args.concurrency,
+        submit_seconds=submit_s,
+        stage_seconds=stages,
+        host_cpu_seconds_per_query=host_cpu,
+        model_seconds_per_query=stages.get("extract", 0.0),
+        host_cpu_seconds_outside_models=host_cpu - stages.get("extract", 0.0),
+        gpu=gpu.figures(),
+    )
     if http is not None:
         figures["http"] = http
         figures["http_cost"] = (
@@ -193,7 +305,7 @@ def run_via_http(args, env, data_dir: Path, client, map_name: str, queries, opti
     server = ApiServerProcess(
         {**env, "FEATURELOC_API_RATE_LIMIT": "0"}, data_dir / "api.log"
     ).start()
-    photos = [http_copy(p.read_bytes()) for p in queries]
+    photos = [http_copy(p) for p in queries]
     headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=server.url, headers=headers, timeout=args.timeout) as http:
@@ -225,11 +337,26 @@ def run_via_http(args, env, data_dir: Path, client, map_name: str, queries, opti
     return figures
 
 
-def http_copy(data: bytes) -> bytes:
+def http_copy(data: bytes, tag: str = "http") -> bytes:
     """The photo with bytes after its end marker: another job id, the same decoded pixels."""
     if not data.startswith(b"\xff\xd8"):
-        raise SystemExit("--via-http needs JPEG query photos")
-    return data + b"\x00featureloc-bench-http"
+        raise SystemExit("query photos must be JPEG to be sent more than once")
+    return data + f"\x00featureloc-bench-{tag}".encode()
+
+
+def distinct_photos(paths: list[Path], count: int) -> list[bytes]:
+    """``count`` photos cycling through ``paths``; each repeat gets bytes after its end marker
+    (the same pixels, the same work) so that it is a job of its own, not the first one's."""
+    data = [p.read_bytes() for p in paths]
+    return [
+        data[i] if i < len(data) else http_copy(data[i % len(data)], f"repeat-{i}")
+        for i in range(count)
+    ]
+
+
+def build_device(device: str) -> str:
+    """The device the map is built on: ``--device``, with ``auto`` resolved as workers do."""
+    return Settings(device=device).resolved_device()
 
 
 def getty_inputs(args) -> tuple[list[RefEntry], list[Path], str]:
@@ -271,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
         "--map-from", type=Path, help="serve this built map (e.g. bench/out/maps/getty-xfeat)"
     )
     p.add_argument("--workers", default="1,2", help="worker counts to run, in order")
+    p.add_argument("--concurrency", type=int, default=1, help="processes per worker")
     p.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--extractor", default=defaults.EXTRACTOR)
     p.add_argument("--retriever", default=defaults.RETRIEVER)
     p.add_argument("--option", action="append", default=[], help="job option key=value")
+    p.add_argument(
+        "--fine", action="store_true", help="build the map's fine set too (accurate profile)"
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for a batch")
     p.add_argument(
         "--via-http", action="store_true", help="also through the HTTP API, in the same run"
@@ -294,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         refs, query_paths, dataset = getty_inputs(args)
     # Warm-up photos are references (the timed queries stay unseen); queries repeat if too few.
     warmups = [e.image for e in refs[:4]]
-    queries = [query_paths[i % len(query_paths)] for i in range(args.queries)]
+    queries = distinct_photos(query_paths, args.queries)
     if len(query_paths) < args.queries:
-        print(f"only {len(query_paths)} distinct query photos: identical photos share one job")
+        print(f"{len(query_paths)} query photos sent {args.queries} times, each repeat its own job")
 
     maps_dir = (args.out / "throughput" / "maps").resolve()
     store = MapStore(maps_dir)
@@ -317,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if store.path(map_name).exists():
             shutil.rmtree(store.path(map_name))
         t0 = time.perf_counter()
+        device = build_device(args.device)
         build_map(
             store,
             map_name,
@@ -325,8 +457,22 @@ def main(argv: list[str] | None = None) -> int:
             defaults.EXTRACTOR_CONF if args.extractor == defaults.EXTRACTOR else None,
             args.retriever,
             defaults.RETRIEVER_CONF if args.retriever == defaults.RETRIEVER else None,
+            device=device,
         )
         build_s = time.perf_counter() - t0
+        if dataset.startswith("getty"):  # placement needs the map's camera, as on Getty maps
+            from bench.getty_maps import GETTY_CAMERA
+
+            store.set_camera(map_name, GETTY_CAMERA)
+        if args.fine:  # the fine set, for the accurate profile (core/finestage.py)
+            add_fine_features(
+                store,
+                map_name,
+                refs,
+                defaults.FINE_EXTRACTOR,
+                defaults.FINE_EXTRACTOR_CONF,
+                device=device,
+            )
 
     runs = []
     for n in [int(x) for x in args.workers.split(",")]:
@@ -373,6 +519,39 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         ],
     )
+    stages = sorted({k for r in runs for k in r["stage_seconds"]})
+    print_table(
+        "seconds per query by stage (jobs' stored timings) and host CPU per query (ms)",
+        ["processes", *stages, "host CPU ms", "models ms", "rest ms"],
+        [
+            (
+                r["processes"],
+                *(r["stage_seconds"].get(k, 0.0) for k in stages),
+                1000 * r["host_cpu_seconds_per_query"],
+                1000 * r["model_seconds_per_query"],
+                1000 * r["host_cpu_seconds_outside_models"],
+            )
+            for r in runs
+        ],
+    )
+    gpu_runs = [r for r in runs if r["gpu"]]
+    if gpu_runs:
+        print_table(
+            "GPU (NVML samples over the timed batch)",
+            ["processes", "GPU", "util mean %", "util max %", "memory max MiB"],
+            [
+                (
+                    r["processes"],
+                    r["gpu"]["gpu"],
+                    r["gpu"]["gpu_util_mean_percent"],
+                    r["gpu"]["gpu_util_max_percent"],
+                    r["gpu"]["gpu_memory_max_mib"],
+                )
+                for r in gpu_runs
+            ],
+        )
+    else:
+        print("\nGPU: not measured (no GPU, or nvidia-ml-py not installed)")
     out = write_json(
         args.out,
         f"throughput-{args.database}.json",
@@ -384,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             "options": options,
             "database": args.database,
             "queries": args.queries,
+            "device": args.device,
+            "concurrency": args.concurrency,
             "build_seconds": build_s,
             "build_ms_per_reference": 1000 * build_s / len(refs) if build_s else None,
             "runs": runs,

@@ -469,7 +469,8 @@ def jobs_recover(
 
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(help="Processes; default: 1 per GPU, else 1 per core.")
+        int | None,
+        typer.Option(help="Processes; default: 1 per core, on a GPU too (workers/layout.py)."),
     ] = None,
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
     loglevel: str = "info",
@@ -479,15 +480,18 @@ def worker(
     settings = get_settings()
     database()  # migrate once here, not in every worker process
     register_found_maps()
-    on_gpu = settings.resolved_device() == "cuda"
-    if concurrency is None:
-        concurrency = 1 if on_gpu else (os.cpu_count() or 1)
-    if not on_gpu and concurrency > 1 and not settings.torch_threads:
-        # Several 1-thread processes beat one process with many threads (BENCHMARKS.md).
-        os.environ["FEATURELOC_TORCH_THREADS"] = "1"
-        from workers.settings import get_settings as cached_settings
+    from workers.layout import worker_layout
+    from workers.settings import Settings
+    from workers.settings import get_settings as cached_settings
 
-        cached_settings.cache_clear()
+    layout = worker_layout(
+        settings.resolved_device(), concurrency, settings.torch_threads, settings.verify_threads
+    )
+    concurrency = layout.processes
+    # The pool's processes read these (workers/runtime.settings).
+    os.environ[Settings.env_name("torch_threads")] = str(layout.torch_threads)
+    os.environ[Settings.env_name("verify_threads")] = str(layout.verify_threads)
+    cached_settings.cache_clear()
     from workers.celery_app import make_celery
 
     celery = make_celery(get_settings())

@@ -50,7 +50,7 @@ from core.types import (
     LocalisationResult,
     Matches,
 )
-from core.verify import VerifyConfig, verify
+from core.verify import VerifyConfig, verify_many
 
 
 class LocaliseOptions(BaseModel):
@@ -223,10 +223,13 @@ class Localiser:
         ref_map: ReferenceMap,
         device: str = "cpu",
         fine_source: Callable[[str], Path] | None = None,
+        verify_threads: int = 1,
     ) -> None:
         """``fine_source`` (reference id -> its photo) lets the fine stage extract the fine
-        features a map lacks when it first needs them, and add them to the map."""
+        features a map lacks when it first needs them, and add them to the map.
+        ``verify_threads``: threads that verify a job's pairs (core.verify.verify_many)."""
         self.map = ref_map
+        self.verify_threads = verify_threads
         self.fine_source = fine_source
         self.device = device
         ext = ref_map.extractor
@@ -234,6 +237,7 @@ class Localiser:
         ret = ref_map.retriever
         self.retriever = registry.retriever_class(ret["name"])(ret.get("conf"))
         self.retriever.prepare(ref_map)
+        self.retriever.keep_resident(device)
         self._matchers: dict[tuple[str, str], Any] = {}
         self._fine: tuple[Any, Any] | None = None
 
@@ -272,20 +276,20 @@ class Localiser:
         t0 = time.perf_counter()
         all_matches = matcher.match_many(query, refs)
         match_s = time.perf_counter() - t0
-        out = []
-        for i, ref, matches in zip(indices, refs, all_matches, strict=True):
-            t0 = time.perf_counter()
-            inliers = (
-                verify(
-                    query.keypoints[matches.indices[:, 0]],
-                    ref.keypoints[matches.indices[:, 1]],
-                    vconf,
-                ).inliers
-                if opts.verify
-                else np.zeros(len(matches), bool)
+        if opts.verify:
+            points = [
+                (query.keypoints[m.indices[:, 0]], ref.keypoints[m.indices[:, 1]])
+                for ref, m in zip(refs, all_matches, strict=True)
+            ]
+            checked = [(v.inliers, s) for v, s in verify_many(points, vconf, self.verify_threads)]
+        else:
+            checked = [(np.zeros(len(m), bool), 0.0) for m in all_matches]
+        out = [
+            VerifiedMatches(int(i), matches, inliers, seconds, len(ref))
+            for i, ref, matches, (inliers, seconds) in zip(
+                indices, refs, all_matches, checked, strict=True
             )
-            seconds = time.perf_counter() - t0
-            out.append(VerifiedMatches(int(i), matches, inliers, seconds, len(ref)))
+        ]
         return out, match_s
 
     def localise(

@@ -14,7 +14,7 @@ def test_compose_has_the_production_services():
     assert {"redis", "postgres", "worker", "flower", "api"} <= set(services)
     assert services["worker"]["command"][0] == "worker"
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"], "Flower must require auth"
-    for name in ("worker", "cli", "api"):
+    for name in ("worker", "gpu-worker", "cli", "api"):
         env = services[name]["environment"]
         # Every FEATURELOC_ variable the compose file sets must be a real setting.
         fields = {f"FEATURELOC_{k.upper()}" for k in Settings.model_fields}
@@ -62,3 +62,19 @@ def test_flower_listens_on_loopback_by_default():
     address = inspect.signature(flower_command).parameters["address"].default
     host = inspect.signature(serve_command).parameters["host"].default
     assert address == host == "127.0.0.1"
+
+
+def test_compose_gpu_worker_reserves_a_gpu_and_builds_cuda_torch():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    gpu = compose["services"]["gpu-worker"]
+    assert gpu["profiles"] == ["gpu"], "GPU workers are opt-in: CPU hosts start without them"
+    assert gpu["command"][0] == "worker" and gpu["environment"]["FEATURELOC_DEVICE"] == "cuda"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    # The CPU images stay as they were: the Dockerfile's default is the CPU wheel index.
+    dockerfile = (REPO / gpu["build"]["context"] / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert '--index-url "$TORCH_INDEX" torch' in dockerfile
+    for name in ("worker", "api", "cli", "flower"):
+        assert compose["services"][name]["build"] == ".", f"{name} builds the CPU image"

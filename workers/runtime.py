@@ -146,7 +146,12 @@ def localiser(map_name: str) -> tuple[Localiser, str]:
             return cached[1], version
     t0 = time.perf_counter()
     ref_map = ReferenceMap.load(path)
-    loc = Localiser(ref_map, device=s.resolved_device(), fine_source=_fine_source(ref_map))
+    loc = Localiser(
+        ref_map,
+        device=s.resolved_device(),
+        fine_source=_fine_source(ref_map),
+        verify_threads=s.verify_threads or 1,  # 0 outside a worker: one thread
+    )
     _localisers[map_name] = (version, loc)
     log.info(
         "process %d loaded map %r (%s, %d references) in %.1f s",

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = 300
     task_time_limit: int = 360
     torch_threads: int = 0  # 0: leave torch's default
+    # Threads that verify a job's pairs (core.verify.verify_many); 0: the cores a worker
+    # process has to itself (workers/layout.py), so 1 where every core runs a process.
+    verify_threads: int = Field(default=0, ge=0)
     worker_max_tasks_per_child: int = 1000
     preload_maps: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -132,7 +135,9 @@ class Settings(BaseSettings):
             return self.device
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        # device_count asks NVML, which leaves no CUDA state behind: is_available would
+        # initialise CUDA in the worker's main process, and its forked pool could not use it.
+        return "cuda" if torch.cuda.device_count() > 0 else "cpu"
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,11 @@
-"""Mutual nearest neighbour matching with optional ratio test and similarity threshold."""
+"""Mutual nearest neighbour matching with optional ratio test and similarity threshold.
+
+``match_many`` works on the matcher's device: the query's descriptors and the shortlisted
+references', zero-padded to one (K, N, D) batch, go to the device in one copy; each block of
+references is one masked batched product, with the mutual check and the thresholds computed
+there too; the per-query-descriptor outcome (kept, partner, similarity) comes back in one copy
+and is split per reference on the host.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,11 @@ from core import config
 from core.matching.base import Matcher
 from core.types import Features, Matches
 
-# References per batched similarity product: a few 1024x1024 blocks stay in the CPU's cache,
-# which measured faster per pair than 16 or more at a time (bench/accuracy.py).
-BATCH = 4
+# References per batched similarity product on the CPU: a few 1024x1024 blocks stay in the
+# CPU's cache, which measured faster per pair than 16 or more at a time (bench/accuracy.py).
+# A GPU takes a query's whole shortlist in one product (50 x 1024 x 1024 floats: 200 MB).
+CPU_BLOCK = 4
+DEVICE_BLOCK = 64
 
 
 class MutualNearestNeighbour(Matcher):
@@ -36,42 +45,52 @@ class MutualNearestNeighbour(Matcher):
 
     def match_many(self, query: Features, references: Sequence[Features]) -> list[Matches]:
         out = [Matches.empty() for _ in references]
-        if len(query) == 0:
-            return out
-        q = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32))
         todo = [i for i, ref in enumerate(references) if len(ref) >= 2]
-        for start in range(0, len(todo), BATCH):
-            group = todo[start : start + BATCH]
-            lengths = [len(references[i]) for i in group]
-            refs = torch.zeros(len(group), max(lengths), q.shape[1])
-            for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
+        if len(query) == 0 or not todo:
+            return out
+        device = torch.device(self.device)
+        on_cpu = device.type == "cpu"
+        q = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32)).to(device)
+        block = CPU_BLOCK if on_cpu else DEVICE_BLOCK
+        parts = []
+        for start in range(0, len(todo), block):
+            group = [references[i] for i in todo[start : start + block]]
+            lengths = [len(ref) for ref in group]
+            refs = torch.zeros(len(group), max(lengths), q.shape[1], pin_memory=not on_cpu)
+            for row, ref in enumerate(group):
                 # torch converts the map's float16 to float32 much faster than numpy does.
-                refs[row, :n] = torch.from_numpy(np.ascontiguousarray(references[i].descriptors))
-            sim = torch.matmul(q, refs.transpose(1, 2))  # (G, Nq, Nr) cosine similarities
-            for row, n in enumerate(lengths):
-                sim[row, :, n:] = -torch.inf  # padding is no neighbour
-            top2 = sim.topk(2, dim=2)
-            # Each reference descriptor's best similarity to the query. amax over this axis is
-            # far faster than argmax, and the value identifies the mutual pair just as well.
-            ref_best = sim.amax(dim=1)
-            for row, i in enumerate(group):
-                out[i] = self._select(top2.values[row], top2.indices[row, :, 0], ref_best[row])
+                refs[row, : lengths[row]] = torch.from_numpy(np.ascontiguousarray(ref.descriptors))
+            parts.append(self._mutual(q, refs.to(device, non_blocking=True), lengths))
+        # One copy back: per reference and query descriptor its mutual partner (-1: none) and
+        # their similarity, the float32 bits carried as int32 beside it.
+        packed = torch.cat(parts, dim=1).cpu().numpy()
+        partners, sims = packed[0], packed[1].view(np.float32)
+        for row, i in enumerate(todo):
+            qi = np.flatnonzero(partners[row] >= 0)
+            idx = np.stack([qi, partners[row, qi]], axis=1).astype(np.int64)
+            out[i] = Matches(idx, np.clip(sims[row, qi], 0, 1).astype(np.float32))
         return out
 
-    def _select(self, top2: torch.Tensor, nn12: torch.Tensor, ref_best: torch.Tensor) -> Matches:
-        """Mutual nearest neighbours from each query descriptor's two best similarities
-        ``top2`` (Nq, 2) and best reference ``nn12``, and each reference's best similarity."""
-        ids = torch.arange(len(nn12))
-        best = top2[:, 0]
-        keep = best == ref_best[nn12]  # the query is its reference's nearest neighbour too
+    def _mutual(self, q: torch.Tensor, refs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """(2, G, Nq) int32: for each reference of ``refs`` (G, N, D, zero-padded to the
+        longest of ``lengths``) and query descriptor, its mutual partner passing the thresholds
+        (-1: none) and the bits of their float32 similarity."""
+        sim = torch.matmul(q, refs.transpose(1, 2))  # (G, Nq, Nr) cosine similarities
+        for row, n in enumerate(lengths):
+            sim[row, :, n:] = -torch.inf  # padding is no neighbour (only its columns written)
+        top2 = sim.topk(2, dim=2)
+        # Each reference descriptor's best similarity to the query. amax over this axis is
+        # far faster than argmax, and the value identifies the mutual pair just as well.
+        ref_best = sim.amax(dim=1)  # (G, Nr)
+        best, second = top2.values[..., 0], top2.values[..., 1]
+        partner = top2.indices[..., 0]
+        keep = best == ref_best.gather(1, partner)  # the query is its partner's nearest too
         if self.conf.min_similarity > 0:
             keep &= best > self.conf.min_similarity
         if self.conf.ratio < 1.0:
             # Distances of unit vectors: d^2 = 2 - 2 s.
             d1 = (2 - 2 * best).clamp(min=0).sqrt()
-            d2 = (2 - 2 * top2[:, 1]).clamp(min=0).sqrt()
+            d2 = (2 - 2 * second).clamp(min=0).sqrt()
             keep &= d1 < self.conf.ratio * d2
-        qi = ids[keep]
-        idx = torch.stack([qi, nn12[keep]], dim=1).numpy().astype(np.int64)
-        scores = best[keep].clamp(0, 1).numpy().astype(np.float32)
-        return Matches(idx, scores)
+        partner = torch.where(keep, partner, -1).to(torch.int32)
+        return torch.stack([partner, best.contiguous().view(torch.int32)])

@@ -37,6 +37,10 @@ class Retriever(ABC):
     def prepare(self, ref_map: ReferenceMap) -> None:  # noqa: B027 - optional hook
         """Load map-level state into memory; default: nothing."""
 
+    def keep_resident(self, device: str) -> None:  # noqa: B027 - optional hook
+        """Hold what every query's exact pass reads in this process's memory (``device``
+        "cpu") or on the device, from now on and across reloads; default: nothing."""
+
     def release_pages(self) -> None:  # noqa: B027 - optional hook
         """Unmap memory-mapped state read by the last queries; default: nothing."""
 

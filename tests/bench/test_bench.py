@@ -12,7 +12,7 @@ import pytest
 from bench.calibration import calibration_figures, plot_calibration
 from bench.common import spread_subset, write_subset_map
 from bench.distractors import FAR_AWAY, GroupChimeras, write_distractor_map
-from bench.throughput import latency_figures
+from bench.throughput import cpu_seconds, distinct_photos, latency_figures, stage_seconds
 
 
 def test_calibration_figures_rank_by_confidence(tmp_path: Path) -> None:
@@ -162,3 +162,30 @@ def test_calibration_reads_an_accuracy_report(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "calibration.png").is_file()
     assert main(["--report", str(report), "--out", str(tmp_path), "--config", "nope"]) == 2
     assert "has default, top20" in capsys.readouterr().err
+
+
+def test_repeated_photos_are_jobs_of_their_own_with_the_same_pixels(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        paths.append(tmp_path / f"q{k}.jpg")
+        paths[-1].write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
+    photos = distinct_photos(paths, 5)
+    assert len(set(photos)) == 5  # no two share a job (jobs are keyed by the photo's bytes)
+    assert photos[:2] == [p.read_bytes() for p in paths]
+    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in photos]
+    for i in range(2, 5):
+        assert np.array_equal(decoded[i], decoded[i % 2])
+
+
+def test_stage_seconds_and_cpu_seconds() -> None:
+    import os
+
+    jobs = [SimpleNamespace(timings={"extract": 0.2, "match": 0.1}), SimpleNamespace(timings={})]
+    assert stage_seconds(jobs) == pytest.approx({"extract": 0.1, "match": 0.05})
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))  # burn some CPU in this process
+    assert cpu_seconds(os.getpid()) > before

@@ -35,7 +35,10 @@ def _reference(q: Features, r: Features, ratio: float, min_sim: float) -> set[tu
 
 
 @pytest.mark.parametrize(("ratio", "min_sim"), [(1.0, 0.0), (0.9, 0.0), (0.95, 0.3)])
-def test_batched_matches_equal_the_plain_definition(ratio: float, min_sim: float) -> None:
+def test_batched_matches_equal_the_plain_definition(
+    ratio: float, min_sim: float, device: str
+) -> None:
+    """On every device (the CPU, and CUDA where present: the whole shortlist in one block)."""
     rng = np.random.default_rng(7)
     query = _features(rng, 60)
     # Uneven sizes (padding inside a batch), a reference too small to match, and one that
@@ -49,7 +52,7 @@ def test_batched_matches_equal_the_plain_definition(ratio: float, min_sim: float
         (100, 100),
     )
     refs = [_features(rng, n) for n in (50, 1, 73, 20, 64, 5, 90)] + [near]
-    matcher = MutualNearestNeighbour({"ratio": ratio, "min_similarity": min_sim})
+    matcher = MutualNearestNeighbour({"ratio": ratio, "min_similarity": min_sim}, device)
     got = matcher.match_many(query, refs)
     for ref, m in zip(refs, got, strict=True):
         assert {tuple(p) for p in m.indices.tolist()} == _reference(query, ref, ratio, min_sim)

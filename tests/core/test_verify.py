@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.errors import InputError
-from core.verify import VerifyConfig, verify
+from core.verify import VerifyConfig, verify, verify_many
 
 
 def _two_views(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +48,23 @@ def test_unknown_models_and_methods_are_refused(fields):
         VerifyConfig.make(fields)
     with pytest.raises(ValidationError, match=value):
         VerifyConfig(**fields)
+
+
+@pytest.mark.parametrize("method", ["magsac", "accurate", "ransac"])
+def test_pairs_verified_on_threads_equal_one_by_one(method: str):
+    """Each pair's inliers do not depend on the thread that ran it, nor on the pairs before it
+    (a sampler shared between calls would make them depend on both)."""
+    rng = np.random.default_rng(2)
+    pairs = []
+    for n in (40, 120, 7, 300, 80, 60):
+        q, r = _two_views(n, rng)
+        noise = rng.uniform(0, [640, 480], size=(n // 3, 2))
+        pairs.append((np.vstack([q, noise]), np.vstack([r, noise[::-1]])))
+    conf = VerifyConfig(method=method)
+    alone = [verify(q, r, conf).inliers for q, r in pairs]
+    for threads in (1, 3):
+        got = verify_many(pairs, conf, threads)
+        assert len(got) == len(pairs) and all(s >= 0 for _, s in got)
+        for (v, _), want in zip(got, alone, strict=True):
+            assert np.array_equal(v.inliers, want)
+    assert sum(m.sum() for m in alone) > 300  # real models were found
