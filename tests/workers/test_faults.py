@@ -52,6 +52,9 @@ FAST_RECOVERY = {
     "heartbeat_interval": "0.5",
     "stale_after": "3",
 }
+# The slow scene's job takes about 5 s on an idle 2-core machine (more under load): limits well
+# above it, so that what ends the job is the kill under test, never the time limit.
+SLOW_JOB_RECOVERY = {**FAST_RECOVERY, "task_time_limit": "120", "task_soft_time_limit": "100"}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,9 @@ def slow_scene(tmp_path_factory) -> Path:
 
 def test_pool_process_killed_mid_job_is_redelivered_once(tmp_path, slow_scene, redis):
     scene = slow_scene
-    with stack(tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **FAST_RECOVERY) as st:
+    with stack(
+        tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **SLOW_JOB_RECOVERY
+    ) as st:
         worker = st.worker().start()
         client, db = st.client(), st.db()
         try:
@@ -99,7 +104,9 @@ def test_whole_worker_killed_then_recovered(tmp_path, slow_scene, redis):
     """SIGKILL of the main process too: nobody rejects the message, it waits unacknowledged in
     Redis until the visibility timeout. ``featureloc jobs recover`` re-sends it at once."""
     scene = slow_scene
-    with stack(tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **FAST_RECOVERY) as st:
+    with stack(
+        tmp_path, scene, broker_url=redis.url, sift_conf=SLOW_SIFT, **SLOW_JOB_RECOVERY
+    ) as st:
         worker = st.worker("first").start()
         client, db = st.client(), st.db()
         job_id = client.submit(query_images(scene)[0].read_bytes(), "tiny", JOB_OPTIONS)
