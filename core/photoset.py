@@ -48,6 +48,23 @@ class SetResult:
     # The photos (0-based, in the set's order) whose answers placed the set.
     agreeing: list[int] = field(default_factory=list)
 
+    def as_result(self) -> LocalisationResult:
+        """The set's answer in the shape of one photo's: its estimate and timings, and every
+        photo's candidates marked with their photo (what a job stores and an evaluation
+        scores). The inliers are left out: each photo's own result keeps its own."""
+        candidates = [
+            dataclasses.replace(c, photo=n)
+            for n, photo in enumerate(self.photos)
+            for c in photo.candidates
+        ]
+        return dataclasses.replace(
+            self.photos[0],
+            estimate=self.estimate,
+            candidates=candidates,
+            timings=self.timings,
+            inliers=[],
+        )
+
 
 def check_set(count: int, yaws: Sequence[float] | None, cameras: Sequence[object] | None) -> None:
     """InputError unless ``count`` photos make a set and the yaws and cameras, when given,
