@@ -6,6 +6,7 @@ Reproduce (repository root, venv active; the map is built on first use, bench/ge
 
     python -m bench.photo_sets                  # all 150 positions (750 single localisations)
     python -m bench.photo_sets --positions 40   # a reproducible subset of positions
+    python -m bench.photo_sets --positions 40 --complement   # the other 110
     python -m bench.photo_sets --heldout 40     # 40 of the map's own positions, each hidden
 
 The held-out run (the map's own positions, all views of one hidden while they are the queries,
@@ -68,12 +69,14 @@ def draw(views: int, size: int, seed: int, position: int) -> list[int]:
 Spot = tuple[tuple[float, float], list[str], np.ndarray | None]  # truth, view ids, hidden
 
 
-def query_spots(getty: Path, n: int | None, seed: int) -> list[Spot]:
-    """queries_allviews.csv grouped by position (a seeded subset of ``n``)."""
+def query_spots(getty: Path, n: int | None, seed: int, complement: bool = False) -> list[Spot]:
+    """queries_allviews.csv grouped by position (a seeded subset of ``n``, or with
+    ``complement`` the positions that subset leaves out: two runs then cover them all)."""
     groups = positions_of(getty)
     if n is not None and n < len(groups):
-        pick = np.random.default_rng(seed).choice(len(groups), n, replace=False)
-        groups = [groups[i] for i in sorted(pick.tolist())]
+        pick = set(np.random.default_rng(seed).choice(len(groups), n, replace=False).tolist())
+        keep = [i for i in range(len(groups)) if (i in pick) != complement]
+        groups = [groups[i] for i in keep]
     return [(truth, ids, None) for truth, ids in groups]
 
 
@@ -96,6 +99,9 @@ def main() -> None:
     ap.add_argument(
         "--heldout", type=int, default=None, help="N of the map's own positions, hidden, instead"
     )
+    ap.add_argument(
+        "--complement", action="store_true", help="the positions --positions N leaves out"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -105,7 +111,7 @@ def main() -> None:
     spots = (
         heldout_spots(loc, args.heldout, args.seed)
         if args.heldout
-        else query_spots(GETTY, args.positions, args.seed)
+        else query_spots(GETTY, args.positions, args.seed, args.complement)
     )
     centroid = tuple(loc.map.positions.mean(axis=0))
     loc.localise(read_image(GETTY / "images" / f"{spots[0][1][0]}.jpg"), opts)  # warm-up
@@ -185,7 +191,11 @@ def main() -> None:
             f"{k:8d} {s['sets']:4d} {s['mae']:6.2f} {s['median']:6.2f} {s['within_5']:5.2f} "
             f"{s['not_localised']:6d} {s['seconds_per_set']:6.2f} {s['pooled_only_mae']:15.2f}"
         )
-    name = f"photo_sets_heldout{args.heldout}.json" if args.heldout else "photo_sets.json"
+    name = (
+        f"photo_sets_heldout{args.heldout}.json"
+        if args.heldout
+        else f"photo_sets{'_complement' if args.complement else ''}.json"
+    )
     path = write_json(
         args.out,
         name,
