@@ -24,14 +24,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.camera import Camera
 from core.errors import InputError
 from core.estimation import ESTIMATORS, ClusterConf, weighted_median
-from core.localiser import LocaliseOptions, Localiser
 from core.types import CandidateResult, Estimate, LocalisationResult
+
+if TYPE_CHECKING:  # the pipeline's models stay out of what the API and the client import
+    from core.localiser import LocaliseOptions, Localiser
 
 MIN_PHOTOS = 2
 MAX_PHOTOS = 8
@@ -94,6 +97,8 @@ def localise_set(
     """Localise a photo set (BGR images) as one answer. ``cameras`` gives each photo's own
     intrinsics (None: the job's ``query_camera`` or the map's); ``yaws`` are checked and kept
     with the set (the map records no reference headings to compare them with)."""
+    from core.localiser import LocaliseOptions
+
     check_set(len(images), yaws, cameras)
     opts = options or LocaliseOptions()
     photos = []
