@@ -50,6 +50,8 @@ class SetResult:
     reason: str | None = None  # why the set declined, when it did for a stated cause
     # The photos (0-based, in the set's order) whose answers placed the set.
     agreeing: list[int] = field(default_factory=list)
+    # Whether the confidence went through the map's (single-photo, coarse) calibration curve.
+    calibrated: bool = False
 
     def as_result(self) -> LocalisationResult:
         """The set's answer in the shape of one photo's: its estimate and timings, and every
@@ -66,6 +68,7 @@ class SetResult:
             candidates=candidates,
             timings=self.timings,
             inliers=[],
+            calibrated=self.calibrated,
         )
 
 
@@ -97,7 +100,7 @@ def localise_set(
     """Localise a photo set (BGR images) as one answer. ``cameras`` gives each photo's own
     intrinsics (None: the job's ``query_camera`` or the map's); ``yaws`` are checked and kept
     with the set (the map records no reference headings to compare them with)."""
-    from core.localiser import LocaliseOptions
+    from core.localiser import LocaliseOptions, _calibrated
 
     check_set(len(images), yaws, cameras)
     opts = options or LocaliseOptions()
@@ -108,11 +111,14 @@ def localise_set(
         photos.append(localiser.localise(image, photo_opts, hidden, calibrated))
     t0 = time.perf_counter()
     result = pool_photos(photos, opts)
-    if calibrated:
-        pooled = localiser._calibrated(result.estimate, "coarse")
+    training, _ = localiser.map.fit
+    curve = training.get("calibration", {}).get("coarse")
+    if calibrated and curve is not None:
+        pooled = _calibrated(result.estimate, curve, training["localised_probability"])
         # A set declined for disagreement stays declined, whatever its calibrated figure.
         localised = pooled.localised and result.reason is None
         result.estimate = dataclasses.replace(pooled, localised=localised)
+    result.calibrated = calibrated and curve is not None
     timings: dict[str, float] = {}
     for p in photos:
         for stage, seconds in p.timings.items():

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli.synthetic import make_world, render_view
 from core.errors import InputError
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore
 from core.photoset import MAX_PHOTOS, check_set, localise_set, pool_photos
-from core.synthetic import make_world, render_view
 from core.types import CandidateResult, Estimate, LocalisationResult
 
 

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from cli.synthetic import make_world, render_view
 from core.errors import InputError
-from core.synthetic import make_world, render_view
 from db import queries
 from db.models import Job
 from tests.support.services import scene_service

@@ -3,8 +3,8 @@ yaw and camera when given; candidate_matches.photo says which photo a row is evi
 (0 for single-photo jobs, so existing rows stay valid), and a reference may appear once per
 photo and stage.
 
-Revision ID: 0009_job_photos
-Revises: 0008_job_figure_inliers
+Revision ID: 0010_job_photos
+Revises: 0009_job_fit
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_job_photos"
-down_revision: str | None = "0008_job_figure_inliers"
+revision: str = "0010_job_photos"
+down_revision: str | None = "0009_job_fit"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
