@@ -3,8 +3,8 @@ yaw and camera when given; candidate_matches.photo says which photo a row is evi
 (0 for single-photo jobs, so existing rows stay valid), and a reference may appear once per
 photo and stage.
 
-Revision ID: 0010_job_photos
-Revises: 0009_job_fit
+Revision ID: 0011_job_photos
+Revises: 0010_job_pose
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_job_photos"
-down_revision: str | None = "0009_job_fit"
+revision: str = "0011_job_photos"
+down_revision: str | None = "0010_job_pose"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
