@@ -19,6 +19,7 @@ from api.accesslog import install_access_log_filter
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.problems import install_problem_handlers
 from api.services import Services
+from core.photoset import MAX_PHOTOS
 from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -46,5 +47,7 @@ def create_app() -> FastAPI:
     install_problem_handlers(app)
     for module in (health, jobs, figures, maps, pages):
         app.include_router(module.router)
-    app.add_middleware(BodyLimitMiddleware, max_body=settings.max_image_bytes + FORM_OVERHEAD)
+    # Room for a photo set's photos (core/photoset.py); each photo is held to its own limit.
+    max_body = MAX_PHOTOS * settings.max_image_bytes + FORM_OVERHEAD
+    app.add_middleware(BodyLimitMiddleware, max_body=max_body)
     return app

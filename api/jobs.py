@@ -30,6 +30,7 @@ from api.services import Services, Svc
 from core.errors import InputError
 from core.images import decode_image
 from core.mapstore import validate_map_name
+from core.photoset import MAX_PHOTOS
 from db import queries
 from db.models import ApiKey, JobStatus
 from workers.client import BrokerUnavailable, JobResult, pending_result
@@ -59,6 +60,11 @@ UPLOAD_BODY: dict[str, Any] = {
                             "type": "string",
                             "description": 'Job options as a JSON object, e.g. {"top_k": 20}',
                         },
+                        "yaws": {
+                            "type": "string",
+                            "description": "A photo set's yaws in degrees from the first photo,"
+                            " one per photo, as a JSON list, e.g. [0, 72, 144]",
+                        },
                     },
                 }
             }
@@ -83,15 +89,26 @@ async def submit_job(
     svc: Svc,
 ) -> JobOut:
     """Multipart ``photo`` (and optional ``options``, a JSON object). Answers 202 with the job and
-    its ``Location``; the same photo and options on the same map give the same job again."""
+    its ``Location``; the same photo and options on the same map give the same job again.
+    Several ``photo`` parts (2 to 8, and optional ``yaws``) are one photo set, one job
+    (core/photoset.py); every photo must decode, or no job is made."""
     validate_map_name(map_name)
     require_map(key, map_name)
     if not await run_in_threadpool(_map_exists, svc, map_name):
         raise Problem(404, f"unknown map {map_name!r}")
-    photo, options = await _read_upload(request, svc.settings.max_image_bytes)
-    await run_in_threadpool(decode_image, photo, image_limits(svc.settings))
+    photos, options, yaws = await _read_upload(request, svc.settings.max_image_bytes)
+    for n, photo in enumerate(photos, 1):
+        try:
+            await run_in_threadpool(decode_image, photo, image_limits(svc.settings))
+        except InputError as exc:
+            raise (InputError(f"photo {n} of the set: {exc}") if len(photos) > 1 else exc) from None
     try:
-        job_id = await run_in_threadpool(svc.client.submit, photo, map_name, options)
+        if len(photos) == 1 and yaws is None:
+            job_id = await run_in_threadpool(svc.client.submit, photos[0], map_name, options)
+        else:
+            job_id = await run_in_threadpool(
+                svc.client.submit_set, list(photos), map_name, options, yaws
+            )
     except BrokerUnavailable:
         raise unavailable("the job queue") from None
     response.headers["Location"] = f"/v1/jobs/{job_id}"
@@ -106,32 +123,44 @@ async def submit_job(
     return _job_out(result)
 
 
-async def _read_upload(request: Request, max_photo: int) -> tuple[bytes, dict[str, Any]]:
-    """The photo and options of a multipart body; the body limit middleware caps the stream."""
+async def _read_upload(
+    request: Request, max_photo: int
+) -> tuple[list[bytes], dict[str, Any], list[float] | None]:
+    """The photos, options and yaws of a multipart body; the body limit middleware caps the
+    stream."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise Problem(415, "send multipart/form-data with a 'photo' file field")
-    form = await request.form(max_files=1, max_fields=1)
+    form = await request.form(max_files=MAX_PHOTOS, max_fields=2)
     try:
-        photo = form.get("photo")
-        if not isinstance(photo, UploadFile):
+        parts = form.getlist("photo")
+        if not parts or not all(isinstance(p, UploadFile) for p in parts):
             raise Problem(400, "the multipart field 'photo' (a file) is required")
-        if photo.size is not None and photo.size > max_photo:
-            raise Problem(413, f"photo larger than the limit of {max_photo} bytes")
-        data = await photo.read()
+        data = []
+        for photo in parts:
+            assert isinstance(photo, UploadFile)
+            if photo.size is not None and photo.size > max_photo:
+                raise Problem(413, f"photo larger than the limit of {max_photo} bytes")
+            data.append(await photo.read())
         raw = form.get("options")
+        raw_yaws = form.get("yaws")
     finally:
         await form.close()
+    return data, _json_field(raw, "options", dict) or {}, _json_field(raw_yaws, "yaws", list)
+
+
+def _json_field(raw: Any, name: str, kind: type) -> Any:
+    """A form field holding JSON of ``kind`` (None when absent or empty)."""
     if raw is None or raw == "":
-        return data, {}
+        return None
     if not isinstance(raw, str):
-        raise Problem(400, "the field 'options' must be JSON text, not a file")
+        raise Problem(400, f"the field '{name}' must be JSON text, not a file")
     try:
-        options = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise Problem(400, f"options are not JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(options, dict):
-        raise Problem(400, "options must be a JSON object")
-    return data, options
+        raise Problem(400, f"{name} are not JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, kind):
+        raise Problem(400, f"{name} must be a JSON {'object' if kind is dict else 'list'}")
+    return value
 
 
 def _map_exists(svc: Services, map_name: str) -> bool:

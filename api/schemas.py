@@ -23,6 +23,9 @@ class CandidateOut(BaseModel):
     stage: str = Field(
         description="coarse (the shortlist) or fine (re-verified, accurate profile)."
     )
+    photo: int = Field(
+        0, description="Which photo of a photo set (0-based) this is evidence for; 0 otherwise."
+    )
 
 
 class JobOut(BaseModel):

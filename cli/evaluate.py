@@ -4,10 +4,15 @@ The command line is a stable contract (issue 4):
 
     featureloc evaluate --map NAME --queries CSV --images DIR [--matcher M] [--top-k K]
                         [--via-queue] --report OUT.json
+
+The queries CSV is ``id,x,y`` with an optional ``set`` column (issue 25): rows with the same
+non-empty ``set`` value are one photo set (core/photoset.py), localised as one job and scored
+once, as the row ``id`` = the set's value, at their shared truth.
 """
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -55,12 +60,16 @@ def evaluate_command(
     except InputError as exc:
         fail(str(exc))
     qs: list[Query] = [(e.reference.id, e.image, e.reference.x, e.reference.y) for e in entries]
+    try:
+        qs, sets = photo_sets(queries, qs)
+    except InputError as exc:
+        fail(str(exc))
     qs = qs[:limit] if limit else qs
     try:
         result = (
-            _via_queue(map_name, qs, opts, timeout)
+            _via_queue(map_name, qs, opts, timeout, sets)
             if via_queue
-            else _in_process(map_name, qs, opts)
+            else _in_process(map_name, qs, opts, sets)
         )
     except InputError as exc:
         fail(str(exc))
@@ -69,6 +78,49 @@ def evaluate_command(
     report.write_text(result.to_json())
     _print_summary(result.summary)
     console.print(f"report written to {report}")
+
+
+def photo_sets(queries_csv: Path, qs: list[Query]) -> tuple[list[Query], dict[str, list[Path]]]:
+    """The queries with each ``set`` of rows made one: ``(queries, photos)``. A set's query is
+    (set value, its first photo, shared truth); ``photos`` maps that first photo to all of the
+    set's in file order. InputError when a set's rows disagree on the truth or its size is
+    not a set's (core.photoset.check_set); a set of one row is an ordinary query."""
+    from core.errors import InputError
+    from core.photoset import check_set
+
+    with queries_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "set" not in (reader.fieldnames or []):
+            return qs, {}
+        set_of = {r["id"]: (r.get("set") or "").strip() for r in reader}
+    groups: dict[str, list[Query]] = {}
+    order: list[str | Query] = []
+    for q in qs:
+        name = set_of.get(q[0], "")
+        if not name:
+            order.append(q)
+            continue
+        if name not in groups:
+            groups[name] = []
+            order.append(name)
+        groups[name].append(q)
+    out: list[Query] = []
+    photos: dict[str, list[Path]] = {}
+    for item in order:
+        if not isinstance(item, str):
+            out.append(item)
+            continue
+        rows = groups[item]
+        if len(rows) == 1:
+            out.append(rows[0])
+            continue
+        check_set(len(rows), None, None)
+        truth = {(round(q[2], 6), round(q[3], 6)) for q in rows}
+        if len(truth) > 1:
+            raise InputError(f"set {item!r}: its rows give {len(truth)} different positions")
+        out.append((item, rows[0][1], rows[0][2], rows[0][3]))
+        photos[str(rows[0][1])] = [Path(q[1]) for q in rows]
+    return out, photos
 
 
 def _progress() -> Progress:
@@ -84,11 +136,14 @@ def _progress() -> Progress:
     )
 
 
-def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> EvaluationReport:
+def _in_process(
+    map_name: str, qs: list[Query], opts: dict[str, Any], sets: dict[str, list[Path]]
+) -> EvaluationReport:
     from core.evaluation import evaluate, map_centroid
     from core.images import read_image
     from core.localiser import LocaliseOptions, Localiser
     from core.mapstore import MapStore
+    from core.photoset import localise_set
 
     settings = get_settings()
     options = LocaliseOptions.parse(opts)
@@ -102,15 +157,27 @@ def _in_process(map_name: str, qs: list[Query], opts: dict[str, Any]) -> Evaluat
             errors.append(row.error)
             progress.update(task, advance=1, mae=f"MAE {sum(errors) / len(errors):.2f}")
 
+        def localise(path: Path) -> LocalisationResult:
+            if str(path) in sets:
+                images_ = [read_image(p) for p in sets[str(path)]]
+                return localise_set(loc, images_, options).as_result()
+            return loc.localise(read_image(path), options)
+
         return evaluate(
-            lambda path: loc.localise(read_image(path), options),
+            localise,
             qs,
             fallback_position=map_centroid(ref_map.positions),
             on_row=on_row,
         )
 
 
-def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: float):
+def _via_queue(
+    map_name: str,
+    qs: list[Query],
+    opts: dict[str, Any],
+    timeout: float,
+    sets: dict[str, list[Path]],
+):
     from core.errors import InputError
     from core.evaluation import EvaluationReport, map_centroid, score_result, summarise
     from db import queries
@@ -124,7 +191,12 @@ def _via_queue(map_name: str, qs: list[Query], opts: dict[str, Any], timeout: fl
         raise InputError(f"unknown map {map_name!r} (or it has no references)")
     centroid = map_centroid([(r.x, r.y) for r in refs])
     t0 = time.perf_counter()
-    ids = [client.submit(Path(path), map_name, opts) for _, path, _, _ in qs]
+    ids = [
+        client.submit_set(list(sets[str(path)]), map_name, opts)
+        if str(path) in sets
+        else client.submit(Path(path), map_name, opts)
+        for _, path, _, _ in qs
+    ]
     rows = []
     with _progress() as progress:
         task = progress.add_task("waiting for workers", total=len(qs), mae="")

@@ -302,6 +302,16 @@ def localise(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per photo (the job with --wait).")
     ] = False,
+    as_set: Annotated[
+        bool,
+        typer.Option(
+            "--set", help="The photos (2 to 8) were taken at one spot: one job, one answer."
+        ),
+    ] = False,
+    yaw: Annotated[
+        list[float] | None,
+        typer.Option(help="With --set: each photo's yaw in degrees from the first, in order."),
+    ] = None,
 ) -> None:
     """Submit photos to the queue; with --wait, print where each was taken."""
     from core.errors import InputError
@@ -309,17 +319,25 @@ def localise(
 
     database()
     opts = parse_options(option, options)
+    if yaw and not as_set:
+        fail("--yaw needs --set")
     client = Client()
     try:
-        ids = [client.submit(p, map_name, opts) for p in images]
+        if as_set:
+            ids = [client.submit_set(list(images), map_name, opts, yaws=yaw or None)]
+        else:
+            ids = [client.submit(p, map_name, opts) for p in images]
     except (InputError, OSError) as exc:
         fail(str(exc))
+    labels = [" + ".join(p.name for p in images)] if as_set else [p.name for p in images]
     if not wait:
         if as_json:
-            print_json_lines({"id": j, "image": str(p)} for p, j in zip(images, ids, strict=True))
+            print_json_lines(
+                {"id": j, "image": label} for label, j in zip(labels, ids, strict=True)
+            )
             return
-        for p, j in zip(images, ids, strict=True):
-            console.print(f"{j}  {p}", highlight=False)
+        for label, j in zip(labels, ids, strict=True):
+            console.print(f"{j}  {label}", highlight=False)
         return
     results = []
     for j in ids:
@@ -329,15 +347,15 @@ def localise(
             fail(str(exc))
     if as_json:
         print_json_lines(
-            {**r.to_dict(), "image": str(p)} for p, r in zip(images, results, strict=True)
+            {**r.to_dict(), "image": label} for label, r in zip(labels, results, strict=True)
         )
         return
     rows = table("job", "image", "status", "x", "y", "confidence", "inliers", "error")
-    for p, r in zip(images, results, strict=True):
+    for label, r in zip(labels, results, strict=True):
         best = max((c.inliers for c in r.candidates), default=0)
         rows.add_row(
             r.id,
-            p.name,
+            label,
             r.status,
             fmt(r.x),
             fmt(r.y),

@@ -83,6 +83,9 @@ class CandidateResult:
     # "fine": a view re-verified by the fine stage (rank = its place, 0 = the coarse winner's;
     # score = that place's pooled coarse evidence), see core/finestage.py.
     stage: str = "coarse"
+    # Which photo of the job's set (0-based, core/photoset.py) the query side is; 0 for a
+    # single-photo job.
+    photo: int = 0
 
     # The keys of a row, in column order.
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -98,6 +101,7 @@ class CandidateResult:
         "inlier_ratio",
         "mean_match_score",
         "stage",
+        "photo",
     )
 
     @property
@@ -119,6 +123,7 @@ class CandidateResult:
             "inlier_ratio": float(self.inlier_ratio),
             "mean_match_score": float(self.mean_match_score),
             "stage": str(self.stage),
+            "photo": int(self.photo),
         }
 
     @classmethod
@@ -138,6 +143,7 @@ class CandidateResult:
             inliers=row["inliers"],
             mean_match_score=row["mean_match_score"],
             stage=row["stage"],
+            photo=row["photo"],
         )
 
 

@@ -166,7 +166,7 @@ class CandidateMatch(Base):
     """
 
     __tablename__ = "candidate_matches"
-    __table_args__ = (UniqueConstraint("job_id", "stage", "reference_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "photo", "stage", "reference_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -183,8 +183,25 @@ class CandidateMatch(Base):
     mean_match_score: Mapped[float] = mapped_column(Float)
     # "coarse" (the shortlist) or "fine" (re-verified by core/finestage.py)
     stage: Mapped[str] = mapped_column(String(16), default="coarse", server_default="coarse")
+    # The photo of the job's set (0-based) this evidence is for; 0 for a single-photo job.
+    photo: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     job: Mapped[Job] = relationship(back_populates="candidates")
+
+
+class JobPhoto(Base):
+    """One photo of a photo-set job (core/photoset.py), in the set's order. A single-photo job
+    has no rows here: its photo is ``jobs.image_key``, which for a set is its first photo's."""
+
+    __tablename__ = "job_photos"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_key: Mapped[str] = mapped_column(String(IMAGE_KEY_LENGTH))
+    # Degrees relative to the set's first photo, when the caller knew them.
+    yaw_deg: Mapped[float | None] = mapped_column(Float)
+    # core.camera.Camera fields of this photo, when it has its own.
+    camera: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 TASK_NAME_LENGTH = 255

@@ -23,6 +23,7 @@ from db.models import (
     CandidateMatch,
     DeadLetter,
     Job,
+    JobPhoto,
     JobStatus,
     Map,
     ReferenceImage,
@@ -140,6 +141,38 @@ def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
         .order_by(CandidateMatch.inliers.desc(), CandidateMatch.rank)
     )
     return [CandidateResult.from_row(row) for row in s.execute(stmt).mappings()]
+
+
+def add_job_photos(
+    s: Session,
+    job_id: str,
+    image_keys: Sequence[str],
+    yaws: Sequence[float] | None = None,
+    cameras: Sequence[Mapping[str, Any] | None] | None = None,
+) -> None:
+    """Record the photos of a photo-set job in order (nothing when they are recorded already:
+    a resubmission of the same set has the same job id, so the same photos)."""
+    if s.scalar(select(func.count()).where(JobPhoto.job_id == job_id)):
+        return
+    for i, key in enumerate(image_keys):
+        camera = cameras[i] if cameras is not None else None
+        s.add(
+            JobPhoto(
+                job_id=job_id,
+                index=i,
+                image_key=key,
+                yaw_deg=None if yaws is None else float(yaws[i]),
+                camera=None if camera is None else dict(camera),
+            )
+        )
+    s.flush()
+
+
+def get_job_photos(s: Session, job_id: str) -> list[JobPhoto]:
+    """The photos of a photo-set job in order; empty for a single-photo job."""
+    return list(
+        s.scalars(select(JobPhoto).where(JobPhoto.job_id == job_id).order_by(JobPhoto.index))
+    )
 
 
 def _lock_job(s: Session, job_id: str) -> Job | None:

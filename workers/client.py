@@ -33,6 +33,7 @@ from workers.job_fields import record_job, validate_job_fields, with_default_pro
 from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from core.camera import Camera
     from core.localiser import LocaliseOptions
 
 FINISHED = ("done", "failed")
@@ -103,6 +104,23 @@ def job_id_for(map_name: str, image_key: str, options: dict[str, Any]) -> str:
     canonical = json.dumps(
         {"map": map_name, "image": image_key, "options": options}, sort_keys=True
     )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def set_job_id_for(
+    map_name: str,
+    image_keys: list[str],
+    options: dict[str, Any],
+    yaws: list[float] | None,
+    cameras: list[dict[str, Any] | None] | None,
+) -> str:
+    """A photo set's job id: the map, the photos' hashes in order, the options, yaws and
+    cameras; the same set always gives the same job."""
+    canonical = json.dumps(
+        {"map": map_name, "images": image_keys, "options": options, "yaws": yaws,
+         "cameras": cameras},
+        sort_keys=True,
+    )  # fmt: skip
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -199,6 +217,72 @@ class Client:
             # one since, through the same outage: deleting is the lesser risk than an orphan.
             pass
         self.blobs.delete(key)
+
+    def submit_set(
+        self,
+        images: list[bytes | Path],
+        map_name: str,
+        options: dict[str, Any] | None = None,
+        yaws: list[float] | None = None,
+        cameras: list[Camera | dict[str, Any] | None] | None = None,
+    ) -> str:
+        """Submit a photo set (core/photoset.py): 2 to 8 photos from one spot, localised as one
+        job; ``yaws`` (degrees relative to the first photo) and ``cameras`` give one value per
+        photo. Returns the job id.
+
+        Everything is checked before anything is stored (InputError otherwise): the set's size,
+        the yaw and camera lists, the options, the map's matcher and each photo's size, so a bad
+        set leaves no partial job. The worker decodes every photo before localising any. A
+        submission refused by an outage leaves none of the photos it stored behind.
+        """
+        from core.camera import Camera
+        from core.localiser import LocaliseOptions
+        from core.mapstore import validate_map_name
+        from core.photoset import check_set
+
+        validate_map_name(map_name)
+        options = dict(options or {})
+        parsed = LocaliseOptions.parse(options)
+        options = with_default_profile(options, self.settings)
+        check_set(len(images), yaws, cameras)
+        cams = None
+        if cameras is not None:
+            try:
+                cams = [
+                    None if c is None else Camera.model_validate(c).model_dump(exclude_none=True)
+                    for c in cameras
+                ]
+            except ValueError as exc:
+                raise InputError(f"bad camera in the set: {exc}") from None
+        datas = [Path(i).read_bytes() if isinstance(i, Path) else bytes(i) for i in images]
+        limit = self.settings.max_image_bytes
+        for n, data in enumerate(datas, 1):
+            if len(data) > limit:
+                raise InputError(f"photo {n} of the set is too large: {len(data)} bytes > {limit}")
+        keys = [blob_key(d) for d in datas]
+        yaw_list = None if yaws is None else [float(y) for y in yaws]
+        job_id = set_job_id_for(map_name, keys, options, yaw_list, cams)
+        fields = validate_job_fields(job_id, map_name, keys[0], options)
+        self._check_map(map_name, parsed)
+        stored_now = []
+        for key, data in zip(keys, datas, strict=True):
+            if key not in stored_now and not self.blobs.exists(key):
+                self.blobs.put(data)
+                stored_now.append(key)
+        sent = False
+        try:
+            with self.db.session() as s:
+                job, created = record_job(s, fields)
+                if created:
+                    queries.add_job_photos(s, job.id, keys, yaw_list, cams)
+                    self._send(job)  # after the photos are recorded: the worker reads them
+                    sent = True
+        except BaseException:
+            if not sent:  # once sent, the message refers to the photos
+                for key in stored_now:
+                    self._forget_photo(key, True)
+            raise
+        return fields.job_id
 
     def register(
         self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, task_rejected, task_unknown
 from sqlalchemy.exc import DBAPIError
 
+from core.camera import Camera
 from core.errors import InputError
 from core.images import decode_image
 from core.localiser import LocaliseOptions
+from core.photoset import localise_set
 from db import queries
-from db.models import Job
+from db.models import Job, JobPhoto
 from db.types import utcnow
 from workers import runtime
 from workers.blobstore import BlobNotFound
@@ -32,6 +36,7 @@ from workers.job_fields import JobConflict, JobFields, record_job, with_default_
 from workers.maps import image_limits
 from workers.messages import BadMessage, parse_localise, record_bad_message
 from workers.retry import MAX_RETRIES, RETRY_POLICY, TransientFault, is_transient, last_try
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ def _localise(fields: JobFields, sent_at: datetime | None, worker: str) -> dict[
             status, holder, attempts = job.status, job.worker, job.attempts
             # What is computed is the stored request (equal to the message: checked above).
             stored = (job.map_name, job.image_key, dict(job.options or {}))
+            photos = [SetPhoto.of(p) for p in queries.get_job_photos(s, job_id)]
     except JobConflict as exc:
         # The stored job stays as it is; the refused message is kept with its reason.
         with db.session() as s:
@@ -114,18 +120,42 @@ def _localise(fields: JobFields, sent_at: datetime | None, worker: str) -> dict[
         return _fail(job_id, f"gave up after {attempts - 1} attempts (worker lost?)", worker)
     interval = runtime.settings().heartbeat_interval
     with Heartbeat(db, job_id, worker, interval):
-        return _run(job_id, *stored, worker)
+        return _run(job_id, *stored, worker, photos)
 
 
-def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str) -> dict:
+def _run(
+    job_id: str,
+    map_name: str,
+    image_key: str,
+    options: dict,
+    worker: str,
+    photos: list[SetPhoto] | None = None,
+) -> dict:
+    """Localise the job's photo, or its photo set (``photos``, core/photoset.py): every
+    photo of a set is decoded before any is localised, so a bad one fails the whole job."""
     settings = runtime.settings()
     t0 = time.perf_counter()
     try:
         opts = LocaliseOptions.parse(with_default_profile(options, settings))
-        image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
+        if photos:
+            images = [_decode_set_photo(p.image_key, n, settings) for n, p in enumerate(photos, 1)]
+            image = images[0]
+        else:
+            image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
         loc, map_version = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
-        result = loc.localise(image, opts)
+        if photos:
+            yaws = [p.yaw_deg for p in photos if p.yaw_deg is not None]
+            one_set = localise_set(
+                loc,
+                images,
+                opts,
+                yaws=yaws if len(yaws) == len(photos) else None,
+                cameras=[p.camera for p in photos],
+            )
+            result, figure_of = one_set.as_result(), one_set.photos[0]
+        else:
+            result = figure_of = loc.localise(image, opts)
     except InputError as exc:
         return _fail(job_id, str(exc), worker)
     except BlobNotFound:
@@ -160,9 +190,32 @@ def _run(job_id: str, map_name: str, image_key: str, options: dict, worker: str)
             pose_inliers=est.pose_inliers,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
-            figure_inliers=keep_figure(result, image, runtime.blob_store()),
+            figure_inliers=keep_figure(figure_of, image, runtime.blob_store()),
         )
     return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}
+
+
+@dataclass(frozen=True)
+class SetPhoto:
+    """One stored photo of a set job (db.models.JobPhoto), as the worker uses it."""
+
+    image_key: str
+    yaw_deg: float | None
+    camera: Camera | None
+
+    @classmethod
+    def of(cls, row: JobPhoto) -> SetPhoto:
+        camera = Camera.model_validate(row.camera) if row.camera else None
+        return cls(row.image_key, row.yaw_deg, camera)
+
+
+def _decode_set_photo(image_key: str, n: int, settings: Settings) -> np.ndarray:
+    try:
+        return decode_image(runtime.blob_store().get(image_key), image_limits(settings))
+    except InputError as exc:
+        raise InputError(f"photo {n} of the set: {exc}") from None
+    except BlobNotFound:
+        raise InputError(f"photo {n} of the set ({image_key}) is not in the blob store") from None
 
 
 def _fail(job_id: str, reason: str, worker: str) -> dict:

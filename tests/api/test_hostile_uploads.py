@@ -161,8 +161,9 @@ def test_not_multipart_or_without_a_photo(api_stack):
         path=_upload_path(),
         files={"picture": ("a.jpg", photo)},
     )
-    two = [("photo", ("a.jpg", photo)), ("photo", ("b.jpg", photo))]
-    _refused(api_stack, 400, "files", path=_upload_path(), files=two)
+    # Up to 8 photo parts are a photo set (tests/api/test_photo_sets_http.py); 9 are refused.
+    nine = [("photo", (f"{n}.jpg", photo)) for n in range(9)]
+    _refused(api_stack, 400, "files", path=_upload_path(), files=nine)
 
 
 def test_refused_uploads_leave_the_server_serving(api_stack):

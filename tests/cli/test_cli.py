@@ -132,6 +132,23 @@ def test_localise_wait_and_inspect_jobs(cli_env, scene):
     assert "profile fast" in told and "confidence UNCALIBRATED" in told  # the map is unfitted
 
 
+def test_localise_a_set_is_one_job_and_a_bad_set_is_refused(cli_env, scene):
+    """``localise a b c --set`` queues one job for the three photos; a yaw list of the wrong
+    length, or yaws without --set, are refused with the reason and queue nothing."""
+    env, _, rows = cli_env
+    photos = [str(scene / "images" / f"{rows[k]['id']}.jpg") for k in (8, 9, 10)]
+    yaws = ["--yaw", "0", "--yaw", "90"]
+    short = _cli(env, "localise", *photos, "--map", "small", "--set", *yaws, check=False)
+    assert short.returncode == 1 and "2 yaw(s) for 3 photos" in short.stderr
+    loose = _cli(env, "localise", *photos, "--map", "small", *yaws, check=False)
+    assert loose.returncode == 1 and "--yaw needs --set" in loose.stderr
+    out = _cli(env, "localise", *photos, "--map", "small", "--set", *yaws, "--yaw", "180").stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and " + ".join(Path(p).name for p in photos) in lines[0]
+    shown = json.loads(_cli(env, "jobs", "show", lines[0].split()[0], "--json").stdout)
+    assert shown["status"] == "pending" and shown["map_name"] == "small"
+
+
 def test_evaluate_writes_a_report(cli_env, scene):
     env, data, rows = cli_env
     # The map's own views as queries: each must be found exactly at its own position.
@@ -161,3 +178,31 @@ def test_evaluate_writes_a_report(cli_env, scene):
     assert [r["id"] for r in result["rows"]] == [r["id"] for r in rows[:3]]
     assert all(r["candidates"] > 0 and r["error"] == 0.0 for r in result["rows"])
     assert result["config"]["map"] == "small"
+
+
+def test_evaluate_scores_a_set_once(cli_env, scene):
+    """Rows sharing a ``set`` value are one job, one report row under the set's name."""
+    env, data, rows = cli_env
+    queries = data / "set_queries.csv"
+    with queries.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "x", "y", "set"])
+        w.writeheader()
+        w.writerows([{**r, "set": "spot"} for r in rows[:3]] + [{**rows[4], "set": ""}])
+    report = data / "set_eval.json"
+    _cli(
+        env,
+        "evaluate",
+        "--map",
+        "small",
+        "--queries",
+        str(queries),
+        "--images",
+        str(scene / "images"),
+        "--report",
+        str(report),
+    )
+    result = json.loads(report.read_text())
+    assert [r["id"] for r in result["rows"]] == ["spot", rows[4]["id"]]
+    spot = result["rows"][0]
+    assert spot["method"].startswith("set:") and spot["error"] < 1e-6
+    assert (spot["truth_x"], spot["truth_y"]) == (float(rows[0]["x"]), float(rows[0]["y"]))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,29 @@ def register_scene_map(
         extractor_conf=sift_conf,
         retriever="exhaustive",
     )
+
+
+@contextmanager
+def scene_service(
+    backend: str, data: Path, scene: Path
+) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A worker process with the scene map registered, on a fresh ``backend`` database
+    ("sqlite" in ``data`` or a "postgres" schema of its own), stopped afterwards."""
+    from db.session import init_db
+
+    require_redis()
+    url = (
+        postgres_schema()
+        if backend == "postgres"
+        else nullcontext(f"sqlite:///{data / 'featureloc.db'}")
+    )
+    with url as db_url:
+        env = service_env(data, db_url, uuid.uuid4().hex[:8])
+        settings = service_settings(env)
+        init_db(db_url)
+        register_scene_map(settings, scene)
+        worker = WorkerProcess(env, data / "worker.log").start()
+        try:
+            yield settings, worker
+        finally:
+            worker.stop()

@@ -15,15 +15,8 @@ import pytest
 
 from core.errors import InputError
 from db import queries
-from db.session import Database, init_db
-from tests.support.services import (
-    WorkerProcess,
-    postgres_schema,
-    register_scene_map,
-    require_redis,
-    service_env,
-    service_settings,
-)
+from db.session import Database
+from tests.support.services import scene_service
 from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
 
@@ -37,26 +30,9 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def service(request, tmp_path_factory, scene):
-    require_redis()
     data = tmp_path_factory.mktemp(f"svc-{request.param}")
-    with _database_url(request.param, data) as db_url:
-        env = service_env(data, db_url, uuid.uuid4().hex[:8])
-        settings = service_settings(env)
-        init_db(db_url)
-        register_scene_map(settings, scene)
-        worker = WorkerProcess(env, data / "worker.log").start()
-        try:
-            yield settings, Client(settings), worker
-        finally:
-            worker.stop()
-
-
-def _database_url(backend: str, data: Path):
-    from contextlib import nullcontext
-
-    if backend == "postgres":
-        return postgres_schema()
-    return nullcontext(f"sqlite:///{data / 'featureloc.db'}")
+    with scene_service(request.param, data, scene) as (settings, worker):
+        yield settings, Client(settings), worker
 
 
 def test_queries_are_localised_and_stored(service, scene):
