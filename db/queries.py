@@ -143,6 +143,15 @@ def get_candidates(s: Session, job_id: str) -> list[CandidateResult]:
     return [CandidateResult.from_row(row) for row in s.execute(stmt).mappings()]
 
 
+def withdraw_pending_job(s: Session, job_id: str) -> None:
+    """Delete a job that never reached the queue, and its photos (only while it is pending)."""
+    job = s.get(Job, job_id)
+    if job is None or job.status != "pending":
+        return
+    s.execute(delete(JobPhoto).where(JobPhoto.job_id == job_id))
+    s.delete(job)
+
+
 def add_job_photos(
     s: Session,
     job_id: str,

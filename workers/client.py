@@ -269,20 +269,36 @@ class Client:
             if key not in stored_now and not self.blobs.exists(key):
                 self.blobs.put(data)
                 stored_now.append(key)
-        sent = False
         try:
             with self.db.session() as s:
                 job, created = record_job(s, fields)
                 if created:
                     queries.add_job_photos(s, job.id, keys, yaw_list, cams)
-                    self._send(job)  # after the photos are recorded: the worker reads them
-                    sent = True
         except BaseException:
-            if not sent:  # once sent, the message refers to the photos
-                for key in stored_now:
-                    self._forget_photo(key, True)
+            for key in stored_now:
+                self._forget_photo(key, True)
             raise
+        if created:
+            # Sent once the set is committed, unlike a single photo's message: a worker that
+            # recorded the job from its message alone would localise the first photo only.
+            try:
+                self._send(job)
+            except BrokerUnavailable:
+                self._withdraw(job.id, stored_now)
+                raise
         return fields.job_id
+
+    def _withdraw(self, job_id: str, stored_now: list[str]) -> None:
+        """Undo a committed set whose message could not be sent. Where the database fails too,
+        the job stays pending with no message, and recovery sends it (workers/recovery.py)."""
+        try:
+            with self.db.session() as s:
+                queries.withdraw_pending_job(s, job_id)
+        except DBAPIError:
+            log.warning("job %s stays pending for recovery: its withdrawal failed", job_id)
+            return
+        for key in stored_now:
+            self._forget_photo(key, True)
 
     def register(
         self, job_id: str, map_name: str, image_key: str, options: dict[str, Any] | None = None

@@ -100,3 +100,23 @@ def test_an_oversize_photo_in_a_set_is_refused_before_anything_is_stored(service
     with pytest.raises(InputError, match="photo 2 of the set is too large"):
         client.submit_set([photos[0], huge], "scene")
     assert _jobs(client) == before
+
+
+def test_a_set_the_queue_refuses_leaves_no_job_and_no_photo(service, scene) -> None:
+    """The set is committed before its message is sent (a worker must never see the message
+    before the photos it names); when the send fails the job and the photos it stored go."""
+    from pydantic import SecretStr
+
+    from tests.support.process import free_port
+    from workers.blobstore import blob_key
+    from workers.client import BrokerUnavailable
+
+    dead = SecretStr(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    client = Client(service.settings.model_copy(update={"broker_url": dead}))
+    photos, _ = _set_photos(scene, [7.0, 187.0])  # views no other test stores
+    assert not any(client.blobs.exists(blob_key(p)) for p in photos)
+    before = _jobs(client)
+    with pytest.raises(BrokerUnavailable):
+        client.submit_set(photos, "scene")
+    assert _jobs(client) == before
+    assert not any(client.blobs.exists(blob_key(p)) for p in photos)
