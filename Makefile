@@ -22,8 +22,12 @@ install: $(BIN)/featureloc
 demo: install
 	$(BIN)/featureloc demo
 
+# Two passes: most tests on two processes (pytest-xdist, one test file per process at a time so
+# module fixtures are built once), then the fault-injection and load tests (marker "slow") alone,
+# so that their time limits and kill windows never share the CPU with another test.
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # Style, a static type check (mypy, configured in pyproject.toml: core, db, workers, cli, api)
 # and the layering contract (import-linter: core < db < workers < api < cli).

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from db import queries
@@ -34,7 +35,17 @@ def holder_alive(worker: str | None) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    return not _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process whose parent died too stays a zombie where the container's PID 1 does not
+    reap: ``kill(pid, 0)`` still finds it, yet it runs nothing (proc(5): state ``Z``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no procfs (macOS): trust kill()
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 class Heartbeat:
