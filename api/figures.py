@@ -21,6 +21,7 @@ from api.plot import job_plot_svg
 from api.problems import Problem
 from api.services import Services, Svc
 from core.errors import InputError
+from core.photoset import MAX_PHOTOS
 from db import queries
 from workers.blobstore import BlobNotFound
 from workers.client import JobResult
@@ -42,7 +43,7 @@ SVG: dict[int | str, dict[str, Any]] = {
     "/jobs/{job_id}/matches.png",
     response_class=Response,
     responses={**PNG, 404: {}, 409: {}, 410: {}},
-    summary="The query beside the references the job counted, their verified inliers drawn",
+    summary="A query photo beside the references the job counted, their verified inliers drawn",
 )
 async def matches_png(
     job_id: str,
@@ -56,16 +57,23 @@ async def matches_png(
             description="References shown, those that decided the answer first.",
         ),
     ] = 3,
+    photo: Annotated[
+        int,
+        Query(ge=0, lt=MAX_PHOTOS, description="Which photo of a photo set (0-based)."),
+    ] = 0,
 ) -> Response:
     result = _finished(await visible_job(svc, key, job_id))
-    png = await run_in_threadpool(_draw_png, svc, result, top)
+    if photo >= result.photos:
+        raise Problem(404, f"job {job_id} has {result.photos} photo(s): there is no photo {photo}")
+    png = await run_in_threadpool(_draw_png, svc, result, top, photo)
     return Response(png, media_type="image/png", headers=CACHE)
 
 
-def _draw_png(svc: Services, result: JobResult, top: int) -> bytes:
+def _draw_png(svc: Services, result: JobResult, top: int, photo: int) -> bytes:
     with svc.figure_lock:
         try:
-            figure = job_figure(svc.client, result.id, svc.maps.images_dir(result.map_name), top)
+            images_dir = svc.maps.images_dir(result.map_name)
+            figure = job_figure(svc.client, result.id, images_dir, top, photo)
         except BlobNotFound:
             raise Problem(410, "the query photo of this job is no longer stored") from None
         except InputError as exc:

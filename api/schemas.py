@@ -68,6 +68,12 @@ class JobOut(BaseModel):
     fit_id: str | None = Field(
         default=None, description="The map's fit that answered (None: the map is unfitted)."
     )
+    photos: int = Field(
+        default=1, description="How many photos the job localised: 2 to 8 for a photo set."
+    )
+    yaws: list[float] | None = Field(
+        default=None, description="A photo set's yaws in degrees from its first photo, if given."
+    )
 
 
 class JobPage(BaseModel):

@@ -29,6 +29,9 @@ def draw_command(
     top: Annotated[
         int, typer.Option(help="How many references (those that decided the answer first).")
     ] = 3,
+    photo: Annotated[
+        int, typer.Option(help="Which photo of a photo set, from 1 (a single photo job: 1).")
+    ] = 1,
 ) -> None:
     """Draw a job's query beside the references it counted, their verified inliers drawn."""
     import cv2
@@ -48,7 +51,7 @@ def draw_command(
     try:
         map_name = client.result(job_id).map_name
         folder = images or MapStore(client.settings.maps_dir).images_dir(map_name)
-        figure = job_figure(client, job_id, folder, top)
+        figure = job_figure(client, job_id, folder, top, photo - 1)
     except BlobNotFound:
         fail(f"the query photo of job {job_id} is no longer in the blob store")
     except (InputError, ImageError, MapError) as exc:

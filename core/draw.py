@@ -19,6 +19,7 @@ import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 MATCH_COLOUR = (40, 200, 40)  # BGR: one colour for every verified inlier
 LEGEND = "green lines: the verified inlier matches the job counted, one per match"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one figure per photo of the job
 
 
 @dataclass
@@ -125,51 +126,68 @@ class KeptFigure:
     inliers: list[InlierMatches]
 
 
-def pack_inliers(kept: KeptFigure) -> bytes:
-    """What a job keeps for its figure, as stored with the job (an .npz: no pickles)."""
-    inliers = kept.inliers
+def pack_inliers(figures: Sequence[KeptFigure]) -> bytes:
+    """What a job keeps for its figures, one per photo (a photo set has several), as stored with
+    the job (an .npz: no pickles)."""
     meta = {
         "version": FORMAT_VERSION,
-        "query_size": list(kept.query_size),
-        "query_key": kept.query_key,
-        "pairs": [
+        "photos": [
             {
-                "reference_id": m.reference_id,
-                "stage": m.stage,
-                "reference_size": list(m.reference_size),
-                "tentative": m.tentative,
+                "query_size": list(kept.query_size),
+                "query_key": kept.query_key,
+                "pairs": [
+                    {
+                        "reference_id": m.reference_id,
+                        "stage": m.stage,
+                        "reference_size": list(m.reference_size),
+                        "tentative": m.tentative,
+                    }
+                    for m in kept.inliers
+                ],
             }
-            for m in inliers
+            for kept in figures
         ],
     }
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
-    for i, m in enumerate(inliers):
-        arrays[f"q{i}"] = np.asarray(m.query_points, np.float32).reshape(-1, 2)
-        arrays[f"r{i}"] = np.asarray(m.reference_points, np.float32).reshape(-1, 2)
+    for p, kept in enumerate(figures):
+        for i, m in enumerate(kept.inliers):
+            arrays[f"q{p}_{i}"] = np.asarray(m.query_points, np.float32).reshape(-1, 2)
+            arrays[f"r{p}_{i}"] = np.asarray(m.reference_points, np.float32).reshape(-1, 2)
     out = io.BytesIO()
     np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
     return out.getvalue()
 
 
-def unpack_inliers(data: bytes) -> KeptFigure:
-    """What :func:`pack_inliers` stored; ValueError when ``data`` is not that."""
+def unpack_inliers(data: bytes) -> list[KeptFigure]:
+    """What :func:`pack_inliers` stored, one figure per photo; ValueError when ``data`` is not
+    that. Format 1 (jobs stored before photo sets) held one photo's figure."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
-            if meta.get("version") != FORMAT_VERSION:
-                raise ValueError(f"stored inliers of format {meta.get('version')!r}")
-            pairs = [
-                InlierMatches(
-                    p["reference_id"],
-                    p["stage"],
-                    npz[f"q{i}"],
-                    npz[f"r{i}"],
-                    (int(p["reference_size"][0]), int(p["reference_size"][1])),
-                    int(p["tentative"]),
-                )
-                for i, p in enumerate(meta["pairs"])
-            ]
-        width, height = meta["query_size"]
-        return KeptFigure((int(width), int(height)), str(meta["query_key"]), pairs)
+            version = meta.get("version")
+            if version == 1:
+                return [_unpack_photo(npz, meta, "")]
+            if version != FORMAT_VERSION:
+                raise ValueError(f"stored inliers of format {version!r}")
+            return [_unpack_photo(npz, photo, f"{p}_") for p, photo in enumerate(meta["photos"])]
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"unreadable stored inliers: {exc}") from exc
+
+
+def _unpack_photo(npz: Any, meta: dict[str, Any], prefix: str) -> KeptFigure:
+    """One photo's figure; its arrays are named q/r + ``prefix`` + the pair's index."""
+    pairs = []
+    for i, p in enumerate(meta["pairs"]):
+        query, reference = f"q{prefix}{i}", f"r{prefix}{i}"
+        pairs.append(
+            InlierMatches(
+                p["reference_id"],
+                p["stage"],
+                npz[query],
+                npz[reference],
+                (int(p["reference_size"][0]), int(p["reference_size"][1])),
+                int(p["tentative"]),
+            )
+        )
+    width, height = meta["query_size"]
+    return KeptFigure((int(width), int(height)), str(meta["query_key"]), pairs)

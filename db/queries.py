@@ -184,6 +184,18 @@ def get_job_photos(s: Session, job_id: str) -> list[JobPhoto]:
     )
 
 
+def photo_counts(s: Session, job_ids: Collection[str]) -> dict[str, int]:
+    """How many photos each photo-set job among ``job_ids`` has (single-photo jobs are absent)."""
+    if not job_ids:
+        return {}
+    stmt = (
+        select(JobPhoto.job_id, func.count())
+        .where(JobPhoto.job_id.in_(list(job_ids)))
+        .group_by(JobPhoto.job_id)
+    )
+    return {job_id: int(n) for job_id, n in s.execute(stmt)}
+
+
 def _lock_job(s: Session, job_id: str) -> Job | None:
     # FOR UPDATE serialises two deliveries of one job on PostgreSQL; SQLite's write lock
     # (BEGIN IMMEDIATE) already does. populate_existing: never act on a stale identity-map copy.

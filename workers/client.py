@@ -75,6 +75,9 @@ class JobResult:
     profile_note: str | None = None
     calibrated: bool | None = None
     fit_id: str | None = None
+    photos: int = 1  # 2 to 8 for a photo set (core/photoset.py)
+    # A set's yaws in degrees from its first photo, one per photo, where the caller gave them.
+    yaws: list[float] | None = None
 
     @property
     def finished(self) -> bool:
@@ -343,7 +346,12 @@ class Client:
             job = queries.get_job(s, job_id)
             if job is None:
                 raise InputError(f"unknown job {job_id!r}")
-            return _to_result(job, queries.get_candidates(s, job_id))
+            photos = queries.get_job_photos(s, job_id)
+            result = _to_result(job, queries.get_candidates(s, job_id), max(len(photos), 1))
+            yaws = [p.yaw_deg for p in photos]
+            if photos and all(y is not None for y in yaws):
+                result.yaws = [float(y) for y in yaws if y is not None]
+            return result
 
     def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> JobResult:
         deadline = time.monotonic() + timeout
@@ -379,7 +387,8 @@ class Client:
                 map_names=map_names,
                 before=before,
             )
-            return [_to_result(j, []) for j in jobs]
+            counts = queries.photo_counts(s, [j.id for j in jobs])
+            return [_to_result(j, [], counts.get(j.id, 1)) for j in jobs]
 
 
 def pending_result(job_id: str, map_name: str, options: dict[str, Any]) -> JobResult:
@@ -405,7 +414,7 @@ def pending_result(job_id: str, map_name: str, options: dict[str, Any]) -> JobRe
     )
 
 
-def _to_result(job, candidates) -> JobResult:
+def _to_result(job, candidates, photos: int = 1) -> JobResult:
     return JobResult(
         id=job.id,
         map_name=job.map_name,
@@ -429,4 +438,5 @@ def _to_result(job, candidates) -> JobResult:
         profile_note=job.profile_note,
         calibrated=job.calibrated,
         fit_id=job.fit_id,
+        photos=photos,
     )

@@ -13,6 +13,8 @@ out and named.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from core.draw import FigureRow, KeptFigure, draw_figure, fit, pack_inliers, unp
 from core.errors import InputError
 from core.images import ImageLimits, decode_image, read_image
 from core.mapbuild import IMAGE_SUFFIXES
-from core.types import CandidateResult, InlierMatches, LocalisationResult
+from core.types import CandidateResult, Estimate, InlierMatches, LocalisationResult
 from db import queries
 from workers.blobstore import BlobStore
 from workers.client import Client
@@ -37,6 +39,10 @@ PANEL_LIMITS = ImageLimits(min_side=1)
 NOT_KEPT = "stored before jobs kept their matches: the query alone"
 
 
+class NoSuchPhoto(InputError):
+    """A figure of a photo the job does not have."""
+
+
 @dataclass
 class JobFigure:
     image: np.ndarray  # BGR uint8
@@ -45,17 +51,35 @@ class JobFigure:
     note: str | None = None  # why no reference is drawn, when none is
 
 
-def keep_figure(result: LocalisationResult, photo: np.ndarray, blobs: BlobStore) -> bytes | None:
-    """What a job keeps for its figure, from its result and its decoded query ``photo``: the
-    photo fitted to a panel (a JPEG in the blob store: a figure never decodes the upload), and
-    the inliers of up to ``FIGURE_REFERENCES`` distinct references, those that decided the
-    answer first. Where the fine stage answered (its name is in the method), its rows come
-    first; then the references the estimate rests on; then the most inliers. Candidates
-    without a match are not stored, so they are not kept."""
+def keep_figures(
+    estimate: Estimate,
+    results: Sequence[LocalisationResult],
+    photos: Sequence[np.ndarray],
+    blobs: BlobStore,
+) -> bytes | None:
+    """What a job keeps for its figures, one per photo (a photo set has several): from each
+    photo's result and its decoded image, the image fitted to a panel (a JPEG in the blob store:
+    a figure never decodes the upload) and the inliers of up to ``FIGURE_REFERENCES`` distinct
+    references, those that decided the job's ``estimate`` first. Where the fine stage answered
+    (its name is in the method), its rows come first; then the references the estimate rests
+    on; then the most inliers. Candidates without a match are not stored, so they are not
+    kept."""
+    figures = []
+    for result, photo in zip(results, photos, strict=True):
+        figure = _kept(estimate, result, photo, blobs)
+        if figure is None:
+            return None
+        figures.append(figure)
+    return pack_inliers(figures)
+
+
+def _kept(
+    estimate: Estimate, result: LocalisationResult, photo: np.ndarray, blobs: BlobStore
+) -> KeptFigure | None:
     if result.query_size is None:
         return None
-    fine_answered = "fine" in result.estimate.method.split("+")
-    support = set(result.estimate.support)
+    fine_answered = "fine" in re.split("[+:]", estimate.method)  # e.g. set:cluster+fine
+    support = set(estimate.support)
 
     def order(pair: tuple[CandidateResult, InlierMatches]) -> tuple[bool, bool, int]:
         c = pair[0]
@@ -74,7 +98,7 @@ def keep_figure(result: LocalisationResult, photo: np.ndarray, blobs: BlobStore)
     except Exception:  # a figure is an aid: the job's result is stored all the same
         log.warning("could not keep the figure's query photo", exc_info=True)
         return None
-    return pack_inliers(KeptFigure(result.query_size, key, list(kept.values())))
+    return KeptFigure(result.query_size, key, list(kept.values()))
 
 
 def find_image(folder: Path, ref_id: str) -> Path | None:
@@ -85,12 +109,15 @@ def find_image(folder: Path, ref_id: str) -> Path | None:
     return None
 
 
-def job_figure(client: Client, job_id: str, images_dir: Path | None, top: int) -> JobFigure:
-    """The figure of a finished job: its query and up to ``top`` of the references it kept.
+def job_figure(
+    client: Client, job_id: str, images_dir: Path | None, top: int, photo: int = 0
+) -> JobFigure:
+    """The figure of a finished job's ``photo`` (0-based; a photo set has several): the photo
+    and up to ``top`` of the references it kept for it.
 
     A job stored before jobs kept their inliers gets the query alone, captioned so.
-    Raises InputError (unknown job, unreadable stored inliers), ImageError or BlobNotFound
-    (query photo gone).
+    Raises NoSuchPhoto, InputError (unknown job, unreadable stored inliers), ImageError or
+    BlobNotFound (query photo gone).
     """
     with client.db.session() as s:
         stored = queries.get_job(s, job_id)
@@ -99,24 +126,32 @@ def job_figure(client: Client, job_id: str, images_dir: Path | None, top: int) -
         if stored.status != "done":
             raise InputError(f"job {job_id} is {stored.status}: there is nothing to draw")
         image_key, kept = stored.image_key, stored.figure_inliers
+        photo_count = max(len(queries.get_job_photos(s, job_id)), 1)
         positions = {
-            (c.stage, c.reference_id): c.position for c in queries.get_candidates(s, job_id)
+            (c.stage, c.reference_id): c.position
+            for c in queries.get_candidates(s, job_id)
+            if c.photo == photo
         }
+    if not 0 <= photo < photo_count:
+        raise NoSuchPhoto(f"job {job_id} has {photo_count} photo(s): there is no photo {photo}")
     if kept is None:
         query = decode_image(client.blobs.get(image_key), image_limits(client.settings))
         return JobFigure(draw_figure(query, None, [], NOT_KEPT), [], note=NOT_KEPT)
     try:
-        figure = unpack_inliers(kept)
+        figures = unpack_inliers(kept)
     except ValueError as exc:
         raise InputError(f"job {job_id}: {exc}") from None
+    if photo >= len(figures):
+        raise InputError(f"job {job_id}: no figure was kept for photo {photo}")
+    figure = figures[photo]
     query = decode_image(client.blobs.get(figure.query_key), PANEL_LIMITS)
     inliers = figure.inliers
     rows: list[FigureRow] = []
     drawn: list[InlierMatches] = []
     missing: list[str] = []
     for m in inliers[:top]:
-        photo = find_image(images_dir, m.reference_id) if images_dir else None
-        if photo is None:
+        ref_photo = find_image(images_dir, m.reference_id) if images_dir else None
+        if ref_photo is None:
             missing.append(m.reference_id)
             continue
         x, y = positions.get((m.stage, m.reference_id), (float("nan"), float("nan")))
@@ -124,7 +159,7 @@ def job_figure(client: Client, job_id: str, images_dir: Path | None, top: int) -
             f"{len(drawn) + 1}. {m.reference_id} at ({x:.1f}, {y:.1f}), {m.stage} stage: "
             f"{len(m)} inliers of {m.tentative} matches"
         )
-        rows.append(FigureRow(read_image(photo), m, caption))
+        rows.append(FigureRow(read_image(ref_photo), m, caption))
         drawn.append(m)
     note = None
     if not rows:

@@ -30,7 +30,7 @@ from db.types import utcnow
 from workers import runtime
 from workers.blobstore import BlobNotFound
 from workers.celery_app import LOCALISE_TASK
-from workers.figures import keep_figure
+from workers.figures import keep_figures
 from workers.heartbeat import Heartbeat, holder_alive
 from workers.job_fields import JobConflict, JobFields, record_job, with_default_profile
 from workers.maps import image_limits
@@ -139,9 +139,8 @@ def _run(
         opts = LocaliseOptions.parse(with_default_profile(options, settings))
         if photos:
             images = [_decode_set_photo(p.image_key, n, settings) for n, p in enumerate(photos, 1)]
-            image = images[0]
         else:
-            image = decode_image(runtime.blob_store().get(image_key), image_limits(settings))
+            images = [decode_image(runtime.blob_store().get(image_key), image_limits(settings))]
         loc, map_version = runtime.localiser(map_name)
         load_s = time.perf_counter() - t0
         if photos:
@@ -153,9 +152,10 @@ def _run(
                 yaws=yaws if len(yaws) == len(photos) else None,
                 cameras=[p.camera for p in photos],
             )
-            result, figure_of = one_set.as_result(), one_set.photos[0]
+            result, each_photo = one_set.as_result(), one_set.photos
         else:
-            result = figure_of = loc.localise(image, opts)
+            result = loc.localise(images[0], opts)
+            each_photo = [result]
     except InputError as exc:
         return _fail(job_id, str(exc), worker)
     except BlobNotFound:
@@ -190,7 +190,7 @@ def _run(
             pose_inliers=est.pose_inliers,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
-            figure_inliers=keep_figure(figure_of, image, runtime.blob_store()),
+            figure_inliers=keep_figures(est, each_photo, images, runtime.blob_store()),
         )
     return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}
 

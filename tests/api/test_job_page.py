@@ -55,12 +55,12 @@ def _kept(api_stack, job_id: str) -> int:
     """How many references the job kept inliers of."""
     with api_stack.stack.db().session() as s:
         data = queries.get_job(s, job_id).figure_inliers
-    return len(unpack_inliers(data).inliers)
+    return len(unpack_inliers(data)[0].inliers)
 
 
-def _png(api_stack, job_id: str, top: int = FIGURE_TOP) -> np.ndarray:
+def _png(api_stack, job_id: str, top: int = FIGURE_TOP, photo: int = 0) -> np.ndarray:
     with api_stack.client() as http:
-        answer = http.get(f"/v1/jobs/{job_id}/matches.png", params={"top": top})
+        answer = http.get(f"/v1/jobs/{job_id}/matches.png", params={"top": top, "photo": photo})
     assert answer.status_code == 200, answer.text
     return cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_COLOR)
 
@@ -115,6 +115,47 @@ def test_the_job_page_shows_the_job_and_its_images(api_stack, browser, tmp_path)
     assert shot.stat().st_size > 10_000
     if os.environ.get("FEATURELOC_SCREENSHOT_DIR"):  # for a person to look at
         shutil.copy(shot, Path(os.environ["FEATURELOC_SCREENSHOT_DIR"]) / shot.name)
+
+
+def test_a_photo_sets_page_shows_every_photo_with_its_matches(api_stack, browser):
+    """One figure per photo of a set, each drawn from that photo's own kept inliers, captioned
+    with its yaw; a photo the set does not have is a 404."""
+    photos = [p.read_bytes() for p in api_stack.query_photos()[:3]]
+    files = [("photo", (f"p{n}.jpg", data, "image/jpeg")) for n, data in enumerate(photos)]
+    with api_stack.client() as http:
+        post = http.post(f"/v1/maps/{MAP}/jobs", files=files, data={"yaws": "[0, 72, 144]"})
+        assert post.status_code == 202, post.text
+        job = http.get(post.headers["location"], params={"wait": 120}).json()
+        missing = http.get(f"/v1/jobs/{job['id']}/matches.png", params={"photo": 3})
+    assert job["status"] == "done" and (job["photos"], job["yaws"]) == (3, [0.0, 72.0, 144.0])
+    assert missing.status_code == 404 and "3 photo(s)" in missing.json()["detail"]
+
+    with api_stack.stack.db().session() as s:
+        kept = unpack_inliers(queries.get_job(s, job["id"]).figure_inliers)
+    assert len(kept) == 3 and len({k.query_key for k in kept}) == 3, "each photo its own image"
+    figures = [_png(api_stack, job["id"], photo=n) for n in range(3)]
+    for figure, photo_kept in zip(figures, kept, strict=True):
+        rows = min(FIGURE_TOP, len(photo_kept.inliers))
+        assert figure.shape[1::-1] == figure_size(rows), "the photo's own rows"
+    assert not np.array_equal(figures[0], figures[1]), "photo 2's figure is not photo 1's"
+
+    browser.call("Network.clearBrowserCookies")
+    browser.navigate(f"{api_stack.url}/login?next=/jobs/{job['id']}")
+    browser.submit(
+        f"document.getElementById('key').value = '{api_stack.token}';"
+        " document.getElementById('sign-in').click()"
+    )
+    shown = browser.evaluate(
+        "[...document.querySelectorAll('img.matches')].map(i => [i.complete && i.naturalWidth,"
+        " i.naturalHeight, i.closest('figure').querySelector('figcaption').textContent])"
+    )
+    assert [(w, h) for w, h, _ in shown] == [f.shape[1::-1] for f in figures], shown
+    captions = [" ".join(c.split()) for _, _, c in shown]
+    for n, (caption, yaw) in enumerate(zip(captions, (0, 72, 144), strict=True), 1):
+        assert caption.startswith(f"Photo {n} of 3 (yaw {yaw}\u00b0 from photo 1)"), caption
+    assert "A photo set of 3 photos" in browser.evaluate(
+        "document.getElementById('set-note').textContent"
+    )
 
 
 def test_the_cookie_reads_but_never_submits(api_stack):

@@ -6,6 +6,8 @@ they were measured in (core/localiser.py)."""
 from __future__ import annotations
 
 import csv
+import io
+import json
 from pathlib import Path
 
 import cv2
@@ -41,9 +43,11 @@ def test_kept_inliers_read_back_as_stored():
         _inliers("a", [[1.5, 2.5], [30, 40]], [[5, 6], [7, 8]], stage="fine"),
         _inliers("b", np.empty((0, 2)).tolist(), np.empty((0, 2)).tolist(), (640, 480)),
     ]
-    back_figure = unpack_inliers(pack_inliers(KeptFigure((480, 360), "ab" * 32, kept)))
-    assert (back_figure.query_size, back_figure.query_key) == ((480, 360), "ab" * 32)
-    back = back_figure.inliers
+    second = [_inliers("c", [[9, 9]], [[1, 1]], (320, 240))]
+    figures = [KeptFigure((480, 360), "ab" * 32, kept), KeptFigure((200, 100), "cd" * 32, second)]
+    first_back, second_back = unpack_inliers(pack_inliers(figures))
+    assert (first_back.query_size, first_back.query_key) == ((480, 360), "ab" * 32)
+    back = first_back.inliers
     assert [(m.reference_id, m.stage, m.reference_size, m.tentative) for m in back] == [
         ("a", "fine", (160, 120), 5),
         ("b", "coarse", (640, 480), 3),
@@ -51,8 +55,34 @@ def test_kept_inliers_read_back_as_stored():
     np.testing.assert_array_equal(back[0].query_points, kept[0].query_points)
     np.testing.assert_array_equal(back[0].reference_points, kept[0].reference_points)
     assert back[1].query_points.shape == (0, 2)
+    assert (second_back.query_size, second_back.query_key) == ((200, 100), "cd" * 32)
+    assert [m.reference_id for m in second_back.inliers] == ["c"], "each photo keeps its own"
+    np.testing.assert_array_equal(second_back.inliers[0].query_points, [[9, 9]])
     with pytest.raises(ValueError, match="unreadable"):
         unpack_inliers(b"not an npz")
+
+
+def test_inliers_kept_before_photo_sets_still_read():
+    """Jobs stored with format 1 (one photo's figure, before photo sets) keep their figures."""
+    meta = {
+        "version": 1,
+        "query_size": [480, 360],
+        "query_key": "ef" * 32,
+        "pairs": [
+            {"reference_id": "a", "stage": "coarse", "reference_size": [160, 120], "tentative": 4}
+        ],
+    }
+    out = io.BytesIO()
+    np.savez_compressed(
+        out,
+        meta=np.array(json.dumps(meta)),
+        q0=np.ones((1, 2), np.float32),
+        r0=np.zeros((1, 2), np.float32),
+    )
+    (figure,) = unpack_inliers(out.getvalue())
+    assert (figure.query_size, figure.query_key) == ((480, 360), "ef" * 32)
+    assert [(m.reference_id, m.tentative) for m in figure.inliers] == [("a", 4)]
+    np.testing.assert_array_equal(figure.inliers[0].query_points, [[1, 1]])
 
 
 def _match_pixels(figure: np.ndarray) -> np.ndarray:

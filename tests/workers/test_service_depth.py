@@ -279,6 +279,9 @@ def test_draw_writes_the_query_beside_its_best_references(svc, tmp_path):
     rows = np.arange(figure.shape[0]) % (HEADER + PANEL[1]) >= HEADER  # pictures, not captions
     lines = np.all(np.abs(figure.astype(int) - MATCH_COLOUR) < 40, axis=2)
     assert lines[rows].sum() > 200, "no match lines drawn"
+    # A single photo's job has no second photo to draw (a photo set's --photo N does).
+    other = _cli(svc, "draw", res.id, "--output", str(png), "--photo", "2")
+    assert other.returncode == 1 and "has 1 photo(s)" in other.stderr, other.stderr
 
 
 def test_flower_requires_auth_and_serves_metrics(svc):
