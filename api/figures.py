@@ -104,6 +104,8 @@ async def plot_svg(job_id: str, key: CallerKey, svc: Svc) -> Response:
         estimate,
         result.confidence,
         result.localised,
+        result.heading,
+        [(p.x, p.y, p.heading) for p in result.set_photos if p.x is not None and p.y is not None],
     )
     return Response(svg, media_type="image/svg+xml", headers=CACHE)
 

@@ -1,5 +1,6 @@
 """A job on its map as SVG: the reference positions, the candidate places weighted by evidence,
-the estimate and its confidence.
+the estimate and its confidence; for a photo set, each photo's own answer (numbered); an arrow
+for the way the camera faced, where a pose placed it.
 
 Candidates at one position add up (views of one place are evidence for it together, as in
 ``core/estimation.py``); a place's disc has an area proportional to its verified inliers. Both
@@ -20,7 +21,8 @@ MARGIN = 40  # around the points, inside the frame: room for the largest disc
 LEFT = 56  # room for the y axis' tick labels and name
 BOTTOM = 34  # room for the x axis' tick labels and name
 MAX_RADIUS = 18.0
-LEGEND = 54  # height of the caption below the plot
+LEGEND = 54  # height of the caption below the plot (one more line for headings or photos)
+ARROW = 26  # px: length of a heading arrow
 TICKS = 4  # about this many ticks on the shorter axis
 
 
@@ -30,16 +32,22 @@ def job_plot_svg(
     estimate: tuple[float, float] | None,
     confidence: float | None,
     localised: bool | None,
+    heading: float | None = None,
+    photos: Sequence[tuple[float, float, float | None]] = (),
 ) -> str:
-    points = list(references) + [c.position for c in candidates]
+    """``heading``: the estimate's, radians in the map's frame; ``photos``: a set's photos' own
+    answers, (x, y, heading or None), in the set's order."""
+    points = list(references) + [c.position for c in candidates] + [p[:2] for p in photos]
     if estimate is not None:
         points.append(estimate)
+    extra = 18 if photos or heading is not None else 0
+    height = HEIGHT + extra
     xs = [p[0] for p in points] or [0.0]
     ys = [p[1] for p in points] or [0.0]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     span = max(x1 - x0, y1 - y0, 1e-3)
-    frame_left, frame_bottom = LEFT, HEIGHT - LEGEND - BOTTOM
+    frame_left, frame_bottom = LEFT, height - LEGEND - extra - BOTTOM
     inner_w = WIDTH - frame_left - 10 - 2 * MARGIN
     inner_h = frame_bottom - 10 - 2 * MARGIN
     scale = min(inner_w, inner_h) / span
@@ -52,9 +60,9 @@ def job_plot_svg(
     x_hi = x_lo + (WIDTH - 10 - frame_left) / scale
     y_hi = y_lo + (frame_bottom - 10) / scale
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
         f'<rect x="{frame_left}" y="10" width="{WIDTH - 10 - frame_left}" '
         f'height="{frame_bottom - 10}" fill="none" stroke="#888"/>',
     ]
@@ -89,24 +97,64 @@ def job_plot_svg(
             f'fill="#1f77b4" fill-opacity="0.35" stroke="#1f77b4">'
             f"<title>({x:.1f}, {y:.1f}): {inliers} inliers</title></circle>"
         )
+    for n, (x, y, photo_heading) in enumerate(photos, 1):
+        cx, cy = px(x, y)
+        if photo_heading is not None:
+            out.append(_arrow("photo-heading", cx, cy, photo_heading, "#2ca02c"))
+        out.append(
+            f'<g class="photo-answer"><circle cx="{cx:.1f}" cy="{cy:.1f}" r="7" fill="white" '
+            f'stroke="#2ca02c"/><text x="{cx:.1f}" y="{cy + 4:.1f}" text-anchor="middle" '
+            f'font-size="10">{n}</text><title>photo {n} alone: ({x:.1f}, {y:.1f})</title></g>'
+        )
     if estimate is not None:
         cx, cy = px(*estimate)
         colour = "#d62728" if localised else "#ff9896"
+        if heading is not None:
+            out.append(_arrow("heading", cx, cy, heading, colour))
         out.append(
             f'<path class="estimate" d="M{cx - 8:.1f},{cy - 8:.1f}L{cx + 8:.1f},{cy + 8:.1f}'
             f'M{cx - 8:.1f},{cy + 8:.1f}L{cx + 8:.1f},{cy - 8:.1f}" stroke="{colour}" '
             'stroke-width="3"/>'
         )
-    out.append(_text(MARGIN / 2, HEIGHT - LEGEND + 20, _caption(estimate, confidence, localised)))
+    top = height - LEGEND - extra
+    out.append(_text(MARGIN / 2, top + 20, _caption(estimate, confidence, localised)))
     out.append(
         _text(
             MARGIN / 2,
-            HEIGHT - LEGEND + 38,
+            top + 38,
             "grey: reference positions; blue discs: candidate places, area = verified inliers",
         )
     )
+    if extra:
+        says = []
+        if photos:
+            says.append("green numbers: where each photo of the set alone localised")
+        if heading is not None or any(p[2] is not None for p in photos):
+            says.append("arrows: the way the camera faced (pose)")
+        out.append(_text(MARGIN / 2, top + 56, "; ".join(says) or "no photo answers"))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _arrow(kind: str, cx: float, cy: float, heading: float, colour: str) -> str:
+    """An arrow from (cx, cy) the way ``heading`` points (radians in the map's frame; the SVG's
+    y grows downwards, the map's upwards)."""
+    dx, dy = math.cos(heading), -math.sin(heading)
+    tx, ty = cx + ARROW * dx, cy + ARROW * dy
+    # The head: two short strokes back from the tip, 25 degrees either side of the shaft.
+    wings = [
+        (
+            tx - 8 * (dx * math.cos(a) - dy * math.sin(a)),
+            ty - 8 * (dx * math.sin(a) + dy * math.cos(a)),
+        )
+        for a in (math.radians(25), -math.radians(25))
+    ]
+    (ax, ay), (bx, by) = wings
+    return (
+        f'<path class="{kind}" d="M{cx:.1f},{cy:.1f}L{tx:.1f},{ty:.1f}'
+        f'M{ax:.1f},{ay:.1f}L{tx:.1f},{ty:.1f}L{bx:.1f},{by:.1f}" '
+        f'stroke="{colour}" stroke-width="2" fill="none"/>'
+    )
 
 
 def _tick(

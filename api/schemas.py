@@ -28,6 +28,15 @@ class CandidateOut(BaseModel):
     )
 
 
+class SetPhotoOut(BaseModel):
+    photo: int = Field(description="0-based, in the set's order.")
+    yaw: float | None = Field(description="Degrees from the first photo, as given.")
+    x: float | None = Field(description="Where this photo alone localised (or its guess).")
+    y: float | None
+    localised: bool | None
+    heading: float | None = Field(description="Radians in the map's frame, where posed.")
+
+
 class JobOut(BaseModel):
     id: str
     map_name: str
@@ -68,11 +77,18 @@ class JobOut(BaseModel):
     fit_id: str | None = Field(
         default=None, description="The map's fit that answered (None: the map is unfitted)."
     )
+    heading: float | None = Field(
+        default=None,
+        description="Which way the camera faced, radians in the map's frame, where a pose placed"
+        " the query (placement_conf.method pose); None otherwise.",
+    )
     photos: int = Field(
         default=1, description="How many photos the job localised: 2 to 8 for a photo set."
     )
-    yaws: list[float] | None = Field(
-        default=None, description="A photo set's yaws in degrees from its first photo, if given."
+    set_photos: list[SetPhotoOut] = Field(
+        default_factory=list,
+        description="A photo set's photos in order, each with its yaw and its own answer; empty"
+        " for a single photo and in listings.",
     )
 
 

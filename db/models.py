@@ -202,6 +202,12 @@ class JobPhoto(Base):
     yaw_deg: Mapped[float | None] = mapped_column(Float)
     # core.camera.Camera fields of this photo, when it has its own.
     camera: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # This photo's own answer once the job is done (the set's is on the job): where it alone
+    # localised (or its guess), and its heading in radians where a pose placed it.
+    x: Mapped[float | None] = mapped_column(Float)
+    y: Mapped[float | None] = mapped_column(Float)
+    localised: Mapped[bool | None]
+    heading: Mapped[float | None] = mapped_column(Float)
 
 
 TASK_NAME_LENGTH = 255

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -239,6 +240,16 @@ def claim_job(
     return job
 
 
+@dataclass(frozen=True)
+class PhotoAnswer:
+    """One photo's own answer within a photo set."""
+
+    x: float | None
+    y: float | None
+    localised: bool
+    heading: float | None = None
+
+
 def save_result(
     s: Session,
     job_id: str,
@@ -260,8 +271,10 @@ def save_result(
     fit_id: str | None = None,
     heading: float | None = None,
     pose_inliers: int | None = None,
+    photo_answers: Sequence[PhotoAnswer] = (),
 ) -> Job:
-    """Store a finished job and its candidates (replacing any from an earlier delivery).
+    """Store a finished job and its candidates (replacing any from an earlier delivery), and
+    for a photo set each photo's own answer (``photo_answers``, in the set's order).
 
     Everything happens in the caller's transaction, so readers see either the old state or the
     complete result.
@@ -290,6 +303,12 @@ def save_result(
     job.fit_id = fit_id
     job.heading = heading
     job.pose_inliers = pose_inliers
+    for index, answer in enumerate(photo_answers):
+        s.execute(
+            update(JobPhoto)
+            .where(JobPhoto.job_id == job_id, JobPhoto.index == index)
+            .values(x=answer.x, y=answer.y, localised=answer.localised, heading=answer.heading)
+        )
     if worker is not None:
         job.worker = worker
     job.error = None

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,18 @@ class BrokerUnavailable(ConnectionError):
     """The job could not be queued; nothing was recorded, submitting again is safe."""
 
 
+@dataclass(frozen=True)
+class SetPhotoAnswer:
+    """One photo of a photo set: its yaw as given, and where it alone localised."""
+
+    photo: int  # 0-based, in the set's order
+    yaw: float | None  # degrees from the first photo, when the caller gave them
+    x: float | None  # None until the job is done
+    y: float | None
+    localised: bool | None
+    heading: float | None  # radians, where a pose placed this photo
+
+
 @dataclass
 class JobResult:
     id: str
@@ -75,19 +87,22 @@ class JobResult:
     profile_note: str | None = None
     calibrated: bool | None = None
     fit_id: str | None = None
+    heading: float | None = None  # radians in the map's frame, where a pose placed the query
     photos: int = 1  # 2 to 8 for a photo set (core/photoset.py)
-    # A set's yaws in degrees from its first photo, one per photo, where the caller gave them.
-    yaws: list[float] | None = None
+    # A set's photos, each with its yaw and its own answer (empty for a single photo; filled by
+    # Client.result, not by listings).
+    set_photos: list[SetPhotoAnswer] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "candidates"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("candidates", "set_photos")}
         for k in ("created_at", "started_at", "finished_at"):
             d[k] = d[k].isoformat() if d[k] else None
         d["candidates"] = [c.to_row() for c in self.candidates]
+        d["set_photos"] = [asdict(p) for p in self.set_photos]
         return d
 
 
@@ -348,9 +363,9 @@ class Client:
                 raise InputError(f"unknown job {job_id!r}")
             photos = queries.get_job_photos(s, job_id)
             result = _to_result(job, queries.get_candidates(s, job_id), max(len(photos), 1))
-            yaws = [p.yaw_deg for p in photos]
-            if photos and all(y is not None for y in yaws):
-                result.yaws = [float(y) for y in yaws if y is not None]
+            result.set_photos = [
+                SetPhotoAnswer(p.index, p.yaw_deg, p.x, p.y, p.localised, p.heading) for p in photos
+            ]
             return result
 
     def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.2) -> JobResult:
@@ -438,5 +453,6 @@ def _to_result(job, candidates, photos: int = 1) -> JobResult:
         profile_note=job.profile_note,
         calibrated=job.calibrated,
         fit_id=job.fit_id,
+        heading=job.heading,
         photos=photos,
     )

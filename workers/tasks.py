@@ -190,6 +190,14 @@ def _run(
             pose_inliers=est.pose_inliers,
             worker=worker,
             candidates=[c for c in result.candidates if c.tentative_matches > 0],
+            photo_answers=[
+                queries.PhotoAnswer(
+                    p.estimate.x, p.estimate.y, p.estimate.localised, p.estimate.heading
+                )
+                for p in each_photo
+            ]
+            if photos
+            else (),
             figure_inliers=keep_figures(est, each_photo, images, runtime.blob_store()),
         )
     return {"job_id": job_id, "status": "done", "x": est.x, "y": est.y}

@@ -127,7 +127,9 @@ def test_a_photo_sets_page_shows_every_photo_with_its_matches(api_stack, browser
         assert post.status_code == 202, post.text
         job = http.get(post.headers["location"], params={"wait": 120}).json()
         missing = http.get(f"/v1/jobs/{job['id']}/matches.png", params={"photo": 3})
-    assert job["status"] == "done" and (job["photos"], job["yaws"]) == (3, [0.0, 72.0, 144.0])
+    assert job["status"] == "done" and job["photos"] == 3
+    assert [p["yaw"] for p in job["set_photos"]] == [0.0, 72.0, 144.0]
+    assert all(p["x"] is not None and p["localised"] is not None for p in job["set_photos"])
     assert missing.status_code == 404 and "3 photo(s)" in missing.json()["detail"]
 
     with api_stack.stack.db().session() as s:
@@ -138,6 +140,9 @@ def test_a_photo_sets_page_shows_every_photo_with_its_matches(api_stack, browser
         rows = min(FIGURE_TOP, len(photo_kept.inliers))
         assert figure.shape[1::-1] == figure_size(rows), "the photo's own rows"
     assert not np.array_equal(figures[0], figures[1]), "photo 2's figure is not photo 1's"
+    with api_stack.client() as http:
+        plot = http.get(f"/v1/jobs/{job['id']}/plot.svg").text
+    assert plot.count('class="photo-answer"') == 3, "each photo's own answer on the plot"
 
     browser.call("Network.clearBrowserCookies")
     browser.navigate(f"{api_stack.url}/login?next=/jobs/{job['id']}")

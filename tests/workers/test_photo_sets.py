@@ -67,6 +67,11 @@ def test_a_set_is_one_job_with_every_photo_and_its_evidence(service, scene) -> N
         assert [p.index for p in stored] == [0, 1, 2]
         assert len({p.image_key for p in stored}) == 3
         assert queries.get_job(s, job_id).image_key == stored[0].image_key
+    # Each photo keeps its own answer; the set's lies among those that agreed (a weighted median).
+    assert [(p.photo, p.yaw) for p in res.set_photos] == list(enumerate(yaws))
+    own = [(p.x, p.y) for p in res.set_photos if p.x is not None and p.y is not None]
+    assert len(own) == 3 and all(p.localised is not None for p in res.set_photos)
+    assert min(x for x, _ in own) <= res.x <= max(x for x, _ in own)
 
 
 def test_a_corrupt_photo_fails_the_whole_set_with_its_number(service, scene) -> None:
