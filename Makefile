@@ -23,8 +23,9 @@ demo: install
 	$(BIN)/featureloc demo
 
 # Two passes: most tests on two processes (pytest-xdist, one test file per process at a time so
-# module fixtures are built once), then the fault-injection and load tests (marker "slow") alone,
-# so that their time limits and kill windows never share the CPU with another test.
+# module fixtures are built once; long end-to-end files run beside the rest), then the
+# fault-injection and load tests (marker "slow") alone, so that their time limits and kill
+# windows never share the CPU with another test.
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)

@@ -12,13 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from core.defaults import HELDOUT_FINE_BELOW
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import FINE_SET, MapStore
 from tests.support.paths import REPO
 from tests.support.services import service_env
 
 pytestmark = pytest.mark.integration
+
+
+def cli_env(tmp_path_factory, scene: Path) -> tuple[dict, Path, Path]:
+    """A CLI environment of its own (SQLite file, maps folder) and the positions of the scene's
+    first 4 positions (16 photos) as a CSV: (env, data folder, positions file)."""
+    data = tmp_path_factory.mktemp("fit")
+    env = service_env(data, f"sqlite:///{data / 'fl.db'}", uuid.uuid4().hex[:8])
+    with (scene / "references.csv").open() as f:
+        rows = list(csv.DictReader(f))[:16]
+    positions = data / "refs.csv"
+    with positions.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "x", "y"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
+    return env, data, positions
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -31,15 +45,7 @@ def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, scene) -> tuple[dict, Path, MapStore]:
     """Map 'small' of 4 positions (16 photos), built with its fine set."""
-    data = tmp_path_factory.mktemp("fit")
-    env = service_env(data, f"sqlite:///{data / 'fl.db'}", uuid.uuid4().hex[:8])
-    with (scene / "references.csv").open() as f:
-        rows = list(csv.DictReader(f))[:16]
-    positions = data / "refs.csv"
-    with positions.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "x", "y"])
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
+    env, data, positions = cli_env(tmp_path_factory, scene)
     built = _cli(env, "map", "build", "small", "--images", str(scene / "images"),
                  "--positions", str(positions), "--fine")  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr
@@ -77,37 +83,6 @@ def test_fit_needs_the_photos(small, tmp_path) -> None:
     bad = _cli(env, "map", "fit", "small", "--images", str(tmp_path))
     assert bad.returncode != 0
     assert "have no photo in" in bad.stdout + bad.stderr
-
-
-def test_a_map_fitted_before_its_fine_set_is_told_what_to_do(small) -> None:
-    """Fit, then a fine set, then fit again: each step says what it did and what is missing,
-    and the second fit measures the fine stage on the positions the first did without it."""
-    env, data, store = small
-    scene_images = store.images_dir("small")
-    assert scene_images is not None
-    built = _cli(env, "map", "build", "plain", "--images", str(scene_images),
-                 "--positions", str(data / "refs.csv"))  # fmt: skip
-    assert built.returncode == 0, built.stdout + built.stderr
-    first = _cli(env, "map", "fit", "plain", "--queries", "3")
-    assert first.returncode == 0, first.stdout + first.stderr
-    told = " ".join(first.stdout.split())  # rich wraps long lines
-    assert "(3 measured now, 0 measured again for the fine stage)" in told
-    assert "fine stage not fitted: the map has no fine set" in told
-    assert "featureloc map fine plain" in told and "escalate below" not in told
-    record = json.loads((store.path("plain") / "training.json").read_text())
-    assert "escalate_below" not in record and set(record["calibration"]) == {"coarse"}
-
-    fine = _cli(env, "map", "fine", "plain")
-    assert fine.returncode == 0, fine.stdout + fine.stderr
-    assert "featureloc map fit plain" in " ".join(fine.stdout.split())
-    held = store.path("plain") / HELDOUT_FILE
-    doubtful = [r for r in read_rows(held) if r.coarse_score < HELDOUT_FINE_BELOW]
-    again = _cli(env, "map", "fit", "plain", "--queries", "3")
-    assert again.returncode == 0, again.stdout + again.stderr
-    told = " ".join(again.stdout.split())
-    assert f"(0 measured now, {len(doubtful)} measured again for the fine stage)" in told
-    rows = read_rows(held)
-    assert len(rows) == 3 and all(r.fine_tried for r in rows if r.coarse_score < HELDOUT_FINE_BELOW)
 
 
 def test_map_geometry_needs_the_camera_then_builds_and_resumes(small) -> None:

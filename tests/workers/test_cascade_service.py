@@ -28,7 +28,7 @@ from workers.fit import FIT_BATCH, send_fit
 from workers.geometry import send_geometry
 from workers.maps import build_and_register
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from tests.support.paths import REPO
 from tests.support.services import reachable, require_redis
 from workers.build import build_progress, submit_build
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 BACKEND = "postgres" if reachable("127.0.0.1", 5432) else "sqlite"
 
