@@ -159,10 +159,11 @@ def fit_report(name: str, record: dict) -> list[str]:
     held, run = record["heldout"], record.get("last_run", {})
     lines = [
         f"map {name!r}: {record['heldout_queries']} held-out positions ({run.get('measured', 0)} "
-        f"measured now, {run.get('fine_remeasured', 0)} measured again for the fine stage, "
-        f"{run.get('remeasured_near_new', 0)} again near new references)",
+        f"measured now, {run.get('fine_remeasured', 0)} measured again for the fine stage)",
         f"  MAE {held['mae']:.2f}, median {held['median']:.2f}, within 5 {held['within_5']:.0%}",
     ]
+    if run.get("remeasured_near_new"):
+        lines.append(f"  {run['remeasured_near_new']} measured again: new references near them")
     missing = record.get("fine_missing")
     if missing is None:
         lines.append(
