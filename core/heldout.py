@@ -133,6 +133,7 @@ def run_heldout(
     centroid = map_centroid(ref_map.positions)
     result = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    _end_cut_line(out)
     with out.open("a") as f:
         for row in rows:
             rid = ref_map.ids[row]
@@ -170,6 +171,17 @@ def run_heldout(
             if on_done:
                 on_done(rec)
     return result
+
+
+def _end_cut_line(path: Path) -> None:
+    """End a last line a killed run left without its newline, so that the next row appended
+    starts a line of its own instead of joining that unreadable one (and being lost with it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
 
 
 def _matched(result: LocalisationResult) -> str | None:
