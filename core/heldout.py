@@ -15,6 +15,10 @@ Each pseudo-query is localised twice when its coarse answer is in doubt: with th
 escalation threshold against the same queries. A map without a fine set is fitted without a fine
 part (no threshold, no fine curve: the accurate profile then uses its defaults); once it has
 one, the rows measured without it are measured again for the fine stage.
+
+The default sample is 200 positions; the map report (core/mapreport.py) measures every one
+(``queries=None``), continuing the same order, and the fit then uses every row measured. Rows
+measured before the map grew are measured again where a new reference stands near them.
 """
 
 from __future__ import annotations
