@@ -138,7 +138,15 @@ async def report_page(
         report = load_report(svc.maps, map_name, profile)
         return report_html(report, report_figures_of(svc.maps, map_name, report), signed_in=True)
 
-    return HTMLResponse(await run_in_threadpool(render))
+    try:
+        return HTMLResponse(await run_in_threadpool(render))
+    except Problem as problem:  # unknown, or never measured: a page that says what to run
+        return templates.TemplateResponse(
+            request,
+            "no_report.html",
+            {"map_name": map_name, "reason": problem.detail},
+            status_code=problem.status_code,
+        )
 
 
 def report_figures_of(maps: MapStore, map_name: str, report: MapReport) -> dict[str, bytes]:

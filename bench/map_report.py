@@ -231,11 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  query MAE in the report's worst quarter of areas "
           f"{agree['worst_quarter_query_mae']:.2f} (held-out {worst:.2f}) vs best quarter "
           f"{agree['best_quarter_query_mae']:.2f} (held-out {best:.2f})")  # fmt: skip
-    print(
-        f"  query MAE in the suggested areas {agree['suggested_areas_query_mae']} "
-        f"({agree['suggested_areas_queries']} views) vs elsewhere "
-        f"{agree['other_areas_query_mae']}"
-    )
+    if agree["suggested_areas_query_mae"] is not None:
+        print(f"  query MAE in the suggested areas {agree['suggested_areas_query_mae']:.2f} "
+              f"({agree['suggested_areas_queries']} views) vs elsewhere "
+              f"{agree['other_areas_query_mae']:.2f}")  # fmt: skip
     files = args.out / "map_report"
     subprocess.run([sys.executable, "-m", "cli.main", "map", "report", MAP_NAME, "--out",
                     str(files)], env={**os.environ, "FEATURELOC_MAPS_DIR": str(args.out / "maps")},

@@ -111,6 +111,9 @@ def test_the_report_page_shows_every_figure(api_stack, measured, browser) -> Non
     assert sorted(s[0] for s in shown) == sorted(FIGURES)
     assert all(s[1] == WIDTH and s[2] > 100 and s[3] == 1 for s in shown), shown
     assert browser.evaluate("document.getElementById('map').textContent") == REPORTED
+    browser.navigate(f"{api_stack.url}/maps/{MAP}/report")  # never measured: what to run
+    reason = browser.evaluate("document.getElementById('reason').textContent")
+    assert f"featureloc map fit {MAP} --every-position" in reason
 
 
 def test_map_report_writes_a_page_that_opens_offline(api_stack, measured, browser, tmp_path):
@@ -136,3 +139,5 @@ def test_map_report_writes_a_page_that_opens_offline(api_stack, measured, browse
 
     never = _cli(api_stack.stack.env, "map", "report", MAP, "--out", str(tmp_path / "never"))
     assert never.returncode != 0 and "has not been measured" in never.stdout + never.stderr
+    unknown = _cli(api_stack.stack.env, "map", "report", "no-such-map", "--out", str(tmp_path))
+    assert unknown.returncode != 0 and "unknown map" in unknown.stdout + unknown.stderr
