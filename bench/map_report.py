@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  query MAE in the report's worst quarter of areas "
           f"{agree['worst_quarter_query_mae']:.2f} (held-out {worst:.2f}) vs best quarter "
           f"{agree['best_quarter_query_mae']:.2f} (held-out {best:.2f})")  # fmt: skip
-    if agree["suggested_areas_query_mae"] is not None:
+    if agree["suggested_areas_query_mae"] is not None and agree["other_areas_query_mae"]:
         print(f"  query MAE in the suggested areas {agree['suggested_areas_query_mae']:.2f} "
               f"({agree['suggested_areas_queries']} views) vs elsewhere "
               f"{agree['other_areas_query_mae']:.2f}")  # fmt: skip
