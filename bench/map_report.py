@@ -218,10 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     queries = query_errors(args.out, args.getty, store, args.queries)
     errs = np.array([q["error"] for q in queries])
+    qsecs = np.array([q["seconds"] for q in queries])
     print(f"{len(queries)} query views ({args.queries}): MAE {errs.mean():.2f}, median "
-          f"{np.median(errs):.2f} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+          f"{np.median(errs):.2f}, {qsecs.mean():.2f} s per query view "
+          f"({time.perf_counter() - t0:.0f} s this run)")  # fmt: skip
     result["queries"] = {"views": len(queries), "mae": float(errs.mean()),
-                         "median": float(np.median(errs))}  # fmt: skip
+                         "median": float(np.median(errs)),
+                         "seconds_per_query_mean": float(qsecs.mean())}  # fmt: skip
     agree = agreement(report, queries, args.min_queries)
     result["agreement"] = agree
     print(f"agreement over {agree['areas']} areas with >= {args.min_queries} query views: "
