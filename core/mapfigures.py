@@ -159,8 +159,8 @@ def coverage_figure(report: MapReport) -> np.ndarray:
         cv2.putText(c, label, (at[0] - w // 2, at[1] + h // 2), FONT, SMALL, BACKGROUND, 1,
                     cv2.LINE_AA)  # fmt: skip
     far = f"{report.hole_distance:.1f}"
-    plot.caption(0, f"areas of {report.area_size:.1f} shaded by held-out MAE (colours as the "
-                 f"plan); blue circles: holes, > {far} from any position")  # fmt: skip
+    plot.caption(0, f"areas of {report.area_size:.1f} by held-out MAE (as the plan); blue: "
+                 f"holes, > {far} from any position")  # fmt: skip
     plot.caption(1, "black discs: where to add reference photos, most needed first")
     return c
 
