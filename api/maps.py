@@ -1,8 +1,9 @@
-"""``/v1/maps``: the maps a key may use, and one map's references, camera and builds."""
+"""``/v1/maps``: the maps a key may use, and one map's references, camera, builds and report."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -11,7 +12,8 @@ from api.auth import CallerKey, require_map
 from api.problems import Problem
 from api.schemas import BuildOut, FineSetOut, FitOut, MapDetail, MapSummary, ReferenceOut
 from api.services import Services, Svc
-from core.errors import MapError
+from core.errors import InputError, MapError
+from core.mapreport import MapReport, map_report
 from core.mapstore import FINE_EXTRACTOR_KEY, IMAGES_DIR_KEY, MapStore, validate_map_name
 from db import build_queries, queries
 from db.models import Map
@@ -82,6 +84,34 @@ def _detail(svc: Services, map_name: str) -> MapDetail:
         references=refs,
         builds=builds,
     )
+
+
+@router.get(
+    "/maps/{map_name}/report",
+    response_model=MapReport,
+    summary="Where the map localises and where it will fail: every position's held-out error, "
+    "coverage holes, where to add photos",
+    responses={400: {}, 403: {}, 404: {}, 409: {}},
+)
+async def get_report(
+    map_name: str, key: CallerKey, svc: Svc, profile: Literal["fast", "accurate"] = "fast"
+) -> MapReport:
+    validate_map_name(map_name)
+    require_map(key, map_name)
+    return await run_in_threadpool(load_report, svc.maps, map_name, profile)
+
+
+def load_report(maps: MapStore, map_name: str, profile: str) -> MapReport:
+    """The map's report (core/mapreport.py); 404 for a map not on this host, 409 for one not
+    measured (or whose fit lacks the profile)."""
+    if not maps.exists(map_name):
+        raise Problem(404, f"unknown map {map_name!r}")
+    try:
+        return map_report(maps, map_name, profile)
+    except MapError as exc:
+        raise Problem(404, str(exc)) from None
+    except InputError as exc:
+        raise Problem(409, str(exc)) from None
 
 
 def _fit(maps: MapStore, map_name: str) -> FitOut | None:

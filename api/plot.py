@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from html import escape
 
+from core.draw import axis_label, tick_step, ticks
 from core.types import CandidateResult
 
 WIDTH, HEIGHT = 560, 460
@@ -23,7 +24,6 @@ BOTTOM = 34  # room for the x axis' tick labels and name
 MAX_RADIUS = 18.0
 LEGEND = 54  # height of the caption below the plot (one more line for headings or photos)
 ARROW = 26  # px: length of a heading arrow
-TICKS = 4  # about this many ticks on the shorter axis
 
 
 def job_plot_svg(
@@ -171,28 +171,8 @@ def _tick(
         f'<line x1="{at[0]:.1f}" y1="{at[1]:.1f}" x2="{at[0] + mark[0]:.1f}" '
         f'y2="{at[1] + mark[1]:.1f}" stroke="#888"/>',
         f'<text class="tick-{axis}" x="{label[0]:.1f}" y="{label[1]:.1f}" '
-        f'text-anchor="{anchor}">{_number(value, step)}</text>',
+        f'text-anchor="{anchor}">{axis_label(value, step)}</text>',
     ]
-
-
-def tick_step(span: float) -> float:
-    """A round step (1, 2 or 5 times a power of ten) giving about ``TICKS`` ticks over
-    ``span``."""
-    raw = max(span, 1e-9) / TICKS
-    power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-
-
-def ticks(lo: float, hi: float, step: float) -> list[float]:
-    """The multiples of ``step`` from ``lo`` to ``hi``."""
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    return [k * step for k in range(first, last + 1)]
-
-
-def _number(value: float, step: float) -> str:
-    digits = max(0, -math.floor(math.log10(step) + 1e-9))
-    return f"{value:.{digits}f}" if abs(value) > step / 2 else "0"
 
 
 def _caption(

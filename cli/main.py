@@ -39,6 +39,7 @@ from cli.jobs_register import jobs_register_command
 from cli.map_build import build_in_process, build_via_queue, map_add_command
 from cli.map_fit import map_fine, map_fit
 from cli.map_geometry import map_geometry
+from cli.map_report import map_report_command
 from cli.map_sync import register_found_maps
 from cli.map_versions import map_publish, map_upgrade
 from cli.serve import serve_command
@@ -552,6 +553,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., Any]]] = [
     (map_app, "images", map_images),
     (map_app, "fine", map_fine),
     (map_app, "fit", map_fit),
+    (map_app, "report", map_report_command),
     (map_app, "geometry", map_geometry),
     (map_app, "list", map_list),
     (map_app, "upgrade", map_upgrade),

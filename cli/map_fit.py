@@ -96,20 +96,35 @@ def map_fit(
         typer.Option(help="Held-out positions to localise; default: core/defaults.py's."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Which positions (reproducible).")] = 0,
+    every_position: Annotated[
+        bool,
+        typer.Option(
+            "--every-position", help="Measure every reference position: what `map report` shows."
+        ),
+    ] = False,
+    views: Annotated[int, typer.Option(help="Views measured per position.")] = 1,
+    via_queue: Annotated[
+        bool, typer.Option("--via-queue", help="Queue it on the build queue's workers.")
+    ] = False,
 ) -> None:
     """Localise views of held-out positions against the rest of the map and fit the escalation
-    rule, the confidence calibration and the "not localised" threshold on them. Resumable:
-    re-run to continue an interrupted fit."""
+    rule, the confidence calibration and the "not localised" threshold on them (on every
+    position measured so far). Resumable: re-run to continue an interrupted fit."""
     from core import defaults
     from core.heldout import fit_map
 
-    queries = defaults.HELDOUT_QUERIES if queries is None else queries
-    if queries < 1:
-        fail("--queries must be at least 1")
+    if every_position and queries is not None:
+        fail("--every-position and --queries: give one")
+    count = None if every_position else (queries or defaults.HELDOUT_QUERIES)
+    if (count is not None and count < 1) or views < 1:
+        fail("--queries and --views must be at least 1")
+    if via_queue:
+        _queue_fit(name, count, views)
+        return
     try:
         store, _, photo = _photos(name, images)
         record = fit_map(
-            store, name, photo, queries=queries, seed=seed,
+            store, name, photo, queries=count, seed=seed, views=views,
             device=get_settings().resolved_device(),
             on_done=lambda r: console.print(
                 f"  {r.reference_id}: {r.seconds:.1f} s", highlight=False
@@ -123,6 +138,22 @@ def map_fit(
     _publish(name)
 
 
+def _queue_fit(name: str, queries: int | None, views: int) -> None:
+    from core.mapstore import MapStore
+    from workers.celery_app import make_celery
+    from workers.fit import send_fit
+
+    settings = get_settings()
+    store = MapStore(settings.maps_dir)
+    if not store.exists(name):
+        fail(f"unknown map {name!r}")
+    if store.images_dir(name) is None:
+        fail(f"map {name!r} records no photo folder: the workers need one (featureloc map images)")
+    send_fit(make_celery(settings), settings, name, queries, views)
+    what = "every position" if queries is None else f"{queries} positions"
+    console.print(f"map {name!r}: fit on {what} queued on {settings.build_queue!r}")
+
+
 def fit_report(name: str, record: dict) -> list[str]:
     """What a fit did and, where its fine part is missing, what the user should do."""
     held, run = record["heldout"], record.get("last_run", {})
@@ -131,6 +162,8 @@ def fit_report(name: str, record: dict) -> list[str]:
         f"measured now, {run.get('fine_remeasured', 0)} measured again for the fine stage)",
         f"  MAE {held['mae']:.2f}, median {held['median']:.2f}, within 5 {held['within_5']:.0%}",
     ]
+    if run.get("remeasured_near_new"):
+        lines.append(f"  {run['remeasured_near_new']} measured again: new references near them")
     missing = record.get("fine_missing")
     if missing is None:
         lines.append(

@@ -114,3 +114,6 @@ FINE_EXTRACTOR_CONF: dict[str, Any] = {"max_keypoints": 512}
 # below which the fit also runs the fine stage (escalation is never fitted above it).
 HELDOUT_QUERIES = 200
 HELDOUT_FINE_BELOW = 0.6
+# Once the map has grown, measured positions this many position spacings (core/positions.py)
+# from a new reference are measured again: a new photo there may now be what they match.
+HELDOUT_REMEASURE_SPACINGS = 3.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ TEXT = (0, 0, 0)
 MATCH_COLOUR = (40, 200, 40)  # BGR: one colour for every verified inlier
 LEGEND = "green lines: the verified inlier matches the job counted, one per match"
 FORMAT_VERSION = 2  # 2: one figure per photo of the job
+TICKS = (
+    4  # about this many axis ticks on the shorter axis of a plot (api/plot.py, core/mapfigures.py)
+)
 
 
 @dataclass
@@ -80,7 +84,7 @@ def draw_figure(
     ph, pw = panel.shape[:2]
     if not rows:
         canvas[HEADER : HEADER + ph, :pw] = panel
-        _text(canvas, 0, caption or "no candidates")
+        text(canvas, 0, caption or "no candidates")
     for row, item in enumerate(rows):
         top = row * (HEADER + PANEL[1]) + HEADER
         canvas[top : top + ph, :pw] = panel
@@ -96,11 +100,11 @@ def draw_figure(
             cv2.line(canvas, (qx, qy), (rx, ry), MATCH_COLOUR, 1, cv2.LINE_AA)
             cv2.circle(canvas, (qx, qy), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
             cv2.circle(canvas, (rx, ry), 2, MATCH_COLOUR, -1, cv2.LINE_AA)
-        _text(canvas, top - HEADER, item.caption)
+        text(canvas, top - HEADER, item.caption)
     if rows:
         legend_y = height - FOOTER
         cv2.line(canvas, (6, legend_y + FOOTER // 2), (40, legend_y + FOOTER // 2), MATCH_COLOUR, 2)
-        _text(canvas, legend_y, LEGEND, x=48)
+        text(canvas, legend_y, LEGEND, x=48)
     return canvas
 
 
@@ -110,11 +114,32 @@ def _scaled(points: np.ndarray, frame: tuple[int, int], shown: tuple[int, int]) 
     return np.asarray(points, np.float64).reshape(-1, 2) * factors
 
 
-def _text(canvas: np.ndarray, top: int, text: str, x: int = 6) -> None:
+def text(canvas: np.ndarray, top: int, text: str, x: int = 6) -> None:
     """A line of text in the band from ``top``, smaller where it would not fit the width."""
     width = cv2.getTextSize(text, FONT, FONT_SCALE, 1)[0][0]
     scale = FONT_SCALE * min(1.0, (canvas.shape[1] - x - 6) / max(width, 1))
     cv2.putText(canvas, text, (x, top + HEADER - 10), FONT, scale, TEXT, 1, cv2.LINE_AA)
+
+
+def tick_step(span: float) -> float:
+    """A round step (1, 2 or 5 times a power of ten) giving about ``TICKS`` ticks over
+    ``span``."""
+    raw = max(span, 1e-9) / TICKS
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def ticks(lo: float, hi: float, step: float) -> list[float]:
+    """The multiples of ``step`` from ``lo`` to ``hi``."""
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [k * step for k in range(first, last + 1)]
+
+
+def axis_label(value: float, step: float) -> str:
+    """A tick's label, with the digits its step needs."""
+    digits = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:.{digits}f}" if abs(value) > step / 2 else "0"
 
 
 @dataclass

@@ -119,7 +119,7 @@ def score_result(
     if est.x is not None and est.y is not None:
         sx, sy, how = est.x, est.y, "" if est.localised else "estimate"
     elif result.candidates:
-        best = _best_candidate(result.candidates)
+        best = best_candidate(result.candidates)
         sx, sy, how = best.position[0], best.position[1], "best_candidate"
     else:
         sx, sy, how = fallback_position[0], fallback_position[1], "map"
@@ -147,7 +147,7 @@ def score_result(
     )
 
 
-def _best_candidate(candidates: Sequence[CandidateResult]) -> CandidateResult:
+def best_candidate(candidates: Sequence[CandidateResult]) -> CandidateResult:
     return max(candidates, key=lambda c: (c.inliers, c.tentative_matches))
 
 

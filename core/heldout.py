@@ -15,6 +15,10 @@ Each pseudo-query is localised twice when its coarse answer is in doubt: with th
 escalation threshold against the same queries. A map without a fine set is fitted without a fine
 part (no threshold, no fine curve: the accurate profile then uses its defaults); once it has
 one, the rows measured without it are measured again for the fine stage.
+
+The default sample is 200 positions; the map report (core/mapreport.py) measures every one
+(``queries=None``), continuing the same order, and the fit then uses every row measured. Rows
+measured before the map grew are measured again where a new reference stands near them.
 """
 
 from __future__ import annotations
@@ -24,20 +28,25 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.calibration import LOCALISED_PROBABILITY, isotonic
-from core.defaults import HELDOUT_FINE_BELOW, HELDOUT_QUERIES
-from core.evaluation import hits, l1_error, map_centroid, score_result
+from core.defaults import HELDOUT_FINE_BELOW, HELDOUT_QUERIES, HELDOUT_REMEASURE_SPACINGS
+from core.evaluation import best_candidate, hits, l1_error, map_centroid, score_result
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
-from core.mapstore import MapStore, ReferenceMap, write_training
-from core.positions import at_position, position_groups
+from core.mapstore import MapStore, ReferenceMap, atomic_write_text, write_training
+from core.positions import at_position, position_groups, spacing
+from core.types import LocalisationResult
 
 HELDOUT_FILE = "heldout.jsonl"  # in the map folder: one row per pseudo-query done
+# In the map folder: when each reference joined the map, to tell which rows were measured
+# before a new one near them (those are measured again).
+GENERATIONS_FILE = "heldout-generations.json"
 
 
 @dataclass
@@ -60,6 +69,12 @@ class HeldoutRow:
     # The fine stage was tried (it may find no view with fine features); rows written before
     # this field count as tried when they hold a fine answer.
     fine_tried: bool = False
+    # The reference each profile's answer matched best (most inliers): on a wrong answer, the
+    # place it took this one for (the map report's "worst places"); None in older rows.
+    matched: str | None = None
+    fine_matched: str | None = None
+    # The map's generation (:func:`reference_generations`) when the row was measured.
+    generation: int = 0
 
     def needs_fine(self, fine_below: float) -> bool:
         """Measured without the fine stage although its coarse answer is in doubt: a row from
@@ -72,13 +87,23 @@ class HeldoutRow:
         return l1_error(x, y, self.truth_x, self.truth_y)
 
 
-def sample_heldout(ref_map: ReferenceMap, n: int, seed: int = 0) -> list[int]:
-    """Map rows of one view at each of ``n`` distinct positions (all positions if fewer),
-    chosen reproducibly from ``seed``."""
+def sample_heldout(
+    ref_map: ReferenceMap, n: int | None, seed: int = 0, views: int = 1
+) -> list[int]:
+    """Map rows of one view at each of ``n`` distinct positions (every position when None or
+    more than there are), chosen reproducibly from ``seed``.
+
+    The positions come in one fixed order for a seed, so a sample of n is the start of every
+    larger one: measuring every position reuses the rows of the default 200. ``views`` > 1
+    adds further views of each position after the first (all of them when it exceeds their
+    number); they follow the first views, so the same holds for them."""
     groups = position_groups(ref_map.positions)
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(int(groups.max()) + 1 if len(groups) else 0)[:n]
-    return [int(rng.choice(np.flatnonzero(groups == g))) for g in chosen]
+    rows = [np.flatnonzero(groups == g) for g in chosen]
+    first = [int(rng.choice(r)) for r in rows]
+    more = [int(i) for r, f in zip(rows, first, strict=True) for i in r[r != f][: views - 1]]
+    return first + more
 
 
 def hidden_mask(ref_map: ReferenceMap, row: int) -> np.ndarray:
@@ -94,14 +119,17 @@ def run_heldout(
     options: dict[str, Any] | None = None,
     fine_below: float = 1.0,
     on_done: Callable[[HeldoutRow], None] | None = None,
+    again: set[str] | frozenset[str] = frozenset(),
+    generation: int = 0,
 ) -> list[HeldoutRow]:
     """Localise the views ``rows`` with their positions hidden; rows are appended to ``out``
-    (JSON lines), and rows already there are not run again. The fine stage runs on those whose
+    (JSON lines), and rows already there are not run again, but for the reference ids
+    ``again`` (measured afresh once). The fine stage runs on those whose
     coarse confidence is below ``fine_below`` (when the map has a fine feature set), also on
     rows already there that were measured without it (their coarse answer is kept)."""
     ref_map = localiser.map
     has_fine = ref_map.fine_extractor is not None
-    done = {r.reference_id: r for r in read_rows(out)}
+    done = {r.reference_id: r for r in read_rows(out) if r.reference_id not in again}
     fast = LocaliseOptions.parse({**(options or {}), "profile": "fast"})
     fine_conf = {**(options or {}).get("fine_conf", {}), "escalate_below": 1.0}
     accurate = LocaliseOptions.parse({**(options or {}), "profile": "accurate",
@@ -109,6 +137,7 @@ def run_heldout(
     centroid = map_centroid(ref_map.positions)
     result = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    _end_cut_line(out)
     with out.open("a") as f:
         for row in rows:
             rid = ref_map.ids[row]
@@ -127,8 +156,9 @@ def run_heldout(
                 # would be told.
                 coarse = score_result(rid, truth, res, 0.0, centroid)
                 rec = HeldoutRow(
-                    rid, *truth, coarse.scored_x, coarse.scored_y, float(res.estimate.confidence)
-                )
+                    rid, *truth, coarse.scored_x, coarse.scored_y, float(res.estimate.confidence),
+                    matched=_matched(res), generation=generation,
+                )  # fmt: skip
             if has_fine and rec.coarse_score < fine_below:
                 rec.fine_tried = True
                 res = localiser.localise(image, accurate, hidden, calibrated=False)
@@ -137,6 +167,7 @@ def run_heldout(
                     rec.fine_x, rec.fine_y = fine.scored_x, fine.scored_y
                     rec.fine_score = float(res.estimate.confidence)
                     rec.fine_switched = res.estimate.method.startswith("fine")
+                    rec.fine_matched = _matched(res)
             rec.seconds += time.perf_counter() - t0
             f.write(json.dumps(asdict(rec)) + "\n")  # read back last-wins (read_rows)
             f.flush()
@@ -144,6 +175,21 @@ def run_heldout(
             if on_done:
                 on_done(rec)
     return result
+
+
+def _end_cut_line(path: Path) -> None:
+    """End a last line a killed run left without its newline, so that the next row appended
+    starts a line of its own instead of joining that unreadable one (and being lost with it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+
+
+def _matched(result: LocalisationResult) -> str | None:
+    return best_candidate(result.candidates).reference_id if result.candidates else None
 
 
 def read_rows(path: Path) -> list[HeldoutRow]:
@@ -242,38 +288,93 @@ def fit_map(
     store: MapStore,
     name: str,
     image_of: Callable[[str], Path],
-    queries: int = HELDOUT_QUERIES,
+    queries: int | None = HELDOUT_QUERIES,
     seed: int = 0,
     fine_below: float = HELDOUT_FINE_BELOW,
     device: str = "cpu",
     batch: int | None = None,
     on_done: Callable[[HeldoutRow], None] | None = None,
+    views: int = 1,
 ) -> dict[str, Any] | None:
-    """Measure the map on ``queries`` held-out positions and store its training record.
+    """Measure the map on ``queries`` held-out positions (None: every position; ``views`` per
+    position) and store its training record, fitted on every row measured so far.
 
     The rows go to ``heldout.jsonl`` in the map folder, so an interrupted fit resumes; with
     ``batch``, at most that many new pseudo-queries run and None is returned while some are
-    left (how a build worker fits a big map in several short tasks). The fine stage is fitted
-    when the map has a fine feature set; references lacking fine features get them from
-    ``image_of`` as the fit needs them.
+    left (how a build worker fits a big map in several short tasks). Rows measured before the
+    map grew are measured again where a new reference stands near them (:func:`stale_ids`).
+    The fine stage is fitted when the map has a fine feature set; references lacking fine
+    features get them from ``image_of`` as the fit needs them.
     """
     ref_map = store.open(name)
     loc = Localiser(ref_map, device, fine_source=image_of)
-    rows = sample_heldout(ref_map, queries, seed)
     out = ref_map.path / HELDOUT_FILE
     has_fine = ref_map.fine_extractor is not None
-    done = {r.reference_id: r for r in read_rows(out)}
+    generation, added = reference_generations(ref_map)
+    done = {r.reference_id: r for r in read_rows(out) if r.reference_id in ref_map.index}
+    again = stale_ids(ref_map, list(done.values()), added)
+    sample = sample_heldout(ref_map, queries, seed, views)
+    # Every row measured before stays in the fit: more rows, the same rules.
+    rows = sample + sorted({ref_map.index[rid] for rid in done} - set(sample))
     todo = [
         r for r in rows
-        if ref_map.ids[r] not in done or (has_fine and done[ref_map.ids[r]].needs_fine(fine_below))
+        if ref_map.ids[r] not in done or ref_map.ids[r] in again
+        or (has_fine and done[ref_map.ids[r]].needs_fine(fine_below))
     ]  # fmt: skip
+    run = partial(run_heldout, loc, image_of=image_of, out=out, fine_below=fine_below,
+                  on_done=on_done, again=again, generation=generation)  # fmt: skip
     if batch is not None and len(todo) > batch:
-        run_heldout(loc, todo[:batch], image_of, out, fine_below=fine_below, on_done=on_done)
+        run(todo[:batch])
         return None
-    got = run_heldout(loc, rows, image_of, out, fine_below=fine_below, on_done=on_done)
+    got = run(rows)
     record = fit(got, map_centroid(ref_map.positions), fine_extractor=ref_map.fine_extractor)
-    record.update(queries=queries, seed=seed, fine_below=fine_below)
-    redone = sum(1 for r in todo if ref_map.ids[r] in done)
-    record["last_run"] = {"measured": len(todo) - redone, "fine_remeasured": redone}
+    record.update(queries=queries, views=views, seed=seed, fine_below=fine_below)
+    ids = [ref_map.ids[r] for r in todo]
+    redone = sum(1 for rid in ids if rid in done and rid not in again)
+    record["last_run"] = {
+        "measured": sum(1 for rid in ids if rid not in done),
+        "fine_remeasured": redone,
+        "remeasured_near_new": sum(1 for rid in ids if rid in again),
+    }
     write_training(ref_map.path, record)
     return record
+
+
+def reference_generations(ref_map: ReferenceMap) -> tuple[int, dict[str, int]]:
+    """The map's current generation and the generation each reference was added in, kept in
+    the map folder: a map's references are generation 0 when first measured, and each later
+    measurement that finds new references numbers them one more."""
+    path = ref_map.path / GENERATIONS_FILE
+    known = json.loads(path.read_text()) if path.is_file() else None
+    if known is None:
+        generation, added = 0, dict.fromkeys(ref_map.ids, 0)
+    else:
+        generation, added = int(known["generation"]), dict(known["references"])
+        new = [rid for rid in ref_map.ids if rid not in added]
+        if not new:
+            return generation, added
+        generation += 1
+        added.update(dict.fromkeys(new, generation))
+    atomic_write_text(path, json.dumps({"generation": generation, "references": added}))
+    return generation, added
+
+
+def stale_ids(ref_map: ReferenceMap, rows: list[HeldoutRow], added: dict[str, int]) -> set[str]:
+    """The rows to measure again because the map grew near them: those within
+    ``HELDOUT_REMEASURE_SPACINGS`` position spacings of a reference added after the row was
+    measured (a row measured again carries the new generation, so it is measured once)."""
+    later = np.array([added.get(rid, 0) for rid in ref_map.ids])
+    if not rows or later.max(initial=0) == 0:
+        return set()
+    from scipy.spatial import cKDTree
+
+    radius = HELDOUT_REMEASURE_SPACINGS * spacing(ref_map.positions)
+    grown = np.flatnonzero(later > 0)
+    tree = cKDTree(ref_map.positions[grown])
+    truth = np.array([[r.truth_x, r.truth_y] for r in rows])
+    near = tree.query_ball_point(truth, radius)
+    return {
+        r.reference_id
+        for r, idx in zip(rows, near, strict=True)
+        if idx and later[grown[idx]].max() > r.generation
+    }

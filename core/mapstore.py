@@ -126,7 +126,7 @@ class MapStore:
                 )
             return path
         (path / "parts").mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2))
+        atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2))
         return path
 
     def set_camera(self, name: str, camera: Camera | None) -> None:
@@ -201,7 +201,7 @@ class MapStore:
 def write_training(map_path: Path, record: dict[str, Any]) -> Path:
     """Store a map's training record (core/heldout.py); read back by ReferenceMap.training."""
     path = Path(map_path) / TRAINING_FILE
-    _atomic_write_text(path, json.dumps(record, indent=2))
+    atomic_write_text(path, json.dumps(record, indent=2))
     return path
 
 
@@ -222,10 +222,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    _atomic_write_text(Path(path) / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write_text(Path(path) / "manifest.json", json.dumps(manifest, indent=2))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -29,3 +29,16 @@ def position_groups(positions: np.ndarray) -> np.ndarray:
 def at_position(positions: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """(N,) bool: the rows of ``positions`` at the position ``xy``."""
     return (np.round(positions, DECIMALS) == np.round(np.asarray(xy), DECIMALS)).all(axis=1)
+
+
+def spacing(positions: np.ndarray) -> float:
+    """The site's position spacing: the median distance from a position to the nearest other
+    one (views of one position count once); 1.0 for fewer than two positions. The unit of the
+    distances the map report and the held-out re-measuring use, whatever the map's units."""
+    from scipy.spatial import cKDTree
+
+    distinct = np.unique(np.round(np.asarray(positions, np.float64), DECIMALS), axis=0)
+    if len(distinct) < 2:
+        return 1.0
+    dist, _ = cKDTree(distinct).query(distinct, k=2)
+    return float(np.median(dist[:, 1])) or 1.0

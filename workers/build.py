@@ -52,7 +52,7 @@ from db.models import BuildStatus, ChunkStatus, MapBuild
 from db.session import Database
 from workers import runtime
 from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
-from workers.fit import send_fit
+from workers.fit import send_refit
 from workers.geometry import send_geometry
 from workers.maps import image_limits, register_map
 from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
@@ -288,9 +288,10 @@ def finalise_build(self, build_id: str) -> dict[str, Any]:
             register_map(settings, map_name)
         except (InputError, MapError, OSError, ValueError) as exc:
             error = f"finalising map {map_name!r} failed: {exc}"
-        photos = MapStore(settings.maps_dir).images_dir(map_name) if error is None else None
+        store = MapStore(settings.maps_dir)
+        photos = store.images_dir(map_name) if error is None else None
         if settings.fit_after_build and photos is not None:
-            send_fit(self.app, settings, map_name, defaults.HELDOUT_QUERIES)
+            send_refit(self.app, settings, store, map_name)
         if settings.geometry_after_build and error is None:
             send_geometry(self.app, settings, map_name)
         with db.session() as s:

@@ -1,7 +1,9 @@
 """The map's self-measurement on the build queue (core/heldout.py), in short resumable steps.
 
-``featureloc.fit_map(map_name, queries)`` localises up to ``FIT_BATCH`` held-out positions,
-appends them to the map's ``heldout.jsonl`` and sends itself again until every position is done;
+``featureloc.fit_map(map_name, queries, views)`` localises up to ``FIT_BATCH`` held-out
+positions (``queries`` null: every position of the map, ``views`` of each, as the map report
+needs, core/mapreport.py), appends them to the map's ``heldout.jsonl`` and sends itself again
+until every one is done;
 the last step fits and writes ``training.json`` and, with ``map_backend=s3``, publishes the map
 (workers see the new fit between jobs, workers/runtime.py). A worker killed mid-step loses at
 most the position it was on: the next delivery (acks_late) or ``featureloc map fit`` goes on
@@ -34,12 +36,24 @@ log = logging.getLogger(__name__)
 FIT_BATCH = 8
 
 
-def send_fit(celery: Any, settings: Settings, map_name: str, queries: int) -> None:
-    celery.send_task(FIT_MAP_TASK, args=[map_name, queries], queue=settings.build_queue)
+def send_fit(
+    celery: Any, settings: Settings, map_name: str, queries: int | None, views: int = 1
+) -> None:
+    celery.send_task(FIT_MAP_TASK, args=[map_name, queries, views], queue=settings.build_queue)
+
+
+def send_refit(celery: Any, settings: Settings, store: MapStore, map_name: str) -> None:
+    """Fit a grown map on as many positions and views as its last fit (every position for a
+    map measured for its report), else on the default sample."""
+    record = store.training(map_name)
+    queries = record.get("queries", defaults.HELDOUT_QUERIES)
+    send_fit(celery, settings, map_name, queries, record.get("views", 1))
 
 
 @shared_task(name=FIT_MAP_TASK, bind=True, **RETRY_POLICY)
-def fit_map_task(self, map_name: str, queries: int = defaults.HELDOUT_QUERIES) -> dict[str, Any]:
+def fit_map_task(
+    self, map_name: str, queries: int | None = defaults.HELDOUT_QUERIES, views: int = 1
+) -> dict[str, Any]:
     settings = runtime.settings()
     store = MapStore(settings.maps_dir)
     try:
@@ -49,13 +63,13 @@ def fit_map_task(self, map_name: str, queries: int = defaults.HELDOUT_QUERIES) -
         photo = map_photos(store.open(map_name).ids, folder)
         record = fit_map(
             store, map_name, photo, queries=queries, device=settings.resolved_device(),
-            batch=FIT_BATCH,
+            batch=FIT_BATCH, views=views,
         )  # fmt: skip
     except InputError as exc:
         log.error("fitting map %s failed: %s", map_name, exc)
         return {"map": map_name, "status": "failed", "error": str(exc)}
     if record is None:
-        send_fit(self.app, settings, map_name, queries)
+        send_fit(self.app, settings, map_name, queries, views)
         return {"map": map_name, "status": "continuing"}
     version = publish_if_configured(settings, store, map_name)
     return {

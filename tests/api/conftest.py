@@ -19,6 +19,7 @@ import pytest
 from core.mapstore import MapStore
 from db import api_keys, queries
 from db.models import Job
+from tests.api.browser import Browser, chromium_path
 from tests.support.faults import Stack, make_tiny_scene, query_images, stack
 from tests.support.process import ApiServerProcess
 from tests.support.services import WorkerProcess, require_redis
@@ -61,6 +62,19 @@ class ApiStack:
 
     def query_photos(self) -> list[Path]:
         return query_images(self.scene)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for page tests (tests/api/browser.py)."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's package)")
+    b = Browser(executable)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture(scope="session")

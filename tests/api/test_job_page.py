@@ -22,23 +22,10 @@ from api.pages import CANDIDATE_ROWS, FIGURE_TOP
 from core.draw import FONT, FONT_SCALE, figure_size, unpack_inliers
 from db import queries
 from db.models import Job
-from tests.api.browser import Browser, chromium_path
 from tests.api.conftest import MAP, MAX_IMAGE_PIXELS
 from workers.figures import FIGURE_REFERENCES, NOT_KEPT, job_figure
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's package)")
-    b = Browser(executable)
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def _done_job(api_stack, photo: bytes | None = None) -> dict:

@@ -150,7 +150,7 @@ def test_a_map_fitted_before_its_fine_set_keeps_its_accurate_profile(
     first = fit_map(store, "scene", image_of, queries=3, fine_below=1.0)
     assert "escalate_below" not in first and set(first["calibration"]) == {"coarse"}
     assert first["fine_missing"] == "the map has no fine set"
-    assert first["last_run"] == {"measured": 3, "fine_remeasured": 0}
+    assert first["last_run"] == {"measured": 3, "fine_remeasured": 0, "remeasured_near_new": 0}
     image, _ = _query(scene)
     loc = Localiser(store.open("scene"))
     res = loc.localise(image, LocaliseOptions.parse({"profile": "accurate"}))
@@ -181,7 +181,7 @@ def test_a_map_fitted_before_its_fine_set_keeps_its_accurate_profile(
     assert res.estimate.confidence > 0
 
     second = fit_map(store, "scene", image_of, queries=3, fine_below=1.0)
-    assert second["last_run"] == {"measured": 0, "fine_remeasured": 3}
+    assert second["last_run"] == {"measured": 0, "fine_remeasured": 3, "remeasured_near_new": 0}
     assert second["heldout"]["fine_run"] >= 1 and "fine_missing" not in second
     assert 0.0 <= second["escalate_below"] <= 1.0 + 1e-6
     refitted = store.open("scene")

@@ -72,6 +72,25 @@ def test_a_line_cut_short_by_a_crash_is_run_again(tmp_path) -> None:
     assert [r.reference_id for r in rows] == ["r0"]
 
 
+def test_a_row_appended_after_a_cut_line_is_not_lost_with_it(tmp_path) -> None:
+    """A run killed mid-write leaves a line without its newline: the next run ends it before
+    appending, so its first row is read back (run_heldout does this before its rows)."""
+    import dataclasses
+    import json
+
+    from core.heldout import _end_cut_line
+
+    path = tmp_path / "heldout.jsonl"
+    whole = json.dumps(dataclasses.asdict(_row(0, 1.0, 0.5)))
+    path.write_text(whole + "\n" + whole[:20])
+    _end_cut_line(path)
+    _end_cut_line(path)  # a line already ended is left as it is
+    with path.open("a") as f:
+        f.write(json.dumps(dataclasses.asdict(_row(1, 2.0, 0.5))) + "\n")
+    assert [r.reference_id for r in read_rows(path)] == ["r0", "r1"]
+    assert path.read_text().count("\n") == 3
+
+
 def test_a_fit_without_fine_rows_has_no_fine_part() -> None:
     """A map fitted before it had a fine set: no 0.0 threshold and no all-zero fine curve
     that would later stop the fine stage or zero its confidence."""
