@@ -25,7 +25,7 @@ from core.photoset import MAX_PHOTOS
 from db import queries
 from workers.blobstore import BlobNotFound
 from workers.client import JobResult
-from workers.figures import FIGURE_REFERENCES, job_figure
+from workers.figures import FIGURE_REFERENCES, NoSuchPhoto, job_figure
 
 router = APIRouter(prefix="/v1", tags=["figures"])
 
@@ -63,8 +63,6 @@ async def matches_png(
     ] = 0,
 ) -> Response:
     result = _finished(await visible_job(svc, key, job_id))
-    if photo >= result.photos:
-        raise Problem(404, f"job {job_id} has {result.photos} photo(s): there is no photo {photo}")
     png = await run_in_threadpool(_draw_png, svc, result, top, photo)
     return Response(png, media_type="image/png", headers=CACHE)
 
@@ -76,6 +74,8 @@ def _draw_png(svc: Services, result: JobResult, top: int, photo: int) -> bytes:
             figure = job_figure(svc.client, result.id, images_dir, top, photo)
         except BlobNotFound:
             raise Problem(410, "the query photo of this job is no longer stored") from None
+        except NoSuchPhoto as exc:
+            raise Problem(404, str(exc)) from None
         except InputError as exc:
             raise Problem(409, f"cannot draw this job: {exc}") from None
     ok, encoded = cv2.imencode(".png", figure.image)

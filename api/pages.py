@@ -93,6 +93,11 @@ async def logout() -> Response:
     return response
 
 
+def _sign_in_first(page: str) -> RedirectResponse:
+    """To the login form, which sends the person back to ``page`` once signed in."""
+    return RedirectResponse(f"/login?next={quote(page)}", status_code=303)
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(
     request: Request,
@@ -101,7 +106,7 @@ async def job_page(
     svc: Svc,
 ) -> Response:
     if key is None:
-        return RedirectResponse(f"/login?next={quote(f'/jobs/{job_id}')}", status_code=303)
+        return _sign_in_first(f"/jobs/{job_id}")
     try:
         job = await visible_job(svc, key, job_id)
     except Problem as problem:
@@ -129,8 +134,7 @@ async def report_page(
     profile: Literal["fast", "accurate"] = "fast",
 ) -> Response:
     if key is None:
-        target = quote(f"/maps/{map_name}/report")
-        return RedirectResponse(f"/login?next={target}", status_code=303)
+        return _sign_in_first(f"/maps/{map_name}/report")
     validate_map_name(map_name)
     require_map(key, map_name)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from core.mapfigures import WIDTH
 from core.mapstore import MapStore
 from db import queries
 from tests.api.conftest import MAP
-from tests.support.paths import REPO
+from tests.support.process import run_cli
 from tests.support.services import register_scene_map
 
 pytestmark = pytest.mark.integration
@@ -32,10 +31,7 @@ FIGURES = ("plan", "coverage", "worst", "reliability")
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+    return run_cli(env, *args, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import FINE_SET, MapStore
-from tests.support.paths import REPO
+from tests.support.process import run_cli
 from tests.support.services import service_env
 
 pytestmark = pytest.mark.integration
@@ -36,10 +35,7 @@ def cli_env(tmp_path_factory, scene: Path) -> tuple[dict, Path, Path]:
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+    return run_cli(env, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

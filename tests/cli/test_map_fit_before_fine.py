@@ -11,14 +11,9 @@ import pytest
 from core.defaults import HELDOUT_FINE_BELOW
 from core.heldout import HELDOUT_FILE, read_rows
 from core.mapstore import MapStore
-from tests.cli.test_map_fit import cli_env
-from tests.support.process import run_cli
+from tests.cli.test_map_fit import _cli, cli_env
 
 pytestmark = pytest.mark.integration
-
-
-def _cli(env: dict, *args: str):
-    return run_cli(env, *args, timeout=600)
 
 
 def test_a_map_fitted_before_its_fine_set_is_told_what_to_do(tmp_path_factory, scene) -> None:
