@@ -295,6 +295,7 @@ def fit_map(
     batch: int | None = None,
     on_done: Callable[[HeldoutRow], None] | None = None,
     views: int = 1,
+    localiser: Localiser | None = None,
 ) -> dict[str, Any] | None:
     """Measure the map on ``queries`` held-out positions (None: every position; ``views`` per
     position) and store its training record, fitted on every row measured so far.
@@ -304,10 +305,14 @@ def fit_map(
     left (how a build worker fits a big map in several short tasks). Rows measured before the
     map grew are measured again where a new reference stands near them (:func:`stale_ids`).
     The fine stage is fitted when the map has a fine feature set; references lacking fine
-    features get them from ``image_of`` as the fit needs them.
+    features get them from ``image_of`` as the fit needs them. A worker fitting in steps passes
+    the ``localiser`` it keeps between them, of this map's folder, so that each step does not
+    load the models and the map again.
     """
-    ref_map = store.open(name)
-    loc = Localiser(ref_map, device, fine_source=image_of)
+    if localiser is not None and localiser.map.path != store.path(name):
+        raise ValueError(f"the localiser given is of {localiser.map.path}, not map {name!r}")
+    loc = localiser or Localiser(store.open(name), device, fine_source=image_of)
+    ref_map = loc.map
     out = ref_map.path / HELDOUT_FILE
     has_fine = ref_map.fine_extractor is not None
     generation, added = reference_generations(ref_map)

@@ -60,11 +60,12 @@ def fit_map_task(
         folder = store.images_dir(map_name)
         if folder is None:
             raise InputError(f"map {map_name!r} records no photo folder (featureloc map images)")
-        photo = map_photos(store.open(map_name).ids, folder)
+        # Loaded once per process and map version, not once per step.
+        loc = runtime.fit_localiser(map_name)
+        photo = map_photos(loc.map.ids, folder)
         record = fit_map(
-            store, map_name, photo, queries=queries, device=settings.resolved_device(),
-            batch=FIT_BATCH, views=views,
-        )  # fmt: skip
+            store, map_name, photo, queries=queries, batch=FIT_BATCH, views=views, localiser=loc
+        )
     except InputError as exc:
         log.error("fitting map %s failed: %s", map_name, exc)
         return {"map": map_name, "status": "failed", "error": str(exc)}

@@ -136,14 +136,36 @@ def localiser(map_name: str) -> tuple[Localiser, str]:
             return cached[1], version
         path = map_versions().pull(map_name, version, s.map_cache_dir)
     else:
-        store = MapStore(s.maps_dir)
-        path = store.path(map_name)
-        if not (path / "manifest.json").is_file():
-            store.open(map_name)  # raises MapError("unknown map ...")
-        version = _local_version(path)
-        cached = _localisers.get(map_name)
-        if cached and cached[0] == version:
-            return cached[1], version
+        path, version = _map_folder(map_name)
+    return _load(map_name, version, path), version
+
+
+def fit_localiser(map_name: str) -> Localiser:
+    """The localiser a map's fit measures with (workers/fit.py): of the map's own folder, where
+    the fit writes its rows (with ``map_backend=s3`` not the published copy jobs use), kept
+    between the fit's steps while the folder's version holds. A step that loaded the models
+    and the map anew cost the Getty map's report about 0.7 s per position (BENCHMARKS.md)."""
+    validate_map_name(map_name)
+    path, version = _map_folder(map_name)
+    key = map_name if settings().map_backend == "dir" else f"{map_name} (fit)"
+    return _load(key, version, path)
+
+
+def _map_folder(map_name: str) -> tuple[Path, str]:
+    store = MapStore(settings().maps_dir)
+    path = store.path(map_name)
+    if not (path / "manifest.json").is_file():
+        store.open(map_name)  # raises MapError("unknown map ...")
+    return path, _local_version(path)
+
+
+def _load(key: str, version: str, path: Path) -> Localiser:
+    """The localiser cached under ``key`` if it is of ``version``, else the map at ``path``
+    loaded (and cached) anew."""
+    cached = _localisers.get(key)
+    if cached and cached[0] == version:
+        return cached[1]
+    s = settings()
     t0 = time.perf_counter()
     ref_map = ReferenceMap.load(path)
     loc = Localiser(
@@ -152,12 +174,12 @@ def localiser(map_name: str) -> tuple[Localiser, str]:
         fine_source=_fine_source(ref_map),
         verify_threads=s.verify_threads or 1,  # 0 outside a worker: one thread
     )
-    _localisers[map_name] = (version, loc)
+    _localisers[key] = (version, loc)
     log.info(
         "process %d loaded map %r (%s, %d references) in %.1f s",
-        os.getpid(), map_name, version, len(ref_map), time.perf_counter() - t0,
+        os.getpid(), key, version, len(ref_map), time.perf_counter() - t0,
     )  # fmt: skip
-    return loc, version
+    return loc
 
 
 def preload(map_names: Iterable[str]) -> list[str]:

@@ -56,6 +56,33 @@ def test_a_fit_reaches_a_running_worker_of_a_directory_map(
     assert before.map.training == {}  # a job holding the old map keeps its fit
 
 
+def test_the_steps_of_a_fit_share_one_loaded_map(
+    worker_state, copy_scene_map, scene, tmp_path
+) -> None:
+    """A fit runs in steps of FIT_BATCH positions (workers/fit.py): each step takes the
+    localiser the worker keeps, loaded once per map version, not the models and map anew."""
+    from core.heldout import fit_map
+    from core.mapbuild import map_photos
+    from core.mapstore import MapStore
+
+    settings = _settings(tmp_path)
+    worker_state.setattr(runtime, "settings", lambda: settings)
+    _scene_map(copy_scene_map, settings, scene)
+    first = runtime.fit_localiser("scene")
+    assert runtime.fit_localiser("scene") is first  # the next step
+    assert runtime.localiser("scene")[0] is first  # a directory map: jobs share it
+    store = MapStore(settings.maps_dir)
+    photos = map_photos(first.map.ids, scene / "images")
+    assert fit_map(store, "scene", photos, queries=2, batch=1, localiser=first) is None
+    assert runtime.fit_localiser("scene") is first  # rows written, the map's version holds
+    assert fit_map(store, "scene", photos, queries=2, localiser=first) is not None
+    assert runtime.fit_localiser("scene") is not first  # a new fit: a new version
+    other = tmp_path / "other"
+    MapStore(other).path("scene").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not map 'scene'"):
+        fit_map(MapStore(other), "scene", photos, queries=2, localiser=first)
+
+
 def test_a_fit_reaches_a_running_worker_of_a_published_map(
     worker_state, copy_scene_map, scene, tmp_path, s3_endpoint
 ) -> None:
