@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ from db.models import Job
 from tests.api.browser import Browser, chromium_path
 from tests.support.faults import Stack, make_tiny_scene, query_images, stack
 from tests.support.process import ApiServerProcess
-from tests.support.services import WorkerProcess, require_redis
+from tests.support.services import ServicePool, WorkerProcess, require_redis
 
 MAP = "tiny"
 # Small limits, so that the hostile uploads stay small and fast.
@@ -82,13 +84,27 @@ def tiny_scene(tmp_path_factory) -> Path:
     return make_tiny_scene(tmp_path_factory.mktemp("api-scene"), num_queries=4)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def api_stack(request, tmp_path_factory, tiny_scene) -> Iterator[ApiStack]:
+@pytest.fixture(scope="session")
+def api_stacks(tmp_path_factory, tiny_scene) -> Iterator[ServicePool[ApiStack]]:
+    """One stack per backend, started on first use and kept for the session."""
+    start = partial(_api_stack, tmp_path_factory=tmp_path_factory, scene=tiny_scene)
+    with ServicePool(start) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api_stack(request, api_stacks) -> ApiStack:
+    """The session's stack on each backend (``api_stacks``)."""
     require_redis()
+    return api_stacks.get(request.param)
+
+
+@contextmanager
+def _api_stack(backend: str, tmp_path_factory, scene: Path) -> Iterator[ApiStack]:
     limits = {"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS}
-    data = tmp_path_factory.mktemp(f"api-{request.param}")
-    with stack(data, tiny_scene, backend=request.param, **limits) as st:
-        MapStore(st.settings.maps_dir).set_images_dir(MAP, tiny_scene / "images")
+    data = tmp_path_factory.mktemp(f"api-{backend}")
+    with stack(data, scene, backend=backend, **limits) as st:
+        MapStore(st.settings.maps_dir).set_images_dir(MAP, scene / "images")
         with st.db().session() as s:
             queries.upsert_map(s, OTHER_MAP, {"name": "sift"}, {"name": "exhaustive"}, [])
             token = api_keys.create_key(s, "all-maps")[1]
@@ -97,7 +113,7 @@ def api_stack(request, tmp_path_factory, tiny_scene) -> Iterator[ApiStack]:
         server = ApiServerProcess(st.env, data / "api.log")
         try:
             server.start()
-            yield ApiStack(request.param, st, server, worker, token, other)
+            yield ApiStack(backend, st, server, worker, token, other)
         finally:
             server.stop()
             worker.stop()

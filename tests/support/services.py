@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pytest
 
@@ -19,6 +20,34 @@ REDIS_URL = os.environ.get("FEATURELOC_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 POSTGRES_URL = os.environ.get(
     "FEATURELOC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+T = TypeVar("T")
+
+
+class ServicePool(Generic[T]):
+    """Services by key (a database backend), each started on first use and all stopped when
+    the pool closes: what a session fixture shares between the test files of one process.
+
+    A session-scoped fixture parametrised by backend would instead stop and start its service
+    at every test file under pytest-xdist's ``loadfile`` (each file runs its tests on one
+    backend, then the other), and a stack costs 8-17 s to start."""
+
+    def __init__(self, start: Callable[[str], AbstractContextManager[T]]) -> None:
+        self._start = start
+        self._started: dict[str, T] = {}
+        self._running = ExitStack()
+
+    def get(self, key: str) -> T:
+        if key not in self._started:
+            self._started[key] = self._running.enter_context(self._start(key))
+        return self._started[key]
+
+    def __enter__(self) -> ServicePool[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running.close()
 
 
 def reachable(host: str, port: int) -> bool:

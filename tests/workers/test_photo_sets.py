@@ -15,17 +15,17 @@ from cli.synthetic import make_world, render_view
 from core.errors import InputError
 from db import queries
 from db.models import Job
-from tests.support.services import scene_service
 from workers.client import Client
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def service(request, tmp_path_factory, scene):
-    data = tmp_path_factory.mktemp(f"sets-{request.param}")
-    with scene_service(request.param, data, scene) as (settings, _):
-        yield Client(settings)
+@pytest.fixture(scope="module")
+def service(scene_services):
+    """On SQLite: the sets' rows on PostgreSQL are tested through the API
+    (tests/api/test_photo_sets_http.py), which runs on both."""
+    settings, _ = scene_services.get("sqlite")
+    return Client(settings)
 
 
 def _set_photos(scene: Path, yaws: list[float]) -> tuple[list[bytes], tuple[float, float]]:

@@ -16,7 +16,6 @@ import pytest
 from core.errors import InputError
 from db import queries
 from db.session import Database
-from tests.support.services import scene_service
 from workers.celery_app import LOCALISE_TASK
 from workers.client import Client
 
@@ -29,10 +28,9 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def service(request, tmp_path_factory, scene):
-    data = tmp_path_factory.mktemp(f"svc-{request.param}")
-    with scene_service(request.param, data, scene) as (settings, worker):
-        yield settings, Client(settings), worker
+def service(request, scene_services):
+    settings, worker = scene_services.get(request.param)
+    return settings, Client(settings), worker
 
 
 def test_queries_are_localised_and_stored(service, scene):
