@@ -29,9 +29,10 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 class ServiceProcess:
     """A ``featureloc`` subcommand in its own process, its output appended to ``log_path``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path = REPO) -> None:
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd  # whose code runs: this checkout unless a benchmark compares another
         self.proc: subprocess.Popen | None = None
 
     def _spawn(self, *args: str) -> int:
@@ -43,7 +44,7 @@ class ServiceProcess:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=self.cwd,
         )
         return start_offset
 
@@ -66,9 +67,14 @@ class WorkerProcess(ServiceProcess):
     """A real ``featureloc worker`` (Celery prefork) process."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, concurrency: int = 1, name: str | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        concurrency: int = 1,
+        name: str | None = None,
+        cwd: Path = REPO,
     ) -> None:
-        super().__init__(env, log_path)
+        super().__init__(env, log_path, cwd)
         self.concurrency = concurrency
         self.name = name or f"w{uuid.uuid4().hex[:6]}@%h"
 

@@ -33,7 +33,7 @@ from tests.support.faults import (
 
 JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "1500"))
 DEADLINE = 300 + JOBS * 0.2  # seconds for each phase; the whole test gets twice that
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2 * DEADLINE)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2 * DEADLINE)]
 
 CLIENTS = 4
 BAD_EVERY = 100  # every 100th photo is truncated: it must fail, with its reason

@@ -28,7 +28,7 @@ from tests.support.faults import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 JOBS = 500
 CLIENTS = 4

@@ -135,7 +135,6 @@ def test_a_download_killed_midway_leaves_no_version_and_the_next_pull_completes(
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_two_hosts_serve_a_published_map_extended_mid_load(s3_endpoint, versions, scene, tmp_path):
     """Two worker processes, each with its own data directory (two hosts), share only Redis,
     the database and the bucket. Half the jobs run on version 1; the map is then extended and
