@@ -1,6 +1,6 @@
 """The map's fit through the build queue on the Getty map (issue 26): what a held-out position
 costs end to end when a real worker runs ``featureloc.fit_map`` in its steps of
-``workers.fit.FIT_BATCH`` positions, against what localising it costs.
+``fit_step_positions`` (8) positions, against what localising it costs.
 
 Reproduce (from the repository root, venv active, Redis on 127.0.0.1:6379; the first run builds
 the coarse map, as bench/accuracy.py does):

@@ -37,6 +37,7 @@ import torch
 
 from bench.common import machine_info, write_json
 from bench.getty_maps import GETTY, ensure_map
+from core.calibration import calibrate, expected_calibration_error
 from core.estimation import ESTIMATORS
 from core.evaluation import bootstrap_ci, l1_error
 from core.heldout import hidden_mask, sample_heldout
@@ -90,6 +91,29 @@ def heldout_spots(loc: Localiser, n: int, seed: int) -> list[Spot]:
         truth = (float(loc.map.positions[row, 0]), float(loc.map.positions[row, 1]))
         spots.append((truth, sorted(ids), hidden))
     return spots
+
+
+def set_calibration(training: dict, rows: dict[int, list[dict]]) -> dict:
+    """How well each of the map's curves calibrates the sets' confidence (sets of 2 or more):
+    the expected calibration error and the mean confidence against the hit rate, through the
+    single-photo curve and, where the map measured sets (core/setfit.py), the set curve."""
+    curves = training.get("calibration", {})
+    out: dict = {}
+    for name in ("coarse", "set"):
+        if name not in curves:
+            continue
+        for k in SIZES[1:]:
+            p = np.array([calibrate(curves[name], r["confidence"]) for r in rows[k]])
+            hit = np.array([r["error"] < 5 for r in rows[k]], np.float64)
+            ece, _ = expected_calibration_error(p, hit)
+            out[f"{name}_curve_sets_of_{k}"] = {
+                "ece": ece,
+                "mean_confidence": float(p.mean()),
+                "hit_rate": float(hit.mean()),
+            }
+            print(f"sets of {k} through the {name} curve: ECE {ece:.3f}, mean confidence "
+                  f"{p.mean():.2f}, hit rate {hit.mean():.2f}")  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -156,6 +180,8 @@ def main() -> None:
                     "error": l1_error(x, y, *truth),
                     "pooled_only_error": l1_error(px, py, *truth),
                     "localised": est.localised,
+                    # Raw for a set (pool_photos calibrates nothing), calibrated for one photo.
+                    "confidence": float(est.confidence),
                     "method": est.method,
                     "reason": reason,
                     "seconds": seconds,
@@ -191,6 +217,7 @@ def main() -> None:
             f"{k:8d} {s['sets']:4d} {s['mae']:6.2f} {s['median']:6.2f} {s['within_5']:5.2f} "
             f"{s['not_localised']:6d} {s['seconds_per_set']:6.2f} {s['pooled_only_mae']:15.2f}"
         )
+    summary["set_calibration"] = set_calibration(loc.map.training, rows)
     name = (
         f"photo_sets_heldout{args.heldout}.json"
         if args.heldout

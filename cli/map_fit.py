@@ -106,6 +106,13 @@ def map_fit(
     via_queue: Annotated[
         bool, typer.Option("--via-queue", help="Queue it on the build queue's workers.")
     ] = False,
+    sets: Annotated[
+        int,
+        typer.Option(
+            help="Also measure photo sets at this many held-out positions (every subset of "
+            "2-5 of their views) and fit the sets' confidence curve (core/setfit.py)."
+        ),
+    ] = 0,
 ) -> None:
     """Localise views of held-out positions against the rest of the map and fit the escalation
     rule, the confidence calibration and the "not localised" threshold on them (on every
@@ -118,6 +125,10 @@ def map_fit(
     count = None if every_position else (queries or defaults.HELDOUT_QUERIES)
     if (count is not None and count < 1) or views < 1:
         fail("--queries and --views must be at least 1")
+    if sets < 0:
+        fail("--sets must be 0 (none) or more")
+    if via_queue and sets:
+        fail("--sets runs here, not on the queue: run it without --via-queue")
     if via_queue:
         _queue_fit(name, count, views)
         return
@@ -135,7 +146,36 @@ def map_fit(
     assert record is not None  # no batch limit: the fit ran to the end
     for line in fit_report(name, record):
         console.print(line, highlight=False)
+    if sets:
+        _fit_sets(store, name, photo, sets, seed)
     _publish(name)
+
+
+def _fit_sets(store, name: str, photo, positions: int, seed: int) -> None:
+    from core.localiser import Localiser
+    from core.setfit import fit_sets
+
+    # A localiser of the map as just fitted: the sets' photos go through its new fit.
+    loc = Localiser(store.open(name), get_settings().resolved_device(), fine_source=photo)
+    try:
+        figures = fit_sets(
+            store, name, photo, positions, loc, seed=seed,
+            on_done=lambda r: console.print(
+                f"  set at ({r.position[0]:.1f}, {r.position[1]:.1f}): "
+                f"{len(r.reference_ids)} views, {len(r.subsets)} subsets", highlight=False
+            ),
+        )  # fmt: skip
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    sizes = ", ".join(
+        f"{k} views MAE {v['mae']:.2f} ({v['within_5']:.0%} within 5)"
+        for k, v in figures["by_size"].items()
+    )
+    console.print(
+        f"map {name!r}: set confidence fitted on {figures['subsets']} sets at "
+        f"{figures['positions']} positions: {sizes}",
+        highlight=False,
+    )
 
 
 def _queue_fit(name: str, queries: int | None, views: int) -> None:

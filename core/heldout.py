@@ -334,6 +334,11 @@ def fit_map(
     got = run(rows)
     record = fit(got, map_centroid(ref_map.positions), fine_extractor=ref_map.fine_extractor)
     record.update(queries=queries, views=views, seed=seed, fine_below=fine_below)
+    # A photo-set fit (core/setfit.py) stays until the sets are measured again.
+    earlier = store.training(name)
+    if "set" in earlier.get("calibration", {}):
+        record["calibration"]["set"] = earlier["calibration"]["set"]
+        record["set_fit"] = earlier.get("set_fit")
     ids = [ref_map.ids[r] for r in todo]
     redone = sum(1 for rid in ids if rid in done and rid not in again)
     record["last_run"] = {

@@ -12,9 +12,10 @@ localised at the set's place; otherwise the set declines, with the reason said.
 The pooling adds no parameter of its own: the place radius and the inlier floor are the job's
 estimator settings (measured on single photos, core/estimation.py ClusterConf), and photos
 "disagree" exactly when the estimator would call their places distinct (farther than twice the
-radius). The confidence is the pooled raw confidence through the map's single-photo calibration
-curve (core/heldout.py): a conservative reading, since a set's evidence is stronger than the
-same raw figure from one photo.
+radius). The confidence is the pooled raw confidence through the map's set curve, fitted on
+sets of its own held-out positions' views (core/setfit.py, ``featureloc map fit --sets``); a map
+that measured no sets uses its single-photo curve (core/heldout.py): a conservative reading,
+since a set's evidence is stronger than the same raw figure from one photo.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class SetResult:
     reason: str | None = None  # why the set declined, when it did for a stated cause
     # The photos (0-based, in the set's order) whose answers placed the set.
     agreeing: list[int] = field(default_factory=list)
-    # Whether the confidence went through the map's (single-photo, coarse) calibration curve.
+    # Whether the confidence went through a calibration curve of the map: its set curve
+    # (core/setfit.py), else its single-photo coarse curve.
     calibrated: bool = False
 
     def as_result(self) -> LocalisationResult:
@@ -112,7 +114,9 @@ def localise_set(
     t0 = time.perf_counter()
     result = pool_photos(photos, opts)
     training, _ = localiser.map.fit
-    curve = training.get("calibration", {}).get("coarse")
+    # The map's set curve (core/setfit.py) where it measured sets, else the single-photo one.
+    curves = training.get("calibration", {})
+    curve = curves.get("set", curves.get("coarse"))
     if calibrated and curve is not None:
         pooled = _calibrated(result.estimate, curve, training["localised_probability"])
         # A set declined for disagreement stays declined, whatever its calibrated figure.

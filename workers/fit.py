@@ -1,6 +1,6 @@
 """The map's self-measurement on the build queue (core/heldout.py), in short resumable steps.
 
-``featureloc.fit_map(map_name, queries, views)`` localises up to ``FIT_BATCH`` held-out
+``featureloc.fit_map(map_name, queries, views)`` localises up to ``fit_step_positions`` held-out
 positions (``queries`` null: every position of the map, ``views`` of each, as the map report
 needs, core/mapreport.py), appends them to the map's ``heldout.jsonl`` and sends itself again
 until every one is done;
@@ -31,10 +31,6 @@ from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Held-out positions per task: few enough that a task ends well inside the soft time limit even
-# when every one escalates to the fine stage on a slow CPU; the task sends itself for the rest.
-FIT_BATCH = 8
-
 
 def send_fit(
     celery: Any, settings: Settings, map_name: str, queries: int | None, views: int = 1
@@ -64,7 +60,13 @@ def fit_map_task(
         loc = runtime.fit_localiser(map_name)
         photo = map_photos(loc.map.ids, folder)
         record = fit_map(
-            store, map_name, photo, queries=queries, batch=FIT_BATCH, views=views, localiser=loc
+            store,
+            map_name,
+            photo,
+            queries=queries,
+            batch=settings.fit_step_positions,
+            views=views,
+            localiser=loc,
         )
     except InputError as exc:
         log.error("fitting map %s failed: %s", map_name, exc)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # Worker time limits (seconds); both stay below the broker's visibility timeout.
     task_soft_time_limit: int = 300
     task_time_limit: int = 360
+    # Held-out positions one map-fit task localises before it sends itself for the rest
+    # (workers/fit.py): few enough that a step ends well inside the soft time limit even when
+    # every one escalates to the fine stage on a slow CPU.
+    fit_step_positions: int = Field(default=8, ge=1)
     torch_threads: int = 0  # 0: leave torch's default
     # Threads that verify a job's pairs (core.verify.verify_many); 0: the cores a worker
     # process has to itself (workers/layout.py), so 1 where every core runs a process.

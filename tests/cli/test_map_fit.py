@@ -67,11 +67,22 @@ def test_fit_writes_the_training_record_and_resumes(small) -> None:
     assert record["heldout_queries"] == 2 and record["queries"] == 2
     assert len(read_rows(path / HELDOUT_FILE)) == 2
     # More positions: the two done are kept, two more run.
-    more = _cli(env, "map", "fit", "small", "--queries", "4")
+    # With photo sets measured at one position (core/setfit.py).
+    more = _cli(env, "map", "fit", "small", "--queries", "4", "--sets", "1")
     assert more.returncode == 0, more.stderr
     rows = read_rows(path / HELDOUT_FILE)
     assert len(rows) == 4 and len({r.reference_id for r in rows}) == 4
-    assert json.loads((path / "training.json").read_text())["heldout_queries"] == 4
+    record = json.loads((path / "training.json").read_text())
+    assert record["heldout_queries"] == 4 and "set" in record["calibration"]
+    assert record["set_fit"]["positions"] == 1 and record["set_fit"]["subsets"] == 11
+    told = " ".join(more.stdout.split())
+    assert "set confidence fitted on 11 sets at 1 positions" in told
+    for bad, says in (
+        (["--sets", "-1"], "--sets must be"),
+        (["--sets", "1", "--via-queue"], "--sets runs here"),
+    ):
+        refused = _cli(env, "map", "fit", "small", *bad)
+        assert refused.returncode != 0 and says in refused.stdout + refused.stderr
 
 
 def test_fit_needs_the_photos(small, tmp_path) -> None:

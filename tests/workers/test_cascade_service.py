@@ -24,11 +24,13 @@ from tests.support.services import WorkerProcess, require_redis, service_env, se
 from workers.celery_app import make_celery
 from workers.client import Client
 from workers.figures import FIGURE_REFERENCES, job_figure
-from workers.fit import FIT_BATCH, send_fit
+from workers.fit import send_fit
 from workers.geometry import send_geometry
 from workers.maps import build_and_register
 
 pytestmark = pytest.mark.integration
+
+FIT_STEP = 2  # held-out positions per fit task: a fit in steps, on few positions
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def service(tmp_path_factory, scene):
     db_url = f"sqlite:///{data / 'featureloc.db'}"
     env = service_env(data, db_url, uuid.uuid4().hex[:8])
     env["FEATURELOC_PROFILE"] = "accurate"  # this worker's jobs cascade unless they say not
+    env["FEATURELOC_FIT_STEP_POSITIONS"] = str(FIT_STEP)
     settings = service_settings(env)
     init_db(db_url)
     build_and_register(
@@ -97,7 +100,7 @@ def test_the_figure_of_a_cascaded_job_shows_what_each_stage_counted(service, sce
 
 def test_the_map_fits_itself_on_the_build_queue_in_resumable_steps(service, scene) -> None:
     settings, client, store = service
-    queries = FIT_BATCH + 2  # two steps: the task sends itself once more
+    queries = FIT_STEP + 1  # two steps: the task sends itself once more
     send_fit(make_celery(settings), settings, "scene", queries)
     path = store.path("scene") / "training.json"
     deadline = time.monotonic() + 420

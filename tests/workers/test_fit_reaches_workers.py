@@ -59,7 +59,7 @@ def test_a_fit_reaches_a_running_worker_of_a_directory_map(
 def test_the_steps_of_a_fit_share_one_loaded_map(
     worker_state, copy_scene_map, scene, tmp_path
 ) -> None:
-    """A fit runs in steps of FIT_BATCH positions (workers/fit.py): each step takes the
+    """A fit runs in steps of a few positions (workers/fit.py): each step takes the
     localiser the worker keeps, loaded once per map version, not the models and map anew."""
     from core.heldout import fit_map
     from core.mapbuild import map_photos
