@@ -31,15 +31,16 @@ from pathlib import Path
 from bench.accuracy import MAP_NAME
 from bench.getty_maps import GETTY, ensure_map
 from core import defaults
-from core.heldout import HELDOUT_FILE, read_rows
+from core.heldout import GENERATIONS_FILE, HELDOUT_FILE, read_rows
 from core.mapstore import TRAINING_FILE, MapStore
+from core.setfit import SETS_FILE
 from tests.support.process import WorkerProcess
 from workers.celery_app import make_celery
 from workers.fit import send_fit
 from workers.settings import Settings
 
 # What a map's fit writes (and a copy must start without): rows, the fit, the generations.
-FIT_STATE = (HELDOUT_FILE, TRAINING_FILE, "generations.json")
+FIT_STATE = (HELDOUT_FILE, TRAINING_FILE, GENERATIONS_FILE, SETS_FILE)
 
 
 def copy_map(store: MapStore, name: str, maps_dir: Path, images: Path) -> MapStore:

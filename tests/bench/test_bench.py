@@ -189,3 +189,15 @@ def test_stage_seconds_and_cpu_seconds() -> None:
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(2_000_000))  # burn some CPU in this process
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_fit_queue_copies_a_map_without_its_fit_state(copy_scene_map, scene: Path, tmp_path):
+    from bench.fit_queue import FIT_STATE, copy_map
+
+    store = copy_scene_map()
+    for name in FIT_STATE:
+        (store.path("scene") / name).write_text("{}")
+    copy = copy_map(store, "scene", tmp_path / "maps", scene / "images")
+    assert not any((copy.path("scene") / name).exists() for name in FIT_STATE)
+    assert copy.images_dir("scene") == scene / "images"
+    assert copy.open("scene").ids == store.open("scene").ids
