@@ -20,24 +20,6 @@ def getty() -> Path:
     return GETTY
 
 
-# The files that take a minute or more of one process (BENCHMARKS.md section 18), longest
-# first. They are collected first, so pytest-xdist's ``loadfile`` starts them first and never
-# leaves one process on a long file alone at the end while the other waits.
-LONG_FILES = (
-    "tests/workers/test_fault_load.py",
-    "tests/workers/test_service.py",
-    "tests/cli/test_map_fit.py",
-    "tests/workers/test_service_depth.py",
-    "tests/cli/test_map_fit_before_fine.py",
-    "tests/workers/test_load.py",
-    "tests/workers/test_cascade_service.py",
-    "tests/cli/test_cli.py",
-    "tests/core/test_cascade.py",
-    "tests/core/test_querysize.py",
-    "tests/core/test_placement.py",
-)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # One source of truth: a test that uses the getty fixture (directly or through another
     # fixture) carries the getty marker, so ``-m "not getty"`` selects exactly the others. Real
@@ -46,9 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "getty" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.getty)
             item.add_marker(pytest.mark.integration)
-    # Whole files move (a stable sort): the order inside each file stays pytest's.
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FILES)))
 
 
 @pytest.fixture(scope="module", params=["cpu", "cuda"])
