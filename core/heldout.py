@@ -309,8 +309,8 @@ def fit_map(
     the ``localiser`` it keeps between them, of this map's folder, so that each step does not
     load the models and the map again.
     """
-    if localiser is not None and localiser.map.path != store.path(name):
-        raise ValueError(f"the localiser given is of {localiser.map.path}, not map {name!r}")
+    if localiser is not None:
+        require_map_of(localiser, store, name)
     loc = localiser or Localiser(store.open(name), device, fine_source=image_of)
     ref_map = loc.map
     out = ref_map.path / HELDOUT_FILE
@@ -348,6 +348,13 @@ def fit_map(
     }
     write_training(ref_map.path, record)
     return record
+
+
+def require_map_of(localiser: Localiser, store: MapStore, name: str) -> None:
+    """ValueError unless ``localiser`` holds map ``name`` of ``store``: a fit writes its rows
+    beside the localiser's map and its record in the store's."""
+    if localiser.map.path != store.path(name):
+        raise ValueError(f"the localiser given is of {localiser.map.path}, not map {name!r}")
 
 
 def reference_generations(ref_map: ReferenceMap) -> tuple[int, dict[str, int]]:

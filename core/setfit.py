@@ -26,7 +26,7 @@ import numpy as np
 
 from core.calibration import isotonic
 from core.evaluation import hits, l1_error, map_centroid
-from core.heldout import hidden_mask
+from core.heldout import hidden_mask, require_map_of
 from core.images import read_image
 from core.mapstore import MapStore, write_training
 from core.positions import position_groups
@@ -105,6 +105,7 @@ def fit_sets(
 ) -> dict[str, Any]:
     """Measure sets at ``positions`` held-out positions (resuming from the rows file) and
     store the "set" curve in the map's training record; returns the figures stored."""
+    require_map_of(localiser, store, name)
     ref_map = localiser.map
     path = ref_map.path / SETS_FILE
     done = {tuple(r.reference_ids): r for r in read_set_rows(path)}

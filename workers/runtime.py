@@ -144,7 +144,8 @@ def fit_localiser(map_name: str) -> Localiser:
     """The localiser a map's fit measures with (workers/fit.py): of the map's own folder, where
     the fit writes its rows (with ``map_backend=s3`` not the published copy jobs use), kept
     between the fit's steps while the folder's version holds. A step that loaded the models
-    and the map anew cost the Getty map's report about 0.7 s per position (BENCHMARKS.md)."""
+    and the map anew cost the Getty map 0.05 s per position on an idle 2-core machine and
+    about 0.8 s on a loaded one (BENCHMARKS.md sections 15 and 19)."""
     validate_map_name(map_name)
     path, version = _map_folder(map_name)
     key = map_name if settings().map_backend == "dir" else f"{map_name} (fit)"

@@ -72,5 +72,8 @@ def test_a_map_with_one_view_per_position_has_no_sets(scene: Path, tmp_path: Pat
         first_views.setdefault((e.reference.x, e.reference.y), e)
     store = MapStore(tmp_path)
     build_map(store, "single", list(first_views.values())[:6], "sift", retriever_name="exhaustive")
+    loc = Localiser(store.open("single"))
     with pytest.raises(ValueError, match="no position with two views"):
-        fit_sets(store, "single", _image_of(scene), 2, Localiser(store.open("single")))
+        fit_sets(store, "single", _image_of(scene), 2, loc)
+    with pytest.raises(ValueError, match="not map 'other'"):  # rows and record in one map
+        fit_sets(store, "other", _image_of(scene), 2, loc)
