@@ -86,6 +86,52 @@ def ensure_geometry(loc: Localiser, wanted: list[int] | None = None, log=print) 
     }
 
 
+Item = tuple[str, np.ndarray, np.ndarray, np.ndarray | None]  # id, photo, truth, hidden
+
+
+def load_items(
+    loc: Localiser, getty: Path, queries_csv: str, limit: int | None, heldout: int
+) -> tuple[list[Item], str]:
+    """The photos to localise and a title: ``heldout`` of the map's own positions (one view
+    each, its position hidden: core/heldout.py; these may choose), else the queries."""
+    if heldout:
+        rows = sample_heldout(loc.map, heldout, seed=0)
+        photo = getty_image(getty)
+        items = [(loc.map.ids[r], read_image(photo(loc.map.ids[r])), loc.map.positions[r].copy(),
+                  hidden_mask(loc.map, r)) for r in rows]  # fmt: skip
+        return items, f"{len(items)} held-out positions of the map"
+    queries = load_queries(getty, queries_csv)[:limit]
+    items = [(qid, read_image(p), np.array([x, y]), None) for qid, p, x, y in queries]
+    return items, f"{queries_csv} ({len(items)} queries)"
+
+
+def localise_all(loc: Localiser, items: list[Item], options: dict) -> tuple[list, dict, set]:
+    """One pass over ``items``: a table row (n, MAE, median, within 1 and 5, placed, posed,
+    placement ms, s/query, CPU s/query), each item's (x, y, method), and the references of
+    the places found."""
+    opts = LocaliseOptions.parse(options)
+    errors, placed, posed, place_ms, total, answers, supports = [], 0, 0, [], [], {}, set()
+    c0 = time.process_time()
+    for qid, image, truth, hidden in items:
+        t0 = time.perf_counter()
+        # Held-out views: their position's views hidden, and the points made with them
+        # (core/geometry.ReferenceGeometry.usable), as a query from a new position.
+        res = loc.localise(image, opts, hidden, calibrated=hidden is None)
+        total.append(time.perf_counter() - t0)
+        est = res.estimate
+        errors.append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
+        placed += est.method.endswith(("+pose", "+placement"))
+        posed += est.method.endswith("+pose")
+        place_ms.append(1000 * res.timings.get("place", 0.0))
+        answers[qid] = (est.x, est.y, est.method)
+        supports.update(loc.map.index[rid] for rid in est.support)
+    cpu = (time.process_time() - c0) / len(items)
+    e = np.array(errors)
+    return [len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
+            f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}", f"{posed / len(e):.0%}",
+            float(np.mean(place_ms)), float(np.mean(total)), cpu], answers, supports  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -116,16 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
     )
     loc = Localiser(store.open(MAP_NAME))
-    if args.heldout:  # the map's own held-out positions (core/heldout.py): these may choose
-        rows = sample_heldout(loc.map, args.heldout, seed=0)
-        photo = getty_image(args.getty)
-        items = [(loc.map.ids[r], read_image(photo(loc.map.ids[r])), loc.map.positions[r].copy(),
-                  hidden_mask(loc.map, r)) for r in rows]  # fmt: skip
-        title = f"{len(items)} held-out positions of the map"
-    else:
-        queries = load_queries(args.getty, args.queries)[: args.limit]
-        items = [(qid, read_image(p), np.array([x, y]), None) for qid, p, x, y in queries]
-        title = f"{args.queries} ({len(items)} queries)"
+    items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
     loc.localise(items[0][1])  # warm-up
     rows_out, per_query, supports = [], {}, set()
     cost: dict = {}
@@ -139,28 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"median {cost['points_per_reference_median']:.0f} points per reference",
                 flush=True,
             )
-        opts = LocaliseOptions.parse(options)
-        errors, placed, posed, place_ms, total = [], 0, 0, [], []
-        c0 = time.process_time()
-        for qid, image, truth, hidden in items:
-            t0 = time.perf_counter()
-            # Held-out views: their position's views hidden, and the points made with them
-            # (core/geometry.ReferenceGeometry.usable), as a query from a new position.
-            res = loc.localise(image, opts, hidden, calibrated=hidden is None)
-            total.append(time.perf_counter() - t0)
-            est = res.estimate
-            errors.append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
-            placed += est.method.endswith(("+pose", "+placement"))
-            posed += est.method.endswith("+pose")
-            place_ms.append(1000 * res.timings.get("place", 0.0))
-            per_query.setdefault(qid, {})[name] = (est.x, est.y, est.method)
-            supports.update(loc.map.index[rid] for rid in est.support)
-        cpu = (time.process_time() - c0) / len(items)
-        e = np.array(errors)
-        rows_out.append([name, len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
-                         f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}",
-                         f"{posed / len(e):.0%}", np.mean(place_ms), np.mean(total),
-                         cpu])  # fmt: skip
+        row, answers, found = localise_all(loc, items, options)
+        rows_out.append([name, *row])
+        supports |= found
+        for qid, answer in answers.items():
+            per_query.setdefault(qid, {})[name] = answer
         print(f"  {name}: {rows_out[-1]}", flush=True)
     print_table(
         f"placement on {title}, {args.threads} thread",

@@ -1,4 +1,5 @@
-"""`featureloc map geometry`: the map's geometry (core/geometry.py), built here or queued.
+"""`featureloc map geometry`: the map's geometry (core/pairframes.py, core/geometry.py), built
+here or queued.
 
 A queued build or extension queues it by itself (``FEATURELOC_GEOMETRY_AFTER_BUILD``), but only
 a map with a camera gets it: run this after `featureloc map camera` on a map built without one.
@@ -22,9 +23,9 @@ def map_geometry(
         bool, typer.Option("--via-queue", help="Queue it on the build queue's workers.")
     ] = False,
 ) -> None:
-    """Build each reference's heading and 3D points, against which queries are placed by one
-    pose. Resumable: what is stored is kept; after an extension, only the new references and
-    their partners are built."""
+    """Build each reference's pair frames (what placement reads instead of solving pairs per
+    query) and its heading and 3D points (placement by pose). Resumable: what is stored is
+    kept; after an extension, only the new references and their partners are built."""
     from cli.map_build import progress_bar
     from core.mapbuild import add_geometry
     from core.mapstore import MapStore

@@ -34,10 +34,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydantic import Field
-from scipy.optimize import least_squares
 
 from core.config import Conf
 from core.flatfile import read_rows, write_arrays
+from core.pairframes import partners_of
 from core.parts import PART_SUFFIX, PartIndex
 from core.placement import Link, pnp_ransac
 from core.types import FeatureLookup, Features, Matches
@@ -147,20 +147,13 @@ class _Pair:
     turn: float  # heading of j minus heading of i, from the pair's rotation
 
 
-def partners_of(
+def _partners(
     i: int,
     positions: np.ndarray,
     similar: Callable[[int, np.ndarray], np.ndarray | None],
     conf: GeometryConfig,
 ) -> list[int]:
-    """The references within the baseline range of ``i`` that look most like it."""
-    baseline = np.hypot(*(positions - positions[i]).T)
-    near = np.flatnonzero((baseline >= conf.min_baseline) & (baseline <= conf.max_baseline))
-    if not len(near):
-        return []
-    sim = similar(i, near)
-    order = np.argsort(-sim if sim is not None else baseline[near], kind="stable")
-    return [int(j) for j in near[order[: conf.partners]]]
+    return partners_of(i, positions, similar, conf.partners, conf.min_baseline, conf.max_baseline)
 
 
 def _normalise(points: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -340,14 +333,14 @@ def build_geometry(
     conf = conf or GeometryConfig()
     world = _to_world(positions, conf.left_handed)
     wanted = list(dict.fromkeys(int(i) for i in indices))
-    partners = {i: partners_of(i, positions, similar, conf) for i in wanted}
+    partners = {i: _partners(i, positions, similar, conf) for i in wanted}
     stored: dict[int, float] = {}
     for j in {j for js in partners.values() for j in js} - set(partners):
         h = known_heading(j)
         if h is not None and not math.isnan(h):
             stored[j] = h
         else:
-            partners[j] = partners_of(j, positions, similar, conf)
+            partners[j] = _partners(j, positions, similar, conf)
 
     @lru_cache(maxsize=64)  # a reference's features, across its few pairs in a row
     def feats(i: int) -> Features:
@@ -439,6 +432,15 @@ class GeometrySet(PartIndex):
         where = self.locate(i)
         return None if where is None else float(where[0]["headings"][where[1]])
 
+    def partners(self, i: int) -> tuple[str, ...] | None:
+        """The partner ids of reference ``i`` (from memory), None where not built."""
+        where = self.locate(i)
+        return (
+            None
+            if where is None
+            else tuple(str(p) for p in where[0]["partner_ids"][where[1]] if str(p))
+        )
+
     def __getitem__(self, i: int) -> ReferenceGeometry | None:
         where = self.locate(i)
         if where is None:
@@ -462,6 +464,9 @@ def _upright_pose(
 ) -> tuple[float, float, float]:
     """(x, y, heading) of an upright camera at height 0 that best reprojects ``obj`` onto
     ``img`` (robust least squares from ``start``, scipy)."""
+    # Imported here: scipy.optimize takes a third of a second, and every CLI command that
+    # opens a map would pay it (core/mapstore.py imports this module).
+    from scipy.optimize import least_squares
 
     def residuals(p: np.ndarray) -> np.ndarray:
         proj = _projection(k, float(p[2]), p[:2])

@@ -39,6 +39,7 @@ from core.finestage import (
 from core.geometry import PoseConfig, place_by_pose
 from core.images import read_image
 from core.mapstore import FINE_SET, ReferenceMap, append_features, fine_fitted
+from core.pairframes import PairFrames
 from core.placement import Link, PlacementConfig, place_query
 from core.querysize import to_map_scale
 from core.types import (
@@ -552,10 +553,8 @@ class Localiser:
             query,
             query_camera.matrix(query.image_size),
             chosen,
-            feats,
+            self.pair_frames(opts, feats),
             self.map.positions,
-            lambda i: ref_camera.matrix(feats[i].image_size),
-            matcher.match,
             (estimate.x, estimate.y),
             conf,
             similar=self.retriever.reference_similarity,
@@ -565,6 +564,26 @@ class Localiser:
             return estimate
         return dataclasses.replace(
             estimate, x=placed.x, y=placed.y, method=f"{estimate.method}+placement"
+        )
+
+    def pair_frames(self, opts: LocaliseOptions, feats: FeatureLookup | None = None) -> PairFrames:
+        """The pair frames (core/pairframes.py) a job with ``opts`` places with: the map's
+        stored ones where they were built with the job's matcher, settings and the map's
+        camera, else solved from ``feats`` (default: the map's features) as needed."""
+        camera = self.map.camera
+        assert camera is not None  # placement and its frames need the map's camera
+        feats = self.map.features if feats is None else feats
+        settings = opts.placement_config().frame_settings()
+        key = settings.key(opts.matcher, opts.effective_matcher_conf(self.map.extractor["name"]))
+        return PairFrames(
+            feats,
+            self.map.positions,
+            self.map.ids,
+            lambda i: camera.matrix(feats[i].image_size),
+            self.job_matcher(opts).match,
+            settings,
+            self.map.pair_frames,
+            f"{key} camera={camera.model_dump_json()}",
         )
 
     def _pose(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.defaults import DEFAULT
 from core.errors import ImageError, InputError
 from core.features.base import Extractor
-from core.geometry import GeometryConfig, build_geometry, partners_of, write_geometry
+from core.geometry import GeometryConfig, build_geometry, write_geometry
 from core.images import ImageLimits, read_image
 from core.mapstore import (
     FINE_SET,
@@ -22,8 +23,12 @@ from core.mapstore import (
     existing_reference_ids,
     write_part,
 )
+from core.pairframes import partners_of, write_pair_frames
 from core.registry import create_extractor, retriever_class
 from core.types import Features
+
+if TYPE_CHECKING:  # core/localiser.py imports this module (through core/finestage.py)
+    from core.localiser import Localiser
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -222,8 +227,8 @@ def add_fine_features(
 
 @dataclass(frozen=True)
 class GeometryStep:
-    built: int  # references whose geometry this step wrote
-    remaining: int  # references still without geometry
+    built: int  # references whose geometry or pair frames this step wrote
+    remaining: int  # references still without either
     seconds: float
 
 
@@ -233,11 +238,12 @@ def add_geometry(
     batch: int | None = None,
     conf: GeometryConfig | None = None,
 ) -> GeometryStep | None:
-    """One step of the map's geometry (core/geometry.py): up to ``batch`` references without
-    it (all: None), and the references already built that now take one of them as a partner
-    (an extension's neighbours), stored as one part. Steps resume: what is stored is never
-    rebuilt unless a new neighbour changes its partners. None when the map has no camera
-    (the geometry needs it, as placement does)."""
+    """One step of the map's geometry: up to ``batch`` references without it (all: None), and
+    the references already built that now take one of them as a partner (an extension's
+    neighbours), stored as one part of each kind: the pair frames that placement reads
+    (core/pairframes.py) and the headings and 3D points that placement by pose reads
+    (core/geometry.py). Steps resume: what is stored is never rebuilt unless a new neighbour
+    changes its partners. None when the map has no camera (placement needs it)."""
     # The matcher and retriever a job uses; imported here: core/finestage.py imports this
     # module, and core/localiser.py imports that one.
     from core.localiser import LocaliseOptions, Localiser
@@ -248,30 +254,75 @@ def add_geometry(
     ref_map, camera = loc.map, loc.map.camera
     if camera is None:
         return None
-    stored = ref_map.geometry
-    missing = [i for i in range(len(ref_map)) if not stored.has(i)]
+    opts = LocaliseOptions()
+    frames_done, geometry_done = ref_map.pair_frames, ref_map.geometry
+    missing = [i for i in range(len(ref_map)) if not (frames_done.has(i) and geometry_done.has(i))]
     todo = missing[:batch] if batch is not None else missing
     similar = loc.retriever.reference_similarity
-    # Built neighbours whose partners the new references change: rebuilt with them.
-    neighbours = {j for i in todo for j in partners_of(i, ref_map.positions, similar, conf)}
-    stale = [
-        j
-        for j in sorted(neighbours - set(todo))
-        if (g := stored[j]) is not None
-        and g.partners
-        != tuple(ref_map.ids[k] for k in partners_of(j, ref_map.positions, similar, conf))
-    ]
+
+    def frame_partners(i: int) -> list[int]:
+        return pair_frame_partners(loc, i)
+
+    def geometry_partners(i: int) -> list[int]:
+        return partners_of(
+            i, ref_map.positions, similar, conf.partners, conf.min_baseline, conf.max_baseline
+        )
+
+    def stale(done: Any, partners: Callable[[int], list[int]]) -> list[int]:
+        """Built neighbours whose partners the new references change: rebuilt with them."""
+        near = {j for i in todo for j in partners(i)} - set(todo)
+        return [
+            j
+            for j in sorted(near)
+            if (had := done.partners(j)) is not None
+            and had != tuple(ref_map.ids[k] for k in partners(j))
+        ]
+
+    framed = add_pair_frames(
+        loc, [i for i in todo if not frames_done.has(i)] + stale(frames_done, frame_partners)
+    )
     features = ref_map.features
     built = build_geometry(
-        todo + stale,
+        [i for i in todo if not geometry_done.has(i)] + stale(geometry_done, geometry_partners),
         features,
         ref_map.positions,
         lambda i: camera.matrix(features[i].image_size),
         similar,
-        loc.job_matcher(LocaliseOptions()).match,
+        loc.job_matcher(opts).match,
         ref_map.ids,
         conf,
-        known_heading=stored.heading,
+        known_heading=geometry_done.heading,
     )
     write_geometry(ref_map.path, [(ref_map.ids[i], g) for i, g in built.items()])
-    return GeometryStep(len(built), len(missing) - len(todo), time.perf_counter() - t0)
+    return GeometryStep(
+        len(set(framed) | set(built)),
+        len(missing) - len(todo),
+        time.perf_counter() - t0,
+    )
+
+
+def pair_frame_partners(loc: Localiser, i: int) -> list[int]:
+    """The references whose pair frames with reference ``i`` the map stores."""
+    from core.localiser import LocaliseOptions
+
+    conf = LocaliseOptions().placement_config()
+    return partners_of(
+        i, loc.map.positions, loc.retriever.reference_similarity, conf.frame_partners,
+        conf.min_baseline, conf.max_baseline,
+    )  # fmt: skip
+
+
+def add_pair_frames(loc: Localiser, indices: Sequence[int]) -> list[int]:
+    """Solve and store, as one part, the pair frames (core/pairframes.py) of the references
+    ``indices`` with their partners, for jobs with the default options; pairs stored before
+    (from the partner's side) are read, not solved again. Returns the indices stored."""
+    from core.localiser import LocaliseOptions
+
+    frames = loc.pair_frames(LocaliseOptions())
+    ids = loc.map.ids
+    items = [
+        (ids[i], [(ids[j], frames(i, j)) for j in pair_frame_partners(loc, i)]) for i in indices
+    ]
+    write_pair_frames(loc.map.path, frames.key, items)
+    loc.map.pair_frames.refresh()
+    return list(indices)

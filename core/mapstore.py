@@ -55,6 +55,7 @@ from core.camera import Camera
 from core.errors import MapError
 from core.flatfile import read_arrays, read_rows, write_arrays
 from core.geometry import GeometrySet
+from core.pairframes import PairFrameSet
 from core.parts import PART_RE, PART_SUFFIX, PartIndex, part_files
 from core.types import Features
 
@@ -387,8 +388,9 @@ class ReferenceMap:
         its resident memory does not grow with the map (core/flatfile.release_pages)."""
         for feature_set in self._sets.values():
             feature_set.release_pages()
-        if "geometry" in self.__dict__:  # the cached property, once read
-            self.geometry.release_pages()
+        for stored in ("geometry", "pair_frames"):  # the cached properties, once read
+            if stored in self.__dict__:
+                self.__dict__[stored].release_pages()
 
     def feature_set(self, name: str = DEFAULT_SET) -> FeatureSet:
         if name not in self._sets:
@@ -415,6 +417,11 @@ class ReferenceMap:
     def geometry(self) -> GeometrySet:
         """The references' headings and 3D points (core/geometry.py); empty until built."""
         return GeometrySet(self.path, self.index)
+
+    @cached_property
+    def pair_frames(self) -> PairFrameSet:
+        """The stored frames of reference pairs (core/pairframes.py); empty until built."""
+        return PairFrameSet(self.path, self.index)
 
     @cached_property
     def reference_size(self) -> tuple[int, int] | None:

@@ -21,9 +21,11 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from core.config import Conf
-from core.types import FeatureLookup, Features, Matches
+from core.pairframes import FrameSettings, PairFrame
+from core.types import Features
 
 
 class PlacementConfig(Conf):
@@ -38,12 +40,18 @@ class PlacementConfig(Conf):
     essential_px: float = 2.0  # MAGSAC threshold for the A-B essential matrix
     pnp_px: float = 4.0  # PnP RANSAC reprojection threshold
     left_handed: bool = False
+    # Partners per reference whose pair frames a map stores (core/pairframes.py): the pairs a
+    # query tries are then read, not matched and solved (most pairs tried are among them).
+    frame_partners: int = Field(6, ge=0, le=16)
     # "pose": one PnP against the map's triangulated points (core/geometry.py) where the map
     # has them, else the pairs; "pairs": this module's pairwise geometry per query;
     # "pose-only": no pairwise fallback. "pairs" by default: on the Getty map's own held-out
     # positions the pose placed a quarter of the views and moved those away from the truth,
     # the pairs placed them better (BENCHMARKS.md, section 12).
     method: Literal["pose", "pairs", "pose-only"] = "pairs"
+
+    def frame_settings(self) -> FrameSettings:
+        return FrameSettings(self.min_points, self.essential_px)
 
 
 @dataclass(frozen=True)
@@ -67,17 +75,12 @@ class Placement:
     pairs_tried: int = 0
 
 
-MatchFn = Callable[[Features, Features], Matches]
-
-
 def place_query(
     query: Features,
     query_k: np.ndarray,
     links: Sequence[Link],
-    features: FeatureLookup,
+    frames: Callable[[int, int], PairFrame | None],
     positions: np.ndarray,
-    ref_k: Callable[[int], np.ndarray],
-    match: MatchFn,
     around: tuple[float, float],
     conf: PlacementConfig | None = None,
     similar: Callable[[int, np.ndarray], np.ndarray | None] | None = None,
@@ -85,18 +88,21 @@ def place_query(
 ) -> Placement | None:
     """The query's (x, y) from pairs of linked references, or None when no pair gives one.
 
-    ``features``/``positions`` are the map's, indexed by ``Link.index``; ``ref_k(i)`` is the
-    intrinsic matrix of reference ``i``, ``query_k`` the query's; ``match`` matches two
-    references with the job's matcher; ``around`` is the estimate being refined;
-    ``similar(i, among)`` optionally gives the global similarity of the references ``among``
-    (map rows near ``i``) to reference ``i``; ``hidden`` (bool per reference) marks references
-    that must not serve as B (held-out positions).
+    ``frames(a, b)`` is A's frame of the pair (core/pairframes.py: stored with the map or
+    solved), ``positions`` the map's, both indexed by ``Link.index``; ``query_k`` is the
+    query's intrinsic matrix; ``around`` is the estimate being refined; ``similar(i, among)``
+    optionally gives the global similarity of the references ``among`` (map rows near ``i``)
+    to reference ``i``; ``hidden`` (bool per reference) marks references that must not serve
+    as B (held-out positions).
     """
     conf = conf or PlacementConfig()
     pairs = _pairs(links, positions, similar or (lambda _i, _among: None), conf, hidden)
     found: list[tuple[float, float, int]] = []
     for a, b in pairs:
-        got = _place_from_pair(query, query_k, a, b, features, positions, ref_k, match, conf)
+        frame = frames(a.index, b.index)
+        if frame is None:
+            continue
+        got = _place_in_frame(query, query_k, a, b, frame, positions, conf)
         if got is None:
             continue
         x, y, support = got
@@ -139,70 +145,39 @@ def _pairs(
     return pairs[: conf.max_pairs]
 
 
-def _place_from_pair(
+def _place_in_frame(
     query: Features,
     query_k: np.ndarray,
     a: Link,
     b: Link,
-    features: FeatureLookup,
+    frame: PairFrame,
     positions: np.ndarray,
-    ref_k: Callable[[int], np.ndarray],
-    match: MatchFn,
     conf: PlacementConfig,
 ) -> tuple[float, float, int] | None:
-    fa, fb = features[a.index], features[b.index]
-    pos_a, pos_b = positions[a.index].astype(np.float64), positions[b.index].astype(np.float64)
-    baseline = float(np.hypot(*(pos_b - pos_a)))
-    ab = match(fa, fb).indices
-    if len(ab) < conf.min_points:
-        return None
-    ka, kb = ref_k(a.index), ref_k(b.index)
-    # Normalised image coordinates, so A and B may come from different cameras.
-    pa = _normalise(fa.keypoints[ab[:, 0]], ka)
-    pb = _normalise(fb.keypoints[ab[:, 1]], kb)
-    focal = float(np.mean([ka[0, 0], ka[1, 1], kb[0, 0], kb[1, 1]]))
-    pose = _relative_pose(pa, pb, conf.essential_px / focal)
-    if pose is None:
-        return None
-    rot, t, good = pose
-    if good.sum() < conf.min_points:
-        return None
-    # A's frame in map units: x_B = R x_A + t * baseline.
-    t = t * baseline
-    xh = cv2.triangulatePoints(
-        np.hstack([np.eye(3), np.zeros((3, 1))]),
-        np.hstack([rot, t[:, None]]),
-        pa[good].T,
-        pb[good].T,
-    )
-    pts = (xh[:3] / xh[3]).T
-    depth_a, depth_b = pts[:, 2], (pts @ rot.T + t)[:, 2]
-    ok = (depth_a > 0) & (depth_b > 0) & (depth_a < 500 * baseline)
-    if ok.sum() < conf.min_points:
-        return None
+    """The query's (x, y) and PnP inliers from its matches to A and B through the points of
+    A's frame of the pair, mapped onto the map by the known vector from A to B."""
     # 3D point per keypoint of A and of B (-1: none).
-    a_to_pt = np.full(len(fa), -1, np.int64)
-    b_to_pt = np.full(len(fb), -1, np.int64)
-    a_to_pt[ab[good][ok][:, 0]] = np.arange(ok.sum())
-    b_to_pt[ab[good][ok][:, 1]] = np.arange(ok.sum())
-    pts = pts[ok]
+    a_to_pt = np.full(len(frame.mine) and int(frame.mine.max()) + 1, -1, np.int64)
+    b_to_pt = np.full(len(frame.theirs) and int(frame.theirs.max()) + 1, -1, np.int64)
+    a_to_pt[frame.mine] = np.arange(len(frame.mine))
+    b_to_pt[frame.theirs] = np.arange(len(frame.theirs))
     # The query's 2D-3D correspondences through A and through B, one per query keypoint.
     q_to_pt: dict[int, int] = {}
     for link, lookup in ((a, a_to_pt), (b, b_to_pt)):
         for qi, ri in zip(link.query_idx, link.ref_idx, strict=True):
-            if lookup[ri] >= 0:
+            if ri < len(lookup) and lookup[ri] >= 0:
                 q_to_pt.setdefault(int(qi), int(lookup[ri]))
     if len(q_to_pt) < conf.min_points:
         return None
     q_idx = np.fromiter(q_to_pt.keys(), np.int64)
-    obj = pts[np.fromiter(q_to_pt.values(), np.int64)]
+    obj = frame.points[np.fromiter(q_to_pt.values(), np.int64)]
     img = query.keypoints[q_idx].astype(np.float64)
     solved = pnp_ransac(obj, img, query_k, conf.pnp_px, conf.min_points)
     if solved is None:
         return None
     rq, tvec, inl = solved
     centre_q = -rq.T @ tvec
-    centre_b = -rot.T @ t
+    centre_b = frame.partner_centre
     # Ground-plane coordinates in A's frame: (x right, z forward).
     u = np.array([centre_b[0], centre_b[2]])
     c = np.array([centre_q[0], centre_q[2]])
@@ -211,7 +186,8 @@ def _place_from_pair(
         return None
     along = float(c @ u) / uu
     across = float(u[0] * c[1] - u[1] * c[0]) / uu
-    v = pos_b - pos_a
+    pos_a = positions[a.index].astype(np.float64)
+    v = positions[b.index].astype(np.float64) - pos_a
     perp = np.array([-v[1], v[0]]) * (-1.0 if conf.left_handed else 1.0)
     xy = pos_a + along * v + across * perp
     return float(xy[0]), float(xy[1]), len(inl)
@@ -234,29 +210,3 @@ def pnp_ransac(
         return None
     rot, _ = cv2.Rodrigues(rvec)
     return rot, tvec.ravel(), inl.ravel()
-
-
-def _normalise(points: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Pixels (N, 2) to normalised image coordinates (K^-1 applied)."""
-    return cv2.undistortPoints(points.reshape(-1, 1, 2).astype(np.float64), k, None).reshape(-1, 2)
-
-
-def _relative_pose(
-    pa: np.ndarray, pb: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """From normalised points: R, unit t (x_B = R x_A + t) and the inlier mask of points in
-    front of both cameras. ``threshold`` is in normalised units (pixels / focal length)."""
-    eye = np.eye(3)
-    try:
-        e, mask = cv2.findEssentialMat(
-            pa, pb, eye, method=cv2.USAC_MAGSAC, prob=0.999, threshold=threshold
-        )
-    except cv2.error:
-        return None
-    if e is None or mask is None or e.shape[0] < 3:
-        return None
-    try:
-        _, rot, t, good = cv2.recoverPose(e[:3], pa, pb, eye, mask=mask.copy())
-    except cv2.error:
-        return None
-    return rot, t.ravel(), good.ravel() > 0

@@ -1,5 +1,6 @@
-"""The map's geometry on the build queue (core/geometry.py, core/mapbuild.add_geometry), in
-short resumable steps, queued after each build or extension of a map that has a camera.
+"""The map's geometry on the build queue (core/mapbuild.add_geometry: pair frames and
+headings with 3D points), in short resumable steps, queued after each build or extension of a
+map that has a camera.
 
 ``featureloc.map_geometry(map_name)`` builds the geometry of up to ``GEOMETRY_BATCH``
 references that lack it (with the built neighbours whose partners they change), stores it as

@@ -30,6 +30,7 @@ from core.mapstore import (
     part_files,
     validate_map_name,
 )
+from core.pairframes import PAIRFRAMES_DIR
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
 from workers.mapversions import MapVersions, make_map_versions
@@ -68,9 +69,9 @@ def worker_name() -> str:
 
 
 def _local_version(path: Path) -> str:
-    """A directory map's version: changes whenever a part, a geometry part or the retrieval
-    state is added or replaced, or the manifest (a new fine set) or the fit (``training.json``)
-    changes.
+    """A directory map's version: changes whenever a part, a geometry or pair-frame part or
+    the retrieval state is added or replaced, or the manifest (a new fine set) or the fit
+    (``training.json``) changes.
 
     ``local-`` + a hash of names, modification times and inodes (every file is replaced by a
     rename, so a new one has a new inode even within the clock's resolution). The fine set's
@@ -78,6 +79,7 @@ def _local_version(path: Path) -> str:
     (core/mapstore.FeatureSet.refresh), and workers add some themselves.
     """
     files = part_files(path / "parts") + part_files(path / GEOMETRY_DIR)
+    files += part_files(path / PAIRFRAMES_DIR)
     files += sorted(path.glob("retrieval/*"))
     files += [path / "manifest.json"] + [f for f in [path / TRAINING_FILE] if f.is_file()]
     stamp = [(f.name, f.stat().st_mtime_ns, f.stat().st_ino) for f in files]

@@ -13,6 +13,7 @@ from cli.synthetic import CAMERA_HEIGHT, FOV_DEG, make_world, surface_points
 from core import geometry as geo
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
+from core.pairframes import PAIRFRAMES_DIR
 from core.types import Features, Matches
 
 K = np.array([[320.0, 0, 239.5], [0, 320.0, 179.5], [0, 0, 1]])
@@ -31,23 +32,29 @@ def _features(px: np.ndarray) -> Features:
                     (480, 360))  # fmt: skip
 
 
+def two_views(rng: np.random.Generator):
+    """Two upright cameras 6.3 units apart seeing the same random points, matched exactly:
+    the points, (heading, centre) of each camera, their features and the matcher."""
+    world = np.column_stack([rng.uniform(-10, 30, 600), rng.uniform(-10, 30, 600),
+                             rng.uniform(-1, 4, 600)])  # fmt: skip
+    ha, hb, ca, cb = math.radians(30), math.radians(75), (0.0, 0.0), (6.0, 2.0)
+    xa, oka = _seen(world, ha, ca)
+    xb, okb = _seen(world, hb, cb)
+    both = oka & okb
+    n = int(both.sum())
+
+    def match(_a: Features, _b: Features) -> Matches:
+        return Matches(np.column_stack([np.arange(n), np.arange(n)]), np.ones(n, np.float32))
+
+    return world[both], (ha, ca), (hb, cb), _features(xa[both]), _features(xb[both]), match
+
+
 @pytest.mark.parametrize("left_handed", [False, True])
 def test_exact_matches_give_exact_headings_and_points(left_handed: bool) -> None:
     """Two upright cameras at known map positions seeing random points: the pair's headings
     and the triangulated points come out exact, in either handedness of the map."""
-    rng = np.random.default_rng(0)
-    world_pts = np.column_stack([rng.uniform(-10, 30, 600), rng.uniform(-10, 30, 600),
-                                 rng.uniform(-1, 4, 600)])  # fmt: skip
-    hi, hj, ci, cj = math.radians(30), math.radians(75), (0.0, 0.0), (6.0, 2.0)
-    xi, oki = _seen(world_pts, hi, ci)
-    xj, okj = _seen(world_pts, hj, cj)
-    both = oki & okj
-    fi, fj = _features(xi[both]), _features(xj[both])
-    n = int(both.sum())
-    assert n > 50
-
-    def match(_a: Features, _b: Features) -> Matches:
-        return Matches(np.column_stack([np.arange(n), np.arange(n)]), np.ones(n, np.float32))
+    world_pts, (hi, ci), (hj, cj), fi, fj, match = two_views(np.random.default_rng(0))
+    assert len(world_pts) > 50
 
     # The map's coordinates of the two cameras: y mirrored for a left-handed map.
     sign = -1.0 if left_handed else 1.0
@@ -63,7 +70,7 @@ def test_exact_matches_give_exact_headings_and_points(left_handed: bool) -> None
     got = built[0].points
     assert (~np.isnan(got[:, 0])).mean() > 0.95
     ok = ~np.isnan(got[:, 0])
-    np.testing.assert_allclose(got[ok], world_pts[both][ok], atol=1e-3)
+    np.testing.assert_allclose(got[ok], world_pts[ok], atol=1e-3)
     # Hiding the partner hides the points it made.
     assert built[0].usable(frozenset({"b"})).sum() == 0
     assert built[0].usable().sum() == ok.sum()
@@ -71,15 +78,16 @@ def test_exact_matches_give_exact_headings_and_points(left_handed: bool) -> None
 
 @pytest.fixture(scope="module")
 def scene_geometry(copy_scene_map):
+    """The scene map with its camera and its whole geometry (headings, points, pair frames)
+    built by the build step, in one pass; and each reference's geometry as read back."""
+    from core.mapbuild import add_geometry
+
     store = copy_scene_map()
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
-    loc = Localiser(store.open("scene"))
-    m, cam = loc.map, loc.map.camera
-    built = geo.build_geometry(
-        range(len(m)), m.features, m.positions, lambda i: cam.matrix(m.features[i].image_size),
-        loc.retriever.reference_similarity, loc.job_matcher(LocaliseOptions()).match, m.ids,
-    )  # fmt: skip
-    geo.write_geometry(m.path, [(m.ids[i], g) for i, g in built.items()])
+    step = add_geometry(store, "scene")
+    m = store.open("scene")
+    assert step is not None and step.built == len(m) and step.remaining == 0
+    built = {i: m.geometry[i] for i in range(len(m))}
     return store, built
 
 
@@ -119,14 +127,7 @@ def test_scene_headings_and_points_agree_with_the_true_cameras(scene: Path, scen
     assert len(point_err) >= 20 * len(m)  # measured ~70 per reference
     assert float(np.nanmedian(point_err)) <= 0.6
     assert float(np.mean(point_err < 1.0)) >= 0.55
-    # Stored and read back whole.
-    stored = m.geometry
-    assert stored.count() == len(m)
-    i = next(i for i, g in built.items() if not math.isnan(g.heading))
-    back = stored[i]
-    assert back is not None and back.heading == built[i].heading
-    np.testing.assert_array_equal(back.points, built[i].points)
-    assert back.partners == built[i].partners
+    assert m.geometry.count() == len(m) and m.pair_frames.count() == len(m)
 
 
 @pytest.mark.integration
@@ -167,12 +168,12 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
     assert add_geometry(store, "scene") is None  # no camera: no geometry
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
     built_store, _ = scene_geometry
-    shutil.copytree(
-        built_store.path("scene") / geo.GEOMETRY_DIR, store.path("scene") / geo.GEOMETRY_DIR
-    )
+    for stored_dir in (geo.GEOMETRY_DIR, PAIRFRAMES_DIR):
+        shutil.copytree(built_store.path("scene") / stored_dir, store.path("scene") / stored_dir)
     before = store.open("scene")
-    assert before.geometry.count() == len(before)
+    assert before.geometry.count() == len(before) == before.pair_frames.count()
     old = {rid: before.geometry[i] for i, rid in enumerate(before.ids)}
+    old_frames = {rid: before.pair_frames.partners(i) for i, rid in enumerate(before.ids)}
 
     new = read_positions_csv(scene / "queries.csv", scene / "images")[:2]
     add_entries(store.path("scene"), new, create_extractor("xfeat"))
@@ -180,7 +181,8 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
     step = add_geometry(store, "scene")
     assert step is not None and step.remaining == 0
     after = store.open("scene")
-    assert len(after) == len(before) + 2 and after.geometry.count() == len(after)
+    assert len(after) == len(before) + 2
+    assert after.geometry.count() == len(after) == after.pair_frames.count()
 
     def stored(rid: str) -> geo.ReferenceGeometry:
         g = after.geometry[after.index[rid]]
@@ -189,7 +191,16 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
 
     new_ids = {e.reference.id for e in new}
     rebuilt = [rid for rid, g in old.items() if stored(rid).partners != g.partners]
-    assert step.built == 2 + len(rebuilt)
+    reframed = [
+        rid
+        for rid, had in old_frames.items()
+        if after.pair_frames.partners(after.index[rid]) != had
+    ]
+    assert step.built == len(new_ids | set(rebuilt) | set(reframed))
+    new_frame_partners = {
+        p for rid in new_ids for p in after.pair_frames.partners(after.index[rid]) or ()
+    }
+    assert set(reframed) <= new_frame_partners
     new_partners = {p for rid in new_ids for p in stored(rid).partners}
     assert new_partners and new_partners <= set(old)
     # Only the new references' partners, and only where their own partners changed.

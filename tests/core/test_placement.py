@@ -18,7 +18,9 @@ from core.errors import InputError
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore
-from core.placement import Link, place_query
+from core.pairframes import PairFrames
+from core.placement import Link, PlacementConfig, place_query
+from core.types import Features
 from core.verify import VerifyConfig, verify
 from tests.support.paths import GETTY
 
@@ -174,31 +176,38 @@ def test_placement_on_getty_photos_beats_the_nearest_reference() -> None:
     matcher = registry.create_matcher("mnn", {"min_similarity": 0.82})
     camera = Camera(fov_x_deg=73.7, fov_y_deg=53.1)
     placed, oracle = [], []
+    cache: dict[int, Features] = {}  # neighbouring queries share reference positions
+
+    def features_of(i: int) -> Features:
+        if i not in cache:
+            cache[i] = extractor.extract(read_image(GETTY / "images" / f"{refs[i]['id']}.jpg"))
+        return cache[i]
+
     for q in _getty_rows("queries.csv")[:10]:
         truth = np.array([float(q["x"]), float(q["y"])])
         spots = np.unique(ref_xy, axis=0)
         spots = spots[np.argsort(np.abs(spots - truth).sum(1))[:5]]
         idx = [i for i, xy in enumerate(ref_xy) if (np.abs(spots - xy).sum(1) == 0).any()]
         query = extractor.extract(read_image(GETTY / "images" / f"{q['id']}.jpg"))
-        feats = [
-            extractor.extract(read_image(GETTY / "images" / f"{refs[i]['id']}.jpg")) for i in idx
-        ]
+        feats = [features_of(i) for i in idx]
         links = []
         for k, f in enumerate(feats):
             m = matcher.match(query, f)
             ver = verify(query.keypoints[m.indices[:, 0]], f.keypoints[m.indices[:, 1]], VERIFY)
             if ver.num_inliers >= 20:
                 links.append(Link(k, m.indices[ver.inliers, 0], m.indices[ver.inliers, 1]))
-        result = place_query(
-            query,
-            camera.matrix(query.image_size),
-            links,
+        frames = PairFrames(
             feats,
             ref_xy[idx],
+            [refs[i]["id"] for i in idx],
             lambda k, feats=feats: camera.matrix(feats[k].image_size),
             matcher.match,
-            tuple(spots[:2].mean(0)),
+            PlacementConfig().frame_settings(),
         )
+        result = place_query(
+            query, camera.matrix(query.image_size), links, frames, ref_xy[idx],
+            tuple(spots[:2].mean(0)),
+        )  # fmt: skip
         if result is not None:
             placed.append(float(np.abs(np.array([result.x, result.y]) - truth).sum()))
             oracle.append(float(np.abs(spots[0] - truth).sum()))

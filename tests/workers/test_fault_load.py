@@ -1,4 +1,4 @@
-"""1000 jobs (by default) from several client processes while a worker is SIGKILLed and Redis is
+"""500 jobs (by default) from several client processes while a worker is SIGKILLed and Redis is
 restarted without persistence: every job ends done, or failed with its reason, and none is run
 twice. Cheap jobs (a 96x72 photo, a map of 4 references, no placement) so that the count, not
 the computer vision, is what is tested.
@@ -31,7 +31,7 @@ from tests.support.faults import (
     wait_until,
 )
 
-JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "1000"))
+JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "500"))
 DEADLINE = 300 + JOBS * 0.2  # seconds for each phase; the whole test gets twice that
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2 * DEADLINE)]
 

@@ -1,0 +1,115 @@
+"""Placement with the map's stored pair frames (core/pairframes.py) against placement that
+solves every pair per query, on the Getty map, in one run.
+
+    python -m bench.pairframes --limit 150             # queries.csv, 1 thread
+    python -m bench.pairframes --heldout 60            # the map's own held-out positions
+
+Runs, in this order, with one thread: no placement (which finds the places, hence the
+references whose frames the placed runs need); placement solving every pair (the map's stored
+frames removed first); the frames of those references built as the map's geometry step builds
+them (core/mapbuild.add_pair_frames; seconds and bytes per reference); placement reading them;
+and each ``--variant`` (JSON placement options, e.g. more pairs tried, now that a pair costs
+one PnP). Prints MAE, median, within 1/5, the share placed, placement milliseconds, seconds
+and CPU seconds per query, and how many estimates the stored frames left unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.accuracy import MAP_NAME
+from bench.common import DEFAULT_OUT, GETTY, machine_info, print_table, write_json
+from bench.geometry import load_items, localise_all
+from bench.getty_maps import ensure_map
+from core import defaults
+from core.localiser import Localiser
+from core.mapbuild import add_pair_frames
+from core.pairframes import PAIRFRAMES_DIR
+
+CHUNK = 100
+COLUMNS = ["run", "n", "MAE", "median", "<1", "<5", "placed", "posed", "place ms", "s/query",
+           "cpu s/q"]  # fmt: skip
+
+
+def build_frames(loc: Localiser, wanted: list[int]) -> dict:
+    """The frames of ``wanted`` with their partners, ``CHUNK`` references a part."""
+    seconds = cpu = 0.0
+    for start in range(0, len(wanted), CHUNK):
+        t0, c0 = time.perf_counter(), time.process_time()
+        add_pair_frames(loc, wanted[start : start + CHUNK])
+        seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        print(f"  frames: {start + CHUNK}/{len(wanted)} references, {seconds:.0f} s", flush=True)
+    size = sum(p.stat().st_size for p in (loc.map.path / PAIRFRAMES_DIR).glob("*"))
+    n = max(len(wanted), 1)
+    return {"built": len(wanted), "s_per_reference": seconds / n,
+            "cpu_s_per_reference": cpu / n, "bytes_per_reference": size / n}  # fmt: skip
+
+
+def same(a: dict, b: dict) -> int:
+    """How many items got the same answer (method, and x, y within 1e-6) in both runs."""
+    return sum(
+        a[k][2] == b[k][2]
+        and (a[k][0] is None) == (b[k][0] is None)
+        and (a[k][0] is None or abs(a[k][0] - b[k][0]) + abs(a[k][1] - b[k][1]) < 1e-6)
+        for k in a
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--getty", type=Path, default=GETTY)
+    ap.add_argument("--queries", default="queries.csv")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--heldout", type=int, default=0, help="the map's own held-out positions")
+    ap.add_argument("--variant", action="append", default=[], help="placement_conf as JSON")
+    args = ap.parse_args(argv)
+    if not (args.getty / args.queries).is_file():
+        print(f"skipped: {args.getty / args.queries} not found")
+        return 0
+    torch.set_num_threads(args.threads)
+    store, _ = ensure_map(
+        args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
+    )
+    shutil.rmtree(store.path(MAP_NAME) / PAIRFRAMES_DIR, ignore_errors=True)
+    loc = Localiser(store.open(MAP_NAME))
+    items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
+    loc.localise(items[0][1])  # warm-up
+    rows, answers = [], {}
+    row, answers["none"], supports = localise_all(loc, items, {"placement": False})
+    rows.append(["no placement", *row])
+    row, answers["solved"], more = localise_all(loc, items, {})
+    rows.append(["pairs solved per query", *row])
+    cost = build_frames(loc, sorted(supports | more))
+    print(
+        f"frames: {cost['built']} references at {cost['s_per_reference']:.3f} s each "
+        f"({cost['cpu_s_per_reference']:.3f} CPU s), "
+        f"{cost['bytes_per_reference'] / 1024:.1f} KiB per reference",
+        flush=True,
+    )
+    row, answers["stored"], _ = localise_all(loc, items, {})
+    rows.append(["pairs from stored frames", *row])
+    for variant in args.variant:
+        row, answers[variant], _ = localise_all(loc, items, {"placement_conf": json.loads(variant)})
+        rows.append([f"stored, {variant}", *row])
+    print_table(f"placement on {title}, {args.threads} thread", COLUMNS, rows)
+    unchanged = same(answers["solved"], answers["stored"])
+    print(f"stored frames against solved: {unchanged} of {len(items)} answers the same")
+    name = "pairframes-heldout.json" if args.heldout else "pairframes.json"
+    path = write_json(args.out, name, {"machine": machine_info(), "cost": cost, "rows": rows,
+                                       "unchanged": unchanged, "answers": answers})  # fmt: skip
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Pair frames (core/pairframes.py): two references' shared points in one's camera frame,
+solved once, read in either order, stored with the map and used by placement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cli.synthetic import FOV_DEG
+from core import geometry as geo
+from core.camera import Camera
+from core.localiser import LocaliseOptions, Localiser
+from core.pairframes import FrameSettings, PairFrames, solve_frame
+from core.placement import PlacementConfig
+from core.types import Matches
+from tests.core.test_geometry import K, two_views
+
+SETTINGS = FrameSettings(min_points=12, essential_px=2.0)
+
+
+def test_a_frame_holds_the_true_points_at_the_true_scale() -> None:
+    """Exact matches: the points in A's camera frame are the true ones (A's camera rotation
+    applied), B's centre lies at the known baseline, and the frame read from B's side is the
+    same pair."""
+    world, (ha, ca), (hb, cb), fa, fb, match = two_views(np.random.default_rng(0))
+    baseline = math.hypot(cb[0] - ca[0], cb[1] - ca[1])
+    frame = solve_frame(fa, fb, K, K, baseline, match, SETTINGS)
+    assert frame is not None and len(frame.mine) > 0.9 * len(world)
+    truth = (world[frame.mine] - [*ca, 0.0]) @ geo.camera_rotation(ha).T
+    np.testing.assert_allclose(frame.points, truth, atol=2e-3)
+    assert np.linalg.norm(frame.partner_centre) == pytest.approx(baseline, rel=1e-6)
+    # B's frame of the same pair: the same points in B's camera, A's centre at the baseline.
+    back = frame.flipped()
+    np.testing.assert_array_equal(back.mine, frame.theirs)
+    truth_b = (world[frame.mine] - [*cb, 0.0]) @ geo.camera_rotation(hb).T
+    np.testing.assert_allclose(back.points, truth_b, atol=2e-3)
+    assert np.linalg.norm(back.partner_centre) == pytest.approx(baseline, rel=1e-6)
+    again = back.flipped()
+    np.testing.assert_allclose(again.points, frame.points, atol=1e-9)
+
+
+def test_a_pair_is_solved_once_whichever_reference_asks() -> None:
+    """``PairFrames`` solves a pair in one order (by reference id) and serves the other order
+    by flipping it: (b, a) is exactly (a, b) seen from b, and nothing is solved twice."""
+    _, (_, ca), (_, cb), fa, fb, match = two_views(np.random.default_rng(1))
+    frames = PairFrames([fa, fb], np.array([ca, cb]), ["b-id", "a-id"], lambda _i: K, match,
+                        SETTINGS)  # fmt: skip
+    ab, ba = frames(0, 1), frames(1, 0)
+    assert ab is not None and ba is not None and frames.solved == 1
+    np.testing.assert_array_equal(ba.flipped().points, ab.points)  # id "a-id" solved first
+    np.testing.assert_array_equal(ab.mine, ba.theirs)
+
+
+def test_too_few_shared_points_give_no_frame() -> None:
+    _, (_, ca), (_, cb), fa, fb, _ = two_views(np.random.default_rng(2))
+
+    def few(_a, _b) -> Matches:
+        return Matches(np.column_stack([np.arange(8), np.arange(8)]), np.ones(8, np.float32))
+
+    assert solve_frame(fa, fb, K, K, 6.3, few, SETTINGS) is None
+
+
+@pytest.fixture(scope="module")
+def framed_scene(copy_scene_map):
+    """The scene map with its camera and its pair frames built by the build step."""
+    from core.mapbuild import add_geometry
+
+    store = copy_scene_map()
+    store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
+    assert add_geometry(store, "scene") is not None
+    return store
+
+
+@pytest.mark.integration  # real XFeat features of the scene map
+def test_stored_frames_are_the_solved_ones_and_jobs_read_them(framed_scene) -> None:
+    """Every stored frame equals the one a job would solve (the same arrays), a job with the
+    map's settings reads them and solves none, and a job with other frame settings (they
+    change what a frame is) solves its own."""
+    m = framed_scene.open("scene")
+    loc = Localiser(m)
+    stored = loc.pair_frames(LocaliseOptions())
+    assert m.pair_frames.count() == len(m)
+    camera = m.camera
+    assert camera is not None
+    solved = PairFrames(  # the same job's frames, every pair solved
+        m.features, m.positions, m.ids, lambda i: camera.matrix(m.features[i].image_size),
+        loc.job_matcher(LocaliseOptions()).match, PlacementConfig().frame_settings(),
+    )  # fmt: skip
+    pairs = [(i, m.index[p]) for i in range(len(m)) for p in m.pair_frames.partners(i) or ()]
+    assert len(pairs) >= 3 * len(m)  # measured ~6 per reference
+    framed = 0
+    for i, j in pairs:
+        a, b = stored(i, j), solved(i, j)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            framed += 1
+            np.testing.assert_array_equal(a.mine, b.mine)
+            np.testing.assert_allclose(a.points, b.points, atol=1e-9)
+            np.testing.assert_allclose(a.rotation, b.rotation, atol=1e-12)
+    assert framed >= len(pairs) // 3  # measured 275 of 576 on an AVX-512 CPU
+    assert stored.solved == 0 and stored.read == len(pairs)
+    other = loc.pair_frames(LocaliseOptions(placement_conf={"essential_px": 3.0}))
+    other(*pairs[0])
+    assert other.read == 0 and other.solved == 1
+
+
+@pytest.mark.integration
+def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scene_map) -> None:
+    """The same views placed on the map with stored frames and on a copy without: the same
+    estimates, to the last bits of a float."""
+    from tests.core.test_placement import _random_views
+
+    bare = copy_scene_map()
+    bare.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
+    with_frames, without = Localiser(framed_scene.open("scene")), Localiser(bare.open("scene"))
+    assert without.map.pair_frames.count() == 0
+    placed = 0
+    for image, _ in _random_views(8):
+        a = with_frames.localise(image).estimate
+        b = without.localise(image).estimate
+        assert a.method == b.method
+        placed += a.method.endswith("+placement")
+        if a.localised:
+            assert a.x == pytest.approx(b.x, abs=1e-6) and a.y == pytest.approx(b.y, abs=1e-6)
+    assert placed >= 4
