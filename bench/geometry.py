@@ -105,31 +105,45 @@ def load_items(
     return items, f"{queries_csv} ({len(items)} queries)"
 
 
-def localise_all(loc: Localiser, items: list[Item], options: dict) -> tuple[list, dict, set]:
-    """One pass over ``items``: a table row (n, MAE, median, within 1 and 5, placed, posed,
-    placement ms, s/query, CPU s/query), each item's (x, y, method), and the references of
-    the places found."""
-    opts = LocaliseOptions.parse(options)
-    errors, placed, posed, place_ms, total, answers, supports = [], 0, 0, [], [], {}, set()
-    c0 = time.process_time()
-    for qid, image, truth, hidden in items:
-        t0 = time.perf_counter()
-        # Held-out views: their position's views hidden, and the points made with them
-        # (core/geometry.ReferenceGeometry.usable), as a query from a new position.
-        res = loc.localise(image, opts, hidden, calibrated=hidden is None)
-        total.append(time.perf_counter() - t0)
-        est = res.estimate
-        errors.append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
-        placed += est.method.endswith(("+pose", "+placement"))
-        posed += est.method.endswith("+pose")
-        place_ms.append(1000 * res.timings.get("place", 0.0))
-        answers[qid] = (est.x, est.y, est.method)
-        supports.update(loc.map.index[rid] for rid in est.support)
-    cpu = (time.process_time() - c0) / len(items)
-    e = np.array(errors)
-    return [len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
-            f"{(e < 5).mean():.0%}", f"{placed / len(e):.0%}", f"{posed / len(e):.0%}",
-            float(np.mean(place_ms)), float(np.mean(total)), cpu], answers, supports  # fmt: skip
+def localise_all(
+    runs: list[tuple[Localiser, dict]], items: list[Item]
+) -> list[tuple[list, dict, set]]:
+    """Each run (a localiser and job options) over ``items``, interleaved item by item in an
+    order that alternates, so no run gets a warmer page cache or a quieter machine than
+    another. Per run: a table row (n, MAE, median, within 1 and 5, placed, posed, placement ms,
+    s/query, CPU s/query), each item's (x, y, method), and the references of the places found."""
+    opts = [LocaliseOptions.parse(options) for _, options in runs]
+    errors: list[list[float]] = [[] for _ in runs]
+    placed, posed, cpu = [0] * len(runs), [0] * len(runs), [0.0] * len(runs)
+    place_ms: list[list[float]] = [[] for _ in runs]
+    total: list[list[float]] = [[] for _ in runs]
+    answers: list[dict] = [{} for _ in runs]
+    supports: list[set] = [set() for _ in runs]
+    for n, (qid, image, truth, hidden) in enumerate(items):
+        order = range(len(runs)) if n % 2 == 0 else reversed(range(len(runs)))
+        for k in order:
+            loc = runs[k][0]
+            t0, c0 = time.perf_counter(), time.process_time()
+            # Held-out views: their position's views hidden, and the points made with them
+            # (core/geometry.ReferenceGeometry.usable), as a query from a new position.
+            res = loc.localise(image, opts[k], hidden, calibrated=hidden is None)
+            total[k].append(time.perf_counter() - t0)
+            cpu[k] += time.process_time() - c0
+            est = res.estimate
+            errors[k].append(float(np.abs(np.array([est.x, est.y]) - truth).sum()))
+            placed[k] += est.method.endswith(("+pose", "+placement"))
+            posed[k] += est.method.endswith("+pose")
+            place_ms[k].append(1000 * res.timings.get("place", 0.0))
+            answers[k][qid] = (est.x, est.y, est.method)
+            supports[k].update(loc.map.index[rid] for rid in est.support)
+    out = []
+    for k in range(len(runs)):
+        e = np.array(errors[k])
+        row = [len(e), e.mean(), float(np.median(e)), f"{(e < 1).mean():.0%}",
+               f"{(e < 5).mean():.0%}", f"{placed[k] / len(e):.0%}", f"{posed[k] / len(e):.0%}",
+               float(np.mean(place_ms[k])), float(np.mean(total[k])), cpu[k] / len(e)]  # fmt: skip
+        out.append((row, answers[k], supports[k]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"median {cost['points_per_reference_median']:.0f} points per reference",
                 flush=True,
             )
-        row, answers, found = localise_all(loc, items, options)
+        ((row, answers, found),) = localise_all([(loc, options)], items)
         rows_out.append([name, *row])
         supports |= found
         for qid, answer in answers.items():

@@ -4,13 +4,14 @@ solves every pair per query, on the Getty map, in one run.
     python -m bench.pairframes --limit 150             # queries.csv, 1 thread
     python -m bench.pairframes --heldout 60            # the map's own held-out positions
 
-Runs, in this order, with one thread: no placement (which finds the places, hence the
-references whose frames the placed runs need); placement solving every pair (the map's stored
-frames removed first); the frames of those references built as the map's geometry step builds
-them (core/mapbuild.add_pair_frames; seconds and bytes per reference); placement reading them;
-and each ``--variant`` (JSON placement options, e.g. more pairs tried, now that a pair costs
-one PnP). Prints MAE, median, within 1/5, the share placed, placement milliseconds, seconds
-and CPU seconds per query, and how many estimates the stored frames left unchanged.
+With one thread: no placement (which finds the places, hence the references whose frames the
+placed runs need); the frames of those references built as the map's geometry step builds
+them (core/mapbuild.add_pair_frames; seconds and bytes per reference; the map's stored frames
+removed first); then, interleaved query by query in alternating order, placement reading them,
+placement solving every pair (the same map seen without its frames), and each ``--variant``
+(JSON placement options, e.g. more pairs tried, now that a pair costs one PnP). Prints MAE,
+median, within 1/5, the share placed, placement milliseconds, seconds and CPU seconds per
+query, and how many estimates the stored frames left unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bench.getty_maps import ensure_map
 from core import defaults
 from core.localiser import Localiser
 from core.mapbuild import add_pair_frames
-from core.pairframes import PAIRFRAMES_DIR
+from core.pairframes import PAIRFRAMES_DIR, PairFrameSet
 
 CHUNK = 100
 COLUMNS = ["run", "n", "MAE", "median", "<1", "<5", "placed", "posed", "place ms", "s/query",
@@ -82,27 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     shutil.rmtree(store.path(MAP_NAME) / PAIRFRAMES_DIR, ignore_errors=True)
     loc = Localiser(store.open(MAP_NAME))
+    # The same map with no stored frames: every pair solved per query, as before them.
+    solving = Localiser(store.open(MAP_NAME))
+    solving.map.__dict__["pair_frames"] = PairFrameSet(args.out / "no-frames", solving.map.index)
     items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
     loc.localise(items[0][1])  # warm-up
-    rows, answers = [], {}
-    row, answers["none"], supports = localise_all(loc, items, {"placement": False})
-    rows.append(["no placement", *row])
-    row, answers["solved"], more = localise_all(loc, items, {})
-    rows.append(["pairs solved per query", *row])
-    cost = build_frames(loc, sorted(supports | more))
+    solving.localise(items[0][1])
+    ((row, _, supports),) = localise_all([(loc, {"placement": False})], items)
+    rows = [["no placement", *row]]
+    cost = build_frames(loc, sorted(supports))
     print(
         f"frames: {cost['built']} references at {cost['s_per_reference']:.3f} s each "
         f"({cost['cpu_s_per_reference']:.3f} CPU s), "
         f"{cost['bytes_per_reference'] / 1024:.1f} KiB per reference",
         flush=True,
     )
-    row, answers["stored"], _ = localise_all(loc, items, {})
-    rows.append(["pairs from stored frames", *row])
-    for variant in args.variant:
-        row, answers[variant], _ = localise_all(loc, items, {"placement_conf": json.loads(variant)})
-        rows.append([f"stored, {variant}", *row])
+    variants = [json.loads(v) for v in args.variant]
+    runs = [(loc, {}), (solving, {})] + [(loc, {"placement_conf": v}) for v in variants]
+    results = localise_all(runs, items)
+    names = ["pairs from stored frames", "pairs solved per query"]
+    names += [f"stored, {v}" for v in args.variant]
+    rows += [[name, *row] for name, (row, _, _) in zip(names, results, strict=True)]
+    answers = {name: a for name, (_, a, _) in zip(names, results, strict=True)}
     print_table(f"placement on {title}, {args.threads} thread", COLUMNS, rows)
-    unchanged = same(answers["solved"], answers["stored"])
+    unchanged = same(answers[names[0]], answers[names[1]])
     print(f"stored frames against solved: {unchanged} of {len(items)} answers the same")
     name = "pairframes-heldout.json" if args.heldout else "pairframes.json"
     path = write_json(args.out, name, {"machine": machine_info(), "cost": cost, "rows": rows,

@@ -584,6 +584,7 @@ class Localiser:
             settings,
             self.map.pair_frames,
             f"{key} camera={camera.model_dump_json()}",
+            self.map.index,
         )
 
     def _pose(

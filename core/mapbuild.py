@@ -321,8 +321,10 @@ def add_pair_frames(loc: Localiser, indices: Sequence[int]) -> list[int]:
     frames = loc.pair_frames(LocaliseOptions())
     ids = loc.map.ids
     items = [
-        (ids[i], [(ids[j], frames(i, j)) for j in pair_frame_partners(loc, i)]) for i in indices
-    ]
+        (ids[i], [(ids[j], frames.canonical(*frames.ordered(i, j))) for j in
+                  pair_frame_partners(loc, i)])
+        for i in indices
+    ]  # fmt: skip
     write_pair_frames(loc.map.path, frames.key, items)
     loc.map.pair_frames.refresh()
     return list(indices)

@@ -43,6 +43,8 @@ class FrameSettings:
 
     min_points: int  # triangulated points for a pair to count
     essential_px: float  # MAGSAC threshold of the pair's essential matrix, in pixels
+    min_baseline: float  # the partners' distance range (``partners_of``)
+    max_baseline: float
 
     def key(self, matcher: str, matcher_conf: dict) -> str:
         """The identity stored with a part: frames serve only jobs with the same key."""
@@ -69,11 +71,12 @@ class PairFrame:
         return -self.rotation.T @ self.translation
 
     def flipped(self) -> PairFrame:
-        """The same pair in the partner's frame."""
+        """The same pair in the partner's frame (points kept at the stored precision, as
+        ``solve_frame`` keeps them)."""
         return PairFrame(
             self.theirs,
             self.mine,
-            self.points @ self.rotation.T + self.translation,
+            _stored_precision(self.points @ self.rotation.T + self.translation),
             self.rotation.T,
             -self.rotation.T @ self.translation,
         )
@@ -118,9 +121,16 @@ def solve_frame(
     if ok.sum() < settings.min_points:
         return None
     kept = ab[good][ok]
-    # Points kept at the precision they are stored in, so a stored frame and a solved one agree.
-    points = pts[ok].astype(np.float32).astype(np.float64)
-    return PairFrame(kept[:, 0].astype(np.int32), kept[:, 1].astype(np.int32), points, rot, t)
+    return PairFrame(
+        kept[:, 0].astype(np.int32), kept[:, 1].astype(np.int32), _stored_precision(pts[ok]),
+        rot, t,
+    )  # fmt: skip
+
+
+def _stored_precision(points: np.ndarray) -> np.ndarray:
+    """Points rounded to the float32 they are stored as, so a stored frame and a solved one
+    give a query the same answer to the last bit."""
+    return points.astype(np.float32).astype(np.float64)
 
 
 def _normalise(points: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -179,28 +189,41 @@ class PairFrames:
         settings: FrameSettings,
         stored: PairFrameSet | None = None,
         key: str = "",
+        index: dict[str, int] | None = None,
     ) -> None:
         self._features, self._positions, self._ids = features, positions, ids
+        self._index = index if index is not None else {rid: i for i, rid in enumerate(ids)}
         self._ref_k, self._match, self._settings = ref_k, match, settings
         self._stored, self.key = stored, key
         self._solved: dict[tuple[int, int], PairFrame | None] = {}
         self.read = self.solved = 0  # frames served from the store, frames solved here
 
+    def partners(self, i: int) -> list[int] | None:
+        """The partners (map rows) whose frames with ``i`` are stored under this job's key,
+        most alike first, or None where none are."""
+        held = None if self._stored is None else self._stored.partners(i, self.key)
+        return None if held is None else [self._index[p] for p in held if p in self._index]
+
     def __call__(self, a: int, b: int) -> PairFrame | None:
         """A's frame of the pair (a, b) (map rows)."""
-        first, second = (a, b) if self._ids[a] <= self._ids[b] else (b, a)
-        frame = self._canonical(first, second)
+        first, second = self.ordered(a, b)
+        frame = self.canonical(first, second)
         return frame if frame is None or first == a else frame.flipped()
 
-    def _canonical(self, a: int, b: int) -> PairFrame | None:
+    def ordered(self, a: int, b: int) -> tuple[int, int]:
+        """The pair in the order it is solved and stored in: the smaller id first."""
+        return (a, b) if self._ids[a] <= self._ids[b] else (b, a)
+
+    def canonical(self, a: int, b: int) -> PairFrame | None:
+        """The frame of an ``ordered`` pair, in its first reference's camera."""
         if (a, b) in self._solved:
             return self._solved[(a, b)]
         if self._stored is not None:
-            for first, second, flip in ((a, b, False), (b, a, True)):
-                held, frame = self._stored.lookup(first, self._ids[second], self.key)
+            for owner, other in ((a, b), (b, a)):  # stored with either reference
+                held, frame = self._stored.lookup(owner, self._ids[other], self.key)
                 if held:
                     self.read += 1
-                    return frame.flipped() if flip and frame is not None else frame
+                    return frame
         baseline = float(np.hypot(*(self._positions[b] - self._positions[a])))
         frame = solve_frame(
             self._features[a], self._features[b], self._ref_k(a), self._ref_k(b), baseline,
@@ -218,7 +241,8 @@ def write_pair_frames(
     map_path: Path, key: str, items: Sequence[tuple[str, Sequence[tuple[str, PairFrame | None]]]]
 ) -> Path | None:
     """Store, as one new part, each reference's frames (by id) with its partners (by id; None
-    for a pair that gave no frame, so it is not solved again)."""
+    for a pair that gave no frame, so it is not solved again). Each frame is the pair's
+    ``PairFrames.canonical`` one, whichever reference it is stored with."""
     if not items:
         return None
     pairs = [(pid, f) for _, frames in items for pid, f in frames]
@@ -254,7 +278,8 @@ def write_pair_frames(
 
 
 class PairFrameSet(PartIndex):
-    """A map's stored pair frames: ``lookup(i, partner_id, key)``."""
+    """A map's stored pair frames: ``lookup(i, partner_id, key)``, each in the camera of the
+    pair's reference with the smaller id."""
 
     in_memory = ("key", "ref_offsets", "partner_ids", "solved", "rotations", "translations",
                  "point_offsets")  # fmt: skip
@@ -262,18 +287,21 @@ class PairFrameSet(PartIndex):
     def __init__(self, map_path: Path, index: dict[str, int]) -> None:
         super().__init__(Path(map_path) / PAIRFRAMES_DIR, index)
 
-    def partners(self, i: int) -> tuple[str, ...] | None:
-        """The partner ids stored with reference ``i``, None where it has no entry."""
+    def partners(self, i: int, key: str | None = None) -> tuple[str, ...] | None:
+        """The partner ids stored with reference ``i`` (under ``key``, when given), None where
+        it has no entry."""
         where = self.locate(i)
         if where is None:
             return None
         a, row = where
+        if key is not None and str(a["key"]) != key:
+            return None
         lo, hi = int(a["ref_offsets"][row]), int(a["ref_offsets"][row + 1])
         return tuple(str(p) for p in a["partner_ids"][lo:hi])
 
     def lookup(self, i: int, partner_id: str, key: str) -> tuple[bool, PairFrame | None]:
-        """Whether reference ``i``'s frame with ``partner_id`` is stored under ``key``, and the
-        frame (None: the pair was solved and gave none)."""
+        """Whether the frame of reference ``i`` and ``partner_id`` is stored with ``i`` under
+        ``key``, and the frame (None: the pair was solved and gave none)."""
         where = self.locate(i)
         if where is None:
             return False, None

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from core.config import Conf
-from core.pairframes import FrameSettings, PairFrame
+from core.pairframes import FrameSettings, PairFrame, PairFrames
 from core.types import Features
 
 
@@ -51,7 +51,9 @@ class PlacementConfig(Conf):
     method: Literal["pose", "pairs", "pose-only"] = "pairs"
 
     def frame_settings(self) -> FrameSettings:
-        return FrameSettings(self.min_points, self.essential_px)
+        return FrameSettings(
+            self.min_points, self.essential_px, self.min_baseline, self.max_baseline
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def place_query(
     query: Features,
     query_k: np.ndarray,
     links: Sequence[Link],
-    frames: Callable[[int, int], PairFrame | None],
+    frames: PairFrames,
     positions: np.ndarray,
     around: tuple[float, float],
     conf: PlacementConfig | None = None,
@@ -89,14 +91,16 @@ def place_query(
     """The query's (x, y) from pairs of linked references, or None when no pair gives one.
 
     ``frames(a, b)`` is A's frame of the pair (core/pairframes.py: stored with the map or
-    solved), ``positions`` the map's, both indexed by ``Link.index``; ``query_k`` is the
-    query's intrinsic matrix; ``around`` is the estimate being refined; ``similar(i, among)``
-    optionally gives the global similarity of the references ``among`` (map rows near ``i``)
-    to reference ``i``; ``hidden`` (bool per reference) marks references that must not serve
-    as B (held-out positions).
+    solved; ``frames.partners(a)`` the stored partners of A), ``positions`` the map's, both
+    indexed by ``Link.index``; ``query_k`` is the query's intrinsic matrix; ``around`` is the
+    estimate being refined; ``similar(i, among)`` optionally gives the global similarity of
+    the references ``among`` (map rows near ``i``) to reference ``i``; ``hidden`` (bool per
+    reference) marks references that must not serve as B (held-out positions).
     """
     conf = conf or PlacementConfig()
-    pairs = _pairs(links, positions, similar or (lambda _i, _among: None), conf, hidden)
+    pairs = _pairs(
+        links, positions, similar or (lambda _i, _among: None), conf, hidden, frames.partners
+    )
     found: list[tuple[float, float, int]] = []
     for a, b in pairs:
         frame = frames(a.index, b.index)
@@ -122,10 +126,14 @@ def _pairs(
     similar: Callable[[int, np.ndarray], np.ndarray | None],
     conf: PlacementConfig,
     hidden: np.ndarray | None = None,
+    stored: Callable[[int], list[int] | None] = lambda _i: None,
 ) -> list[tuple[Link, Link]]:
     """(A, B) to try: A among the strongest links; B first among the other linked references,
     then any map reference near A, most similar to A first (B must share points with A, not
-    necessarily with the query; of the views at a nearby position, the one facing A's way)."""
+    necessarily with the query; of the views at a nearby position, the one facing A's way).
+    ``stored(a)``: A's stored partners, the most similar references in range (core/pairframes
+    ``partners_of``), which spare reading the similarities of every reference near A when
+    enough of them are left after the linked and hidden ones."""
     by_strength = sorted(links, key=lambda lk: -lk.inliers)
     linked = {lk.index for lk in links}
     pairs = []
@@ -135,14 +143,33 @@ def _pairs(
         if hidden is not None:
             in_range &= ~hidden
         partners = [b for b in by_strength if b is not a and in_range[b.index]]
-        nearby = np.flatnonzero(in_range)
-        sim = similar(a.index, nearby)
-        key = -sim if sim is not None else baseline[nearby]
-        near = [int(j) for j in nearby[np.argsort(key)] if int(j) not in linked]
-        empty = np.zeros(0, np.int64)
-        partners += [Link(j, empty, empty) for j in near]
+        wanted = conf.partners - len(partners)
+        if wanted > 0:
+            near = _stored_near(stored(a.index), linked, in_range, wanted, conf.frame_partners)
+            if near is None:
+                nearby = np.flatnonzero(in_range)
+                sim = similar(a.index, nearby)
+                key = -sim if sim is not None else baseline[nearby]
+                order = nearby[np.argsort(key, kind="stable")]
+                near = [int(j) for j in order if int(j) not in linked][:wanted]
+            empty = np.zeros(0, np.int64)
+            partners += [Link(j, empty, empty) for j in near]
         pairs += [(a, b) for b in partners[: conf.partners]]
     return pairs[: conf.max_pairs]
+
+
+def _stored_near(
+    held: list[int] | None, linked: set[int], in_range: np.ndarray, wanted: int, stored_max: int
+) -> list[int] | None:
+    """The first ``wanted`` of A's stored partners that are neither linked nor out of range
+    (hidden), or None when the stored ones cannot tell: fewer left than wanted while the
+    stored list may have been cut (it holds every reference in range when shorter)."""
+    if held is None:
+        return None
+    left = [j for j in held if j not in linked and in_range[j]]
+    if len(left) < wanted and len(held) >= stored_max:
+        return None
+    return left[:wanted]
 
 
 def _place_in_frame(
@@ -198,7 +225,8 @@ def pnp_ransac(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """World-to-camera rotation, translation and inlier indices of a camera that sees the 3D
     points ``obj`` at the pixels ``img`` (OpenCV's PnP RANSAC with SQPnP), or None with fewer
-    than ``min_inliers`` inliers."""
+    than ``min_inliers`` inliers. (poselib's LO-RANSAC placed the map's held-out views a little
+    worse: BENCHMARKS.md, section 21.)"""
     try:
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             obj, img, k, None, reprojectionError=px, iterationsCount=1000,

@@ -12,12 +12,12 @@ from cli.synthetic import FOV_DEG
 from core import geometry as geo
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
-from core.pairframes import FrameSettings, PairFrames, solve_frame
-from core.placement import PlacementConfig
+from core.pairframes import PairFrames, solve_frame
+from core.placement import PlacementConfig, _stored_near, pnp_ransac
 from core.types import Matches
 from tests.core.test_geometry import K, two_views
 
-SETTINGS = FrameSettings(min_points=12, essential_px=2.0)
+SETTINGS = PlacementConfig().frame_settings()
 
 
 def test_a_frame_holds_the_true_points_at_the_true_scale() -> None:
@@ -38,7 +38,7 @@ def test_a_frame_holds_the_true_points_at_the_true_scale() -> None:
     np.testing.assert_allclose(back.points, truth_b, atol=2e-3)
     assert np.linalg.norm(back.partner_centre) == pytest.approx(baseline, rel=1e-6)
     again = back.flipped()
-    np.testing.assert_allclose(again.points, frame.points, atol=1e-9)
+    np.testing.assert_allclose(again.points, frame.points, atol=1e-4)  # float32 twice
 
 
 def test_a_pair_is_solved_once_whichever_reference_asks() -> None:
@@ -60,6 +60,18 @@ def test_too_few_shared_points_give_no_frame() -> None:
         return Matches(np.column_stack([np.arange(8), np.arange(8)]), np.ones(8, np.float32))
 
     assert solve_frame(fa, fb, K, K, 6.3, few, SETTINGS) is None
+
+
+def test_stored_partners_stand_in_for_the_similarities_only_when_they_can() -> None:
+    """A's stored partners are its most similar references in range: the first of them not
+    linked and not hidden are B's candidates, unless too few are left of a list that may have
+    been cut (then the similarities are read)."""
+    in_range = np.ones(10, bool)
+    in_range[7] = False  # hidden
+    assert _stored_near([5, 6, 7, 8], {6}, in_range, 2, 4) == [5, 8]
+    assert _stored_near([5, 6, 7, 8], {6}, in_range, 3, 4) is None  # cut list, too few left
+    assert _stored_near([5, 6], {6}, in_range, 3, 4) == [5]  # every reference in range
+    assert _stored_near(None, set(), in_range, 1, 4) is None
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +137,20 @@ def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scen
         if a.localised:
             assert a.x == pytest.approx(b.x, abs=1e-6) and a.y == pytest.approx(b.y, abs=1e-6)
     assert placed >= 4
+
+
+def test_a_frame_places_a_third_camera_by_its_pose() -> None:
+    """A third upright camera seeing the pair's points: PnP against A's frame recovers its
+    centre in that frame to a thousandth of the scene's units."""
+    world, (ha, ca), _, fa, fb, match = two_views(np.random.default_rng(3))
+    frame = solve_frame(fa, fb, K, K, math.hypot(6.0, 2.0), match, SETTINGS)
+    assert frame is not None
+    hq, cq = math.radians(50), (3.0, -1.0)
+    seen = np.hstack([world, np.ones((len(world), 1))]) @ geo._projection(K, hq, cq).T
+    px = seen[:, :2] / seen[:, 2:]
+    solved = pnp_ransac(frame.points, px[frame.mine], K, 2.0, 12)
+    assert solved is not None
+    rot, t, inliers = solved
+    assert len(inliers) > 0.95 * len(frame.mine)
+    truth = geo.camera_rotation(ha) @ np.array([cq[0] - ca[0], cq[1] - ca[1], 0.0])
+    np.testing.assert_allclose(-rot.T @ t, truth, atol=1e-3)
