@@ -232,6 +232,12 @@ def map_camera(
         console.print(f"map {name!r} has no camera: queries are not placed by geometry")
     else:
         console.print(f"map {name!r} camera: {camera.model_dump_json(exclude_none=True)}")
+        if given and not store.open(name).pair_frames.count():
+            console.print(
+                f"store its pair frames so that placement reads them: featureloc map geometry "
+                f"{name}",
+                highlight=False,
+            )
 
 
 def map_images(

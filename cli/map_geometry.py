@@ -22,10 +22,15 @@ def map_geometry(
     via_queue: Annotated[
         bool, typer.Option("--via-queue", help="Queue it on the build queue's workers.")
     ] = False,
+    pose: Annotated[
+        bool,
+        typer.Option("--pose", help="Also headings and 3D points, for placement_conf.method pose."),
+    ] = False,
 ) -> None:
     """Build each reference's pair frames (what placement reads instead of solving pairs per
-    query) and its heading and 3D points (placement by pose). Resumable: what is stored is
-    kept; after an extension, only the new references and their partners are built."""
+    query) and, with --pose, its heading and 3D points (placement by pose). Resumable: what
+    is stored is kept; after an extension, only the new references and their partners are
+    built."""
     from cli.map_build import progress_bar
     from core.mapbuild import add_geometry
     from core.mapstore import MapStore
@@ -39,13 +44,13 @@ def map_geometry(
             from workers.celery_app import make_celery
             from workers.geometry import send_geometry
 
-            send_geometry(make_celery(settings), settings, name)
+            send_geometry(make_celery(settings), settings, name, pose)
             console.print(f"map {name!r}: geometry queued on {settings.build_queue!r}")
             return
         with progress_bar() as bar:
             task = bar.add_task("geometry", total=None)
             built = 0
-            while (step := add_geometry(store, name, BATCH)) is not None:
+            while (step := add_geometry(store, name, BATCH, pose=pose)) is not None:
                 built += step.built
                 bar.update(task, completed=built, total=built + step.remaining)
                 if not step.remaining:

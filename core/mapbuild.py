@@ -237,13 +237,16 @@ def add_geometry(
     name: str,
     batch: int | None = None,
     conf: GeometryConfig | None = None,
+    pose: bool = False,
 ) -> GeometryStep | None:
     """One step of the map's geometry: up to ``batch`` references without it (all: None), and
     the references already built that now take one of them as a partner (an extension's
     neighbours), stored as one part of each kind: the pair frames that placement reads
-    (core/pairframes.py) and the headings and 3D points that placement by pose reads
-    (core/geometry.py). Steps resume: what is stored is never rebuilt unless a new neighbour
-    changes its partners. None when the map has no camera (placement needs it)."""
+    (core/pairframes.py) and, with ``pose``, the headings and 3D points that placement by pose
+    reads (core/geometry.py; opt-in, as that placement is: it costs twice the frames and
+    measured worse, BENCHMARKS.md sections 12 and 21). Steps resume: what is stored is never
+    rebuilt unless a new neighbour changes its partners. None when the map has no camera
+    (placement needs it)."""
     # The matcher and retriever a job uses; imported here: core/finestage.py imports this
     # module, and core/localiser.py imports that one.
     from core.localiser import LocaliseOptions, Localiser
@@ -256,7 +259,11 @@ def add_geometry(
         return None
     opts = LocaliseOptions()
     frames_done, geometry_done = ref_map.pair_frames, ref_map.geometry
-    missing = [i for i in range(len(ref_map)) if not (frames_done.has(i) and geometry_done.has(i))]
+    missing = [
+        i
+        for i in range(len(ref_map))
+        if not frames_done.has(i) or (pose and not geometry_done.has(i))
+    ]
     todo = missing[:batch] if batch is not None else missing
     similar = loc.retriever.reference_similarity
 
@@ -282,17 +289,19 @@ def add_geometry(
         loc, [i for i in todo if not frames_done.has(i)] + stale(frames_done, frame_partners)
     )
     features = ref_map.features
-    built = build_geometry(
-        [i for i in todo if not geometry_done.has(i)] + stale(geometry_done, geometry_partners),
-        features,
-        ref_map.positions,
-        lambda i: camera.matrix(features[i].image_size),
-        similar,
-        loc.job_matcher(opts).match,
-        ref_map.ids,
-        conf,
-        known_heading=geometry_done.heading,
-    )
+    built = {}
+    if pose:
+        built = build_geometry(
+            [i for i in todo if not geometry_done.has(i)] + stale(geometry_done, geometry_partners),
+            features,
+            ref_map.positions,
+            lambda i: camera.matrix(features[i].image_size),
+            similar,
+            loc.job_matcher(opts).match,
+            ref_map.ids,
+            conf,
+            known_heading=geometry_done.heading,
+        )
     write_geometry(ref_map.path, [(ref_map.ids[i], g) for i, g in built.items()])
     return GeometryStep(
         len(set(framed) | set(built)),

@@ -2,7 +2,8 @@
 headings with 3D points), in short resumable steps, queued after each build or extension of a
 map that has a camera.
 
-``featureloc.map_geometry(map_name)`` builds the geometry of up to ``GEOMETRY_BATCH``
+``featureloc.map_geometry(map_name, pose=False)`` builds the geometry (the pair frames; with
+``pose`` also the headings and 3D points) of up to ``GEOMETRY_BATCH``
 references that lack it (with the built neighbours whose partners they change), stores it as
 one part and sends itself again until none lacks it. A worker killed mid-step loses that step
 only: the next delivery (acks_late) starts it again from what is stored. A map without a camera
@@ -31,15 +32,15 @@ log = logging.getLogger(__name__)
 GEOMETRY_BATCH = 100
 
 
-def send_geometry(celery: Any, settings: Settings, map_name: str) -> None:
-    celery.send_task(MAP_GEOMETRY_TASK, args=[map_name], queue=settings.build_queue)
+def send_geometry(celery: Any, settings: Settings, map_name: str, pose: bool = False) -> None:
+    celery.send_task(MAP_GEOMETRY_TASK, args=[map_name, pose], queue=settings.build_queue)
 
 
 @shared_task(name=MAP_GEOMETRY_TASK, bind=True, **RETRY_POLICY)
-def map_geometry_task(self, map_name: str) -> dict[str, Any]:
+def map_geometry_task(self, map_name: str, pose: bool = False) -> dict[str, Any]:
     settings = runtime.settings()
     try:
-        step = add_geometry(MapStore(settings.maps_dir), map_name, GEOMETRY_BATCH)
+        step = add_geometry(MapStore(settings.maps_dir), map_name, GEOMETRY_BATCH, pose=pose)
     except (InputError, MapError) as exc:
         log.error("geometry of map %s failed: %s", map_name, exc)
         return {"map": map_name, "status": "failed", "error": str(exc)}
@@ -50,6 +51,6 @@ def map_geometry_task(self, map_name: str) -> dict[str, Any]:
         map_name, step.built, step.seconds, step.remaining,
     )  # fmt: skip
     if step.remaining:
-        send_geometry(self.app, settings, map_name)
+        send_geometry(self.app, settings, map_name, pose)
         return {"map": map_name, "status": "continuing", "built": step.built}
     return {"map": map_name, "status": "done", "built": step.built}

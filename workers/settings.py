@@ -41,10 +41,10 @@ class Settings(BaseSettings):
     profile: Literal["fast", "accurate"] | None = None
     # Queue the map's held-out fit (workers/fit.py) after each queued build or extension.
     fit_after_build: bool = False
-    # Queue the map's geometry (workers/geometry.py) after each queued build or extension of a
-    # map with a camera, for jobs that ask for placement by pose (core/geometry.py). Off: the
-    # default placement does not use it yet (BENCHMARKS.md, section 12).
-    geometry_after_build: bool = False
+    # Queue the map's pair frames (workers/geometry.py, core/pairframes.py) after each queued
+    # build or extension of a map with a camera: placement reads them instead of solving its
+    # pairs per query (BENCHMARKS.md, section 21). A map without a camera gets none.
+    geometry_after_build: bool = True
     # Checkpoints featureloc may not ship (core/weights.py resolve_user_weights); a plug-in's
     # own "weights" option wins over these.
     superpoint_weights: Path | None = Field(default=None, description="superpoint_v1.pth")

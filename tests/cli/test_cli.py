@@ -75,6 +75,7 @@ def test_map_camera_records_shows_refuses_and_clears(cli_env):
     try:
         out = _cli(env, "map", "camera", "small", "--fov-x", "73.7", "--fov-y", "53.1").stdout
         assert '"fov_x_deg":73.7' in out and '"fov_y_deg":53.1' in out
+        assert "featureloc map geometry small" in " ".join(out.split())  # no pair frames yet
         assert '"fov_x_deg":73.7' in _cli(env, "map", "camera", "small").stdout
         bad = _cli(env, "map", "camera", "small", "--fx", "500", check=False)
         assert bad.returncode == 1 and "width and height" in bad.stderr

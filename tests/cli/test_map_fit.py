@@ -98,9 +98,13 @@ def test_map_geometry_needs_the_camera_then_builds_and_resumes(small) -> None:
     assert refused.returncode != 0 and "no camera" in refused.stdout + refused.stderr
     assert store.open("small").geometry.count() == 0
     assert _cli(env, "map", "camera", "small", "--fov-x", "74").returncode == 0
-    built = _cli(env, "map", "geometry", "small")
+    built = _cli(env, "map", "geometry", "small")  # the pair frames placement reads
     assert built.returncode == 0, built.stdout + built.stderr
     assert "geometry built for 16 references" in built.stdout
+    assert store.open("small").pair_frames.count() == 16
+    assert store.open("small").geometry.count() == 0  # headings and points: only with --pose
+    posed = _cli(env, "map", "geometry", "small", "--pose")
+    assert posed.returncode == 0 and "geometry built for 16 references" in posed.stdout
     assert store.open("small").geometry.count() == 16
-    again = _cli(env, "map", "geometry", "small")  # all built: nothing to do
+    again = _cli(env, "map", "geometry", "small", "--pose")  # all built: nothing to do
     assert again.returncode == 0 and "geometry built for 0 references" in again.stdout

@@ -84,7 +84,7 @@ def scene_geometry(copy_scene_map):
 
     store = copy_scene_map()
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
-    step = add_geometry(store, "scene")
+    step = add_geometry(store, "scene", pose=True)
     m = store.open("scene")
     assert step is not None and step.built == len(m) and step.remaining == 0
     built = {i: m.geometry[i] for i in range(len(m))}
@@ -165,7 +165,7 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
     from core.registry import create_extractor
 
     store = copy_scene_map()
-    assert add_geometry(store, "scene") is None  # no camera: no geometry
+    assert add_geometry(store, "scene", pose=True) is None  # no camera: no geometry
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
     built_store, _ = scene_geometry
     for stored_dir in (geo.GEOMETRY_DIR, PAIRFRAMES_DIR):
@@ -178,7 +178,7 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
     new = read_positions_csv(scene / "queries.csv", scene / "images")[:2]
     add_entries(store.path("scene"), new, create_extractor("xfeat"))
     finalise_map(store, "scene")
-    step = add_geometry(store, "scene")
+    step = add_geometry(store, "scene", pose=True)
     assert step is not None and step.remaining == 0
     after = store.open("scene")
     assert len(after) == len(before) + 2
@@ -209,5 +209,5 @@ def test_a_map_extension_builds_the_new_references_and_their_partners(
     assert untouched and all(
         np.array_equal(stored(rid).points, old[rid].points, equal_nan=True) for rid in untouched
     )
-    again = add_geometry(store, "scene")
+    again = add_geometry(store, "scene", pose=True)
     assert again is not None and again.built == 0 and again.remaining == 0

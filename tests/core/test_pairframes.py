@@ -76,12 +76,16 @@ def test_stored_partners_stand_in_for_the_similarities_only_when_they_can() -> N
 
 @pytest.fixture(scope="module")
 def framed_scene(copy_scene_map):
-    """The scene map with its camera and its pair frames built by the build step."""
+    """The scene map with its camera and its pair frames built by the build step (without
+    ``pose``: frames only)."""
     from core.mapbuild import add_geometry
 
     store = copy_scene_map()
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
-    assert add_geometry(store, "scene") is not None
+    step = add_geometry(store, "scene")
+    m = store.open("scene")
+    assert step is not None and step.built == len(m) and step.remaining == 0
+    assert m.pair_frames.count() == len(m) and m.geometry.count() == 0
     return store
 
 

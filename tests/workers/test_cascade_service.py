@@ -128,13 +128,15 @@ def test_the_map_builds_its_geometry_on_the_build_queue(service, scene) -> None:
     settings, client, store = service
     store.set_camera("scene", Camera(fov_x_deg=FOV_DEG))  # the geometry needs the camera
     assert store.open("scene").geometry.count() == 0
-    send_geometry(make_celery(settings), settings, "scene")
+    send_geometry(make_celery(settings), settings, "scene", pose=True)
     deadline = time.monotonic() + 420
     ref_map = store.open("scene")
     while ref_map.geometry.count() < len(ref_map) and time.monotonic() < deadline:
         time.sleep(1)
         ref_map.geometry.refresh()
     assert ref_map.geometry.count() == len(ref_map), "the geometry did not finish"
+    ref_map.pair_frames.refresh()
+    assert ref_map.pair_frames.count() == len(ref_map)
     headings = [g.heading for i in range(len(ref_map)) if (g := ref_map.geometry[i]) is not None]
     assert sum(h == h for h in headings) >= 0.6 * len(ref_map)  # most have a heading (not NaN)
     # The worker sees the new geometry parts (a new map version) and places by pose.
