@@ -106,17 +106,16 @@ def test_stored_frames_are_the_solved_ones_and_jobs_read_them(framed_scene) -> N
     )  # fmt: skip
     pairs = [(i, m.index[p]) for i in range(len(m)) for p in m.pair_frames.partners(i) or ()]
     assert len(pairs) >= 3 * len(m)  # measured ~6 per reference
-    framed = 0
-    for i, j in pairs:
+    framed = [stored(i, j) is not None for i, j in pairs]
+    assert sum(framed) >= len(pairs) // 3  # measured 275 of 576 on an AVX-512 CPU
+    for i, j in pairs[::3]:  # a third solved again (~25 ms a pair), each against the store
         a, b = stored(i, j), solved(i, j)
         assert (a is None) == (b is None)
         if a is not None and b is not None:
-            framed += 1
             np.testing.assert_array_equal(a.mine, b.mine)
-            np.testing.assert_allclose(a.points, b.points, atol=1e-9)
-            np.testing.assert_allclose(a.rotation, b.rotation, atol=1e-12)
-    assert framed >= len(pairs) // 3  # measured 275 of 576 on an AVX-512 CPU
-    assert stored.solved == 0 and stored.read == len(pairs)
+            np.testing.assert_array_equal(a.points, b.points)
+            np.testing.assert_array_equal(a.rotation, b.rotation)
+    assert stored.solved == 0 and stored.read == len(pairs) + len(pairs[::3])
     other = loc.pair_frames(LocaliseOptions(placement_conf={"essential_px": 3.0}))
     other(*pairs[0])
     assert other.read == 0 and other.solved == 1
