@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.getty / args.queries} not found")
         return 0
     torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)  # as a worker does (workers/runtime.py)
     store, _ = ensure_map(
         args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
     )
