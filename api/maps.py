@@ -10,7 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerKey, require_map
 from api.problems import Problem
-from api.schemas import BuildOut, FineSetOut, FitOut, MapDetail, MapSummary, ReferenceOut
+from api.schemas import (
+    BuildOut,
+    FineSetOut,
+    FitOut,
+    GeometryOut,
+    MapDetail,
+    MapSummary,
+    ReferenceOut,
+)
 from api.services import Services, Svc
 from core.errors import InputError, MapError
 from core.mapreport import MapReport, map_report
@@ -76,6 +84,9 @@ def _detail(svc: Services, map_name: str) -> MapDetail:
     return MapDetail(
         **_summary(row).model_dump(),
         camera=manifest.get("camera"),
+        geometry=GeometryOut(**svc.maps.geometry_counts(map_name))
+        if manifest.get("camera")
+        else None,
         fine_set=None
         if fine is None
         else FineSetOut(extractor=fine, references=svc.maps.fine_count(map_name)),

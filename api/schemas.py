@@ -130,6 +130,17 @@ class FineSetOut(BaseModel):
     references: int = Field(description="References that have fine features so far.")
 
 
+class GeometryOut(BaseModel):
+    pair_frames: int = Field(
+        description="References whose pair frames are stored (placement reads them instead of"
+        " solving its pairs per query; featureloc map geometry)."
+    )
+    pose: int = Field(
+        description="References with a heading and 3D points (placement_conf.method pose;"
+        " featureloc map geometry --pose)."
+    )
+
+
 class FitOut(BaseModel):
     fitted_at: datetime
     heldout_queries: int = Field(description="Held-out positions the fit measured.")
@@ -144,6 +155,9 @@ class FitOut(BaseModel):
 
 class MapDetail(MapSummary):
     camera: dict[str, Any] | None = Field(description="Intrinsics of the reference photos.")
+    geometry: GeometryOut | None = Field(
+        default=None, description="What the map stores for placement; None: no camera."
+    )
     fine_set: FineSetOut | None = Field(
         default=None, description="The fine feature set; None: the accurate profile runs as fast."
     )

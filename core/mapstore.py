@@ -54,9 +54,9 @@ import numpy as np
 from core.camera import Camera
 from core.errors import MapError
 from core.flatfile import read_arrays, read_rows, write_arrays
-from core.geometry import GeometrySet
-from core.pairframes import PairFrameSet
-from core.parts import PART_RE, PART_SUFFIX, PartIndex, part_files
+from core.geometry import GEOMETRY_DIR, GeometrySet
+from core.pairframes import PAIRFRAMES_DIR, PairFrameSet
+from core.parts import PART_RE, PART_SUFFIX, PartIndex, part_files, stored_ids
 from core.types import Features
 
 FORMAT_VERSION = 2
@@ -172,6 +172,15 @@ class MapStore:
         """References with features in the map's fine set."""
         return len(existing_reference_ids(self._existing(name), set_name=FINE_SET))
 
+    def geometry_counts(self, name: str) -> dict[str, int]:
+        """References with stored pair frames (core/pairframes.py) and with headings and 3D
+        points (core/geometry.py), read from the parts' ids without loading the map."""
+        path = self._existing(name)
+        return {
+            "pair_frames": len(stored_ids(path / PAIRFRAMES_DIR)),
+            "pose": len(stored_ids(path / GEOMETRY_DIR)),
+        }
+
     def open(self, name: str) -> ReferenceMap:
         return ReferenceMap.load(self._existing(name))
 
@@ -246,12 +255,7 @@ def existing_reference_ids(
 ) -> set[str]:
     """Ids stored in the parts of a feature set of the map (default: the references), except
     in the part files named in ``exclude``."""
-    skip = set(exclude)
-    ids: set[str] = set()
-    for part in part_files(feature_dir(map_path, set_name)):
-        if part.name not in skip:
-            ids.update(str(i) for i in read_arrays(part)["ids"])
-    return ids
+    return stored_ids(feature_dir(map_path, set_name), exclude)
 
 
 def write_part(

@@ -10,7 +10,7 @@ reference, the part opened last wins.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +24,16 @@ PART_RE = re.compile(r"part-[A-Za-z0-9_-]+\.feat")
 
 def part_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("part-*.feat") if PART_RE.fullmatch(p.name))
+
+
+def stored_ids(directory: Path, exclude: Iterable[str] = ()) -> set[str]:
+    """The reference ids held by a directory's parts, except in the part files named in
+    ``exclude``; reads only each part's ``ids``."""
+    skip = set(exclude)
+    return {
+        str(i) for part in part_files(directory) if part.name not in skip
+        for i in read_arrays(part)["ids"]
+    }  # fmt: skip
 
 
 class PartIndex:

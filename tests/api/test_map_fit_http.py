@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from cli.synthetic import FOV_DEG
+from core.camera import Camera
 from core.heldout import fit_map
 from core.mapbuild import add_fine_features, map_photos, read_positions_csv
 from core.mapstore import MapStore
@@ -57,6 +59,7 @@ def test_jobs_and_the_map_say_which_profile_and_fit_answered(api_stack, fitted_m
     with api_stack.client() as http:
         before = http.get(f"/v1/maps/{FITTED}").json()
         assert before["fine_set"] is None and before["fit"] is None
+        assert before["camera"] is None and before["geometry"] is None  # nothing to place with
         asked = _job(http, photo, {"profile": "accurate"})
     # Accurate was asked of a map with no fine set: it ran as fast, and says so.
     assert asked["profile_used"] == "fast" and "has no fine set" in asked["profile_note"]
@@ -81,3 +84,8 @@ def test_jobs_and_the_map_say_which_profile_and_fit_answered(api_stack, fitted_m
     # The running worker answers with the new fit: no restart.
     assert fast["profile_used"] == "fast" and fast["profile_note"] is None
     assert fast["calibrated"] is True and fast["fit_id"] == fit_id
+    # With a camera the map says what it stores for placement (none of it built yet).
+    store.set_camera(FITTED, Camera(fov_x_deg=FOV_DEG))
+    with api_stack.client() as http:
+        placed = http.get(f"/v1/maps/{FITTED}").json()
+    assert placed["geometry"] == {"pair_frames": 0, "pose": 0}

@@ -86,6 +86,7 @@ def framed_scene(copy_scene_map):
     m = store.open("scene")
     assert step is not None and step.built == len(m) and step.remaining == 0
     assert m.pair_frames.count() == len(m) and m.geometry.count() == 0
+    assert store.geometry_counts("scene") == {"pair_frames": len(m), "pose": 0}
     return store
 
 
