@@ -7,7 +7,8 @@
 #   3. through the real queue (bench/throughput.py: Redis, SQLite, real workers): queries/s,
 #      stage seconds, host CPU per query, GPU utilisation and memory (nvidia-ml-py) with one
 #      process and with one process per core (workers/layout.py), fast profile, then the fine
-#      stage on every query (accurate profile, escalate_below=1).
+#      stage on every query (accurate profile, escalate_below=1). The map stores its pair frames
+#      first (core/pairframes.py), as a queued build does by default.
 # Usage: bench/gpu_run.sh [--device cuda|cpu] [--queries N] [--positions P]
 #   --device cpu is the smoke mode: the same steps on the CPU. How the script was checked without
 #   a GPU: `bench/gpu_run.sh --device cpu --queries 4 --positions 20` ran every step to the end

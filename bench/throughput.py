@@ -72,7 +72,13 @@ from bench.common import (
 )
 from cli.common import parse_options
 from core import defaults
-from core.mapbuild import RefEntry, add_fine_features, build_map, read_positions_csv
+from core.mapbuild import (
+    RefEntry,
+    add_fine_features,
+    add_geometry,
+    build_map,
+    read_positions_csv,
+)
 from core.mapstore import MapStore, existing_reference_ids
 from tests.support.process import WorkerProcess
 from workers.settings import Settings
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     maps_dir = (args.out / "throughput" / "maps").resolve()
     store = MapStore(maps_dir)
-    build_s = None
+    build_s = frames_s = None
     if args.map_from:
         map_name = args.map_from.name
         maps_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
             from bench.getty_maps import GETTY_CAMERA
 
             store.set_camera(map_name, GETTY_CAMERA)
+            # The pair frames placement reads, as a queued build stores them by default
+            # (FEATURELOC_GEOMETRY_AFTER_BUILD); on the worker's device's host, one thread.
+            t0 = time.perf_counter()
+            while (step := add_geometry(store, map_name, 100)) is not None and step.remaining:
+                pass
+            frames_s = time.perf_counter() - t0
         if args.fine:  # the fine set, for the accurate profile (core/finestage.py)
             add_fine_features(
                 store,
@@ -501,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     built = f"; map build {1000 * build_s / len(refs):.0f} ms/reference" if build_s else ""
+    if frames_s:
+        built += f", its pair frames {1000 * frames_s / len(refs):.0f} ms/reference"
     print(f"\ndata: {dataset}{built}")
     print_table(
         f"throughput, {args.queries} queries at once, {args.database}, options {options or '{}'}",
@@ -567,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "build_seconds": build_s,
             "build_ms_per_reference": 1000 * build_s / len(refs) if build_s else None,
+            "pair_frames_ms_per_reference": 1000 * frames_s / len(refs) if frames_s else None,
             "runs": runs,
             "machine": machine_info(),
         },
