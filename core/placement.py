@@ -39,6 +39,9 @@ class PlacementConfig(Conf):
     max_shift: float = 9.0  # L1 from the estimate being refined; farther means a bad pose
     essential_px: float = 2.0  # MAGSAC threshold for the A-B essential matrix
     pnp_px: float = 4.0  # PnP RANSAC reprojection threshold
+    # 2D-3D correspondences and PnP inliers for a placement to count (None: min_points, which
+    # also decides what a stored frame holds, core/pairframes.py).
+    pnp_min_inliers: int | None = Field(None, ge=6)
     left_handed: bool = False
     # Partners per reference whose pair frames a map stores (core/pairframes.py): the pairs a
     # query tries are then read, not matched and solved (most pairs tried are among them).
@@ -194,12 +197,13 @@ def _place_in_frame(
         for qi, ri in zip(link.query_idx, link.ref_idx, strict=True):
             if ri < len(lookup) and lookup[ri] >= 0:
                 q_to_pt.setdefault(int(qi), int(lookup[ri]))
-    if len(q_to_pt) < conf.min_points:
+    needed = conf.pnp_min_inliers or conf.min_points
+    if len(q_to_pt) < needed:
         return None
     q_idx = np.fromiter(q_to_pt.keys(), np.int64)
     obj = frame.points[np.fromiter(q_to_pt.values(), np.int64)]
     img = query.keypoints[q_idx].astype(np.float64)
-    solved = pnp_ransac(obj, img, query_k, conf.pnp_px, conf.min_points)
+    solved = pnp_ransac(obj, img, query_k, conf.pnp_px, needed)
     if solved is None:
         return None
     rq, tvec, inl = solved
