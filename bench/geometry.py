@@ -30,6 +30,7 @@ from core.geometry import GEOMETRY_DIR, build_geometry, write_geometry
 from core.heldout import hidden_mask, sample_heldout
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
+from core.mapstore import MapStore
 
 CHUNK = 100
 METHODS = {  # in this order: the first finds the places whose geometry the others need
@@ -147,13 +148,34 @@ def localise_all(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a run on the Getty map: output folder, Getty folder, queries file and
+    how many of them, threads."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--getty", type=Path, default=GETTY)
     ap.add_argument("--queries", default="queries.csv")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def open_map(args: argparse.Namespace) -> MapStore | None:
+    """The Getty map of bench/accuracy.py (built once), with torch and OpenCV on
+    ``args.threads`` threads as a worker runs them; None (said) without the queries file."""
+    if not (args.getty / args.queries).is_file():
+        print(f"skipped: {args.getty / args.queries} not found")
+        return None
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)  # as a worker does (workers/runtime.py)
+    store, _ = ensure_map(
+        args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
+    )
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = run_arguments(__doc__.split("\n\n")[0])
     ap.add_argument(
         "--heldout",
         type=int,
@@ -169,14 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         "same, the run far shorter",
     )
     args = ap.parse_args(argv)
-    if not (args.getty / args.queries).is_file():
-        print(f"skipped: {args.getty / args.queries} not found")
+    store = open_map(args)
+    if store is None:
         return 0
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)  # as a worker does (workers/runtime.py)
-    store, _ = ensure_map(
-        args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
-    )
     loc = Localiser(store.open(MAP_NAME))
     items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
     loc.localise(items[0][1])  # warm-up

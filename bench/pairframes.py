@@ -16,21 +16,14 @@ query, and how many estimates the stored frames left unchanged.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
-from pathlib import Path
-
-import cv2
-import torch
 
 from bench.accuracy import MAP_NAME
-from bench.common import DEFAULT_OUT, GETTY, machine_info, print_table, write_json
-from bench.geometry import load_items, localise_all
-from bench.getty_maps import ensure_map
-from core import defaults
+from bench.common import machine_info, print_table, write_json
+from bench.geometry import load_items, localise_all, open_map, run_arguments
 from core.localiser import Localiser
 from core.mapbuild import add_pair_frames
 from core.pairframes import PAIRFRAMES_DIR, PairFrameSet
@@ -66,23 +59,13 @@ def same(a: dict, b: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--getty", type=Path, default=GETTY)
-    ap.add_argument("--queries", default="queries.csv")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = run_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--heldout", type=int, default=0, help="the map's own held-out positions")
     ap.add_argument("--variant", action="append", default=[], help="placement_conf as JSON")
     args = ap.parse_args(argv)
-    if not (args.getty / args.queries).is_file():
-        print(f"skipped: {args.getty / args.queries} not found")
+    store = open_map(args)
+    if store is None:
         return 0
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)  # as a worker does (workers/runtime.py)
-    store, _ = ensure_map(
-        args.out, MAP_NAME, defaults.EXTRACTOR, defaults.RETRIEVER, getty=args.getty
-    )
     shutil.rmtree(store.path(MAP_NAME) / PAIRFRAMES_DIR, ignore_errors=True)
     loc = Localiser(store.open(MAP_NAME))
     # The same map with no stored frames: every pair solved per query, as before them.
