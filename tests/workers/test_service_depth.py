@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from cli.synthetic import FOV_DEG
+from core.camera import Camera
 from core.draw import HEADER, MATCH_COLOUR, PANEL, figure_size
 from core.mapbuild import build_map, read_positions_csv
 from core.mapstore import MapStore
@@ -144,12 +146,16 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
     maps = _cli(svc, "map", "list")
     assert re.search(r"par\s.*16", maps.stdout), maps.stdout
 
-    # Re-running resumes: nothing left to extract, the build only re-registers the map.
+    # Re-running resumes: nothing left to extract, the build only re-registers the map. The
+    # map has a camera now, so the finished build queues its pair frames on the build queue
+    # (FEATURELOC_GEOMETRY_AFTER_BUILD, on by default).
+    MapStore(svc.settings.maps_dir).set_camera("par", Camera(fov_x_deg=FOV_DEG))
     again = submit_build(
         svc.settings, svc.client().app, "par", scene / "images", scene / "references.csv"
     )
     assert (again.skipped, again.chunks) == (16, 0)
     assert _wait_build(svc, again.build_id).status == "done"
+    assert _wait_frames(svc, "par", 16) == 16
 
     # Incremental: `map add --via-queue` extracts only the new photos; old parts stay untouched.
     before = {p.name: p.stat().st_mtime_ns for p in (parallel.path / "parts").glob("*.feat")}
@@ -180,6 +186,17 @@ def test_parallel_build_equals_serial_build(svc, tmp_path):
     assert len(grown) == 20 and {f"new_{i}" for i in range(4)} <= set(grown.ids)
     after = {p.name: p.stat().st_mtime_ns for p in (grown.path / "parts").glob("*.feat")}
     assert {k: after[k] for k in before} == before and len(after) == len(before) + 2
+    assert _wait_frames(svc, "par", 20) == 20  # the extension's frames follow it
+
+
+def _wait_frames(svc, name: str, count: int, timeout: float = 180) -> int:
+    """References of map ``name`` with stored pair frames, once ``count`` or at the deadline."""
+    frames = MapStore(svc.settings.maps_dir).open(name).pair_frames
+    deadline = time.monotonic() + timeout
+    while frames.count() < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+        frames.refresh()
+    return frames.count()
 
 
 def test_a_corrupt_photo_fails_alone_and_the_map_stays_usable(svc, tmp_path):
