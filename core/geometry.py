@@ -147,12 +147,13 @@ class _Pair:
     turn: float  # heading of j minus heading of i, from the pair's rotation
 
 
-def _partners(
+def geometry_partners(
     i: int,
     positions: np.ndarray,
     similar: Callable[[int, np.ndarray], np.ndarray | None],
     conf: GeometryConfig,
 ) -> list[int]:
+    """The partners whose pairs give reference ``i`` its heading and points."""
     return partners_of(i, positions, similar, conf.partners, conf.min_baseline, conf.max_baseline)
 
 
@@ -333,14 +334,14 @@ def build_geometry(
     conf = conf or GeometryConfig()
     world = _to_world(positions, conf.left_handed)
     wanted = list(dict.fromkeys(int(i) for i in indices))
-    partners = {i: _partners(i, positions, similar, conf) for i in wanted}
+    partners = {i: geometry_partners(i, positions, similar, conf) for i in wanted}
     stored: dict[int, float] = {}
     for j in {j for js in partners.values() for j in js} - set(partners):
         h = known_heading(j)
         if h is not None and not math.isnan(h):
             stored[j] = h
         else:
-            partners[j] = _partners(j, positions, similar, conf)
+            partners[j] = geometry_partners(j, positions, similar, conf)
 
     @lru_cache(maxsize=64)  # a reference's features, across its few pairs in a row
     def feats(i: int) -> Features:

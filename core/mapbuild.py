@@ -7,13 +7,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.defaults import DEFAULT
 from core.errors import ImageError, InputError
 from core.features.base import Extractor
-from core.geometry import GeometryConfig, build_geometry, write_geometry
+from core.geometry import GeometryConfig, build_geometry, geometry_partners, write_geometry
 from core.images import ImageLimits, read_image
 from core.mapstore import (
     FINE_SET,
@@ -267,13 +268,12 @@ def add_geometry(
     todo = missing[:batch] if batch is not None else missing
     similar = loc.retriever.reference_similarity
 
-    def frame_partners(i: int) -> list[int]:
-        return pair_frame_partners(loc, i)
+    # Each reference's partners once per step: finding them reads global descriptors, and
+    # the stale check and the frames both ask for them.
+    frame_partners = cache(partial(pair_frame_partners, loc))
 
-    def geometry_partners(i: int) -> list[int]:
-        return partners_of(
-            i, ref_map.positions, similar, conf.partners, conf.min_baseline, conf.max_baseline
-        )
+    def pose_partners(i: int) -> list[int]:
+        return geometry_partners(i, ref_map.positions, similar, conf)
 
     def stale(done: Any, partners: Callable[[int], list[int]]) -> list[int]:
         """Built neighbours whose partners the new references change: rebuilt with them."""
@@ -286,13 +286,15 @@ def add_geometry(
         ]
 
     framed = add_pair_frames(
-        loc, [i for i in todo if not frames_done.has(i)] + stale(frames_done, frame_partners)
+        loc,
+        [i for i in todo if not frames_done.has(i)] + stale(frames_done, frame_partners),
+        frame_partners,
     )
     features = ref_map.features
     built = {}
     if pose:
         built = build_geometry(
-            [i for i in todo if not geometry_done.has(i)] + stale(geometry_done, geometry_partners),
+            [i for i in todo if not geometry_done.has(i)] + stale(geometry_done, pose_partners),
             features,
             ref_map.positions,
             lambda i: camera.matrix(features[i].image_size),
@@ -321,19 +323,24 @@ def pair_frame_partners(loc: Localiser, i: int) -> list[int]:
     )  # fmt: skip
 
 
-def add_pair_frames(loc: Localiser, indices: Sequence[int]) -> list[int]:
+def add_pair_frames(
+    loc: Localiser,
+    indices: Sequence[int],
+    partners: Callable[[int], list[int]] | None = None,
+) -> list[int]:
     """Solve and store, as one part, the pair frames (core/pairframes.py) of the references
-    ``indices`` with their partners, for jobs with the default options; pairs stored before
-    (from the partner's side) are read, not solved again. Returns the indices stored."""
+    ``indices`` with their partners (``partners(i)``, default ``pair_frame_partners``), for
+    jobs with the default options; pairs stored before (from the partner's side) are read,
+    not solved again. Returns the indices stored."""
     from core.localiser import LocaliseOptions
 
+    partners = partners or partial(pair_frame_partners, loc)
     frames = loc.pair_frames(LocaliseOptions())
     ids = loc.map.ids
     items = [
-        (ids[i], [(ids[j], frames.canonical(*frames.ordered(i, j))) for j in
-                  pair_frame_partners(loc, i)])
+        (ids[i], [(ids[j], frames.canonical(*frames.ordered(i, j))) for j in partners(i)])
         for i in indices
-    ]  # fmt: skip
+    ]
     write_pair_frames(loc.map.path, frames.key, items)
     loc.map.pair_frames.refresh()
     return list(indices)
