@@ -14,8 +14,8 @@ the map's geometry steps (core/mapbuild.add_geometry) in the flat format of core
 shared by a host's workers through the page cache. A pair not stored is computed when a query
 needs it. Either way a pair is solved once, in one order (the reference with the smaller id
 first), and read in either frame, so a stored frame and a computed one are the same. Stored
-frames serve only jobs whose matcher and frame settings are the ones they were built with
-(``FrameKey``).
+frames serve only jobs whose matcher, frame settings and camera are the ones they were built
+with (``FrameSettings.key``).
 """
 
 from __future__ import annotations
