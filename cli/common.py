@@ -110,6 +110,16 @@ def get_settings() -> Settings:
     return settings()
 
 
+def model_device() -> str:
+    """The device a command that runs models in this process uses, with torch's and OpenCV's
+    threads set as the workers set them (``FEATURELOC_TORCH_THREADS``, core/threads.py)."""
+    from core.threads import limit_threads
+
+    settings = get_settings()
+    limit_threads(settings.torch_threads)
+    return settings.resolved_device()
+
+
 def database() -> Database:
     """The configured database, migrated to the newest schema first (every command that reads or
     writes it calls this, so a fresh install needs no separate migration step)."""

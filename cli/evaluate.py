@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import console, fail, get_settings, parse_options, table
+from cli.common import console, fail, get_settings, model_device, parse_options, table
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -148,7 +148,7 @@ def _in_process(
     settings = get_settings()
     options = LocaliseOptions.parse(opts)
     ref_map = MapStore(settings.maps_dir).open(map_name)
-    loc = Localiser(ref_map, device=settings.resolved_device())
+    loc = Localiser(ref_map, device=model_device())
     errors: list[float] = []
     with _progress() as progress:
         task = progress.add_task("evaluating", total=len(qs), mae="")

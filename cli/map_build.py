@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import console, database, fail, get_settings
+from cli.common import console, database, fail, get_settings, model_device
 from core.errors import InputError, MapError
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def build_in_process(
 ) -> None:
     from workers.maps import build_and_register
 
+    model_device()  # this process extracts: its threads as the workers'
     with progress_bar() as progress:
         task = progress.add_task(f"map {name}", total=None)
         try:
@@ -190,7 +191,7 @@ def _add_in_process(name: str, images: Path, positions: Path, manifest: dict) ->
     ext = manifest["extractor"]
     try:
         entries = read_positions_csv(positions, images)
-        extractor = create_extractor(ext["name"], ext.get("conf"), settings.resolved_device())
+        extractor = create_extractor(ext["name"], ext.get("conf"), model_device())
     except InputError as exc:
         fail(str(exc))
     with progress_bar() as progress:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, fail, get_settings
+from cli.common import console, fail, get_settings, model_device
 from core.errors import InputError
 
 
@@ -48,7 +48,7 @@ def map_fine(
             task = bar.add_task("fine features", total=len(entries))
             report = add_fine_features(
                 store, name, entries, defaults.FINE_EXTRACTOR, defaults.FINE_EXTRACTOR_CONF,
-                device=get_settings().resolved_device(),
+                device=model_device(),
                 on_done=lambda _rid: bar.advance(task),
             )  # fmt: skip
     except InputError as exc:
@@ -136,7 +136,7 @@ def map_fit(
         store, _, photo = _photos(name, images)
         record = fit_map(
             store, name, photo, queries=count, seed=seed, views=views,
-            device=get_settings().resolved_device(),
+            device=model_device(),
             on_done=lambda r: console.print(
                 f"  {r.reference_id}: {r.seconds:.1f} s", highlight=False
             ),
@@ -156,7 +156,7 @@ def _fit_sets(store, name: str, photo, positions: int, seed: int) -> None:
     from core.setfit import fit_sets
 
     # A localiser of the map as just fitted: the sets' photos go through its new fit.
-    loc = Localiser(store.open(name), get_settings().resolved_device(), fine_source=photo)
+    loc = Localiser(store.open(name), model_device(), fine_source=photo)
     try:
         figures = fit_sets(
             store, name, photo, positions, loc, seed=seed,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, fail, get_settings
+from cli.common import console, fail, get_settings, model_device
 from core.errors import InputError, MapError
 
 BATCH = 100  # references per stored step, as on the workers (workers/geometry.py)
@@ -47,6 +47,7 @@ def map_geometry(
             send_geometry(make_celery(settings), settings, name, pose)
             console.print(f"map {name!r}: geometry queued on {settings.build_queue!r}")
             return
+        model_device()  # this process matches and solves: its threads as the workers'
         with progress_bar() as bar:
             task = bar.add_task("geometry", total=None)
             built = 0

@@ -31,6 +31,7 @@ from core.mapstore import (
     validate_map_name,
 )
 from core.pairframes import PAIRFRAMES_DIR
+from core.threads import limit_threads
 from db.session import Database
 from workers.blobstore import BlobStore, make_blob_store
 from workers.mapversions import MapVersions, make_map_versions
@@ -44,12 +45,7 @@ _localisers: dict[str, tuple[str, Localiser]] = {}
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     s = get_settings()
-    if s.torch_threads:
-        import cv2
-        import torch
-
-        torch.set_num_threads(s.torch_threads)
-        cv2.setNumThreads(s.torch_threads)
+    limit_threads(s.torch_threads)
     return s
 
 
