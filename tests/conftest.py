@@ -45,13 +45,18 @@ def device(request) -> str:
 def one_torch_thread():
     """On a shared 2-core machine, 2-thread torch ops stall under load (spin-waiting, up to 20x
     slower than one thread; a Getty test took 105 s in the suite against 8 s alone): the test
-    process uses one, as its worker processes do (tests/support/services.py)."""
+    process uses one thread for torch and OpenCV, as its worker and CLI processes do
+    (FEATURELOC_TORCH_THREADS in tests/support/services.py)."""
+    import cv2
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    from core.threads import limit_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    limit_threads(1)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(before[0])
+    cv2.setNumThreads(before[1])
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,14 @@ from workers.settings import Settings
 
 # Every job of the fault tests uses these options: a shortlist of 5 keeps a job near 50 ms.
 JOB_OPTIONS = {"top_k": 5}
+# Short limits and heartbeats so that stale detection happens within seconds.
+FAST_RECOVERY = {
+    "task_time_limit": "6",
+    "task_soft_time_limit": "5",
+    "stale_check_interval": "1",
+    "heartbeat_interval": "0.5",
+    "stale_after": "3",
+}
 
 
 def free_port() -> int:

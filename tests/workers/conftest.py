@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.faults import PrivateRedis
 from tests.support.services import ServicePool, WorkerProcess, scene_service
 from workers.settings import Settings
 
@@ -28,3 +29,11 @@ def scene_services(tmp_path_factory, scene: Path) -> Iterator[ServicePool[SceneS
 def _scene_service(backend: str, tmp_path_factory, scene: Path) -> Iterator[SceneService]:
     with scene_service(backend, tmp_path_factory.mktemp(f"svc-{backend}"), scene) as started:
         yield started
+
+
+@pytest.fixture
+def redis(tmp_path) -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of the test's own (no persistence), to kill and restart at will."""
+    server = PrivateRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()

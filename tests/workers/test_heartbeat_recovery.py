@@ -13,7 +13,6 @@ from db import queries
 from tests.support.faults import (
     JOB_OPTIONS,
     SLOW_SIFT,
-    PrivateRedis,
     kill_tree,
     make_slow_scene,
     pool_children,
@@ -30,13 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def scene(tmp_path_factory) -> Path:
     """A scene whose jobs take seconds (``SLOW_SIFT``)."""
     return make_slow_scene(tmp_path_factory.mktemp("heartbeat-scene"))
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = PrivateRedis(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _slow_query(scene: Path) -> bytes:
