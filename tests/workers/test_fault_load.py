@@ -1,10 +1,11 @@
-"""500 jobs (by default) from several client processes while a worker is SIGKILLed and Redis is
+"""300 jobs (by default) from several client processes while a worker is SIGKILLed and Redis is
 restarted without persistence: every job ends done, or failed with its reason, and none is run
 twice. Cheap jobs (a 96x72 photo, a map of 4 references, no placement) so that the count, not
 the computer vision, is what is tested.
 
-``FEATURELOC_FAULT_JOBS`` sets the count: the default fits a few minutes on 2 cores; 10,000 was
-run by hand (figures in BENCHMARKS.md). The test prints its wall time and throughput.
+``FEATURELOC_FAULT_JOBS`` sets the count: the default keeps the suite's first pass short on 2
+cores (a fifth of the jobs before the kill is still 60); 10,000 was run by hand (figures in
+BENCHMARKS.md). The test prints its wall time and throughput.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.support.faults import (
     wait_until,
 )
 
-JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "500"))
+JOBS = int(os.environ.get("FEATURELOC_FAULT_JOBS", "300"))
 DEADLINE = 300 + JOBS * 0.2  # seconds for each phase; the whole test gets twice that
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2 * DEADLINE)]
 

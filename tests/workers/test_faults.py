@@ -156,7 +156,9 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
     from workers.build import build_progress, submit_build
 
     refs = _big_references(scene, tmp_path / "big", count=6)
-    with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **FAST_RECOVERY) as st:
+    # Limits well above a chunk's time: what ends the chunk is the kill, never a time limit
+    # (a chunk took over 6 s with the timer-bound tests running side by side).
+    with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **SLOW_JOB_RECOVERY) as st:
         worker = st.worker().start()
         db = st.db()
         try:
