@@ -12,7 +12,10 @@ Reproduce (repository root, venv active; the map is built on first use, bench/ge
 The held-out run (the map's own positions, all views of one hidden while they are the queries,
 core/heldout.py) is where the pooling's rule is judged; the query positions only measure. Each
 row also scores the pooled estimator's own answer ("pooled-only": the place's evidence-weighted
-reference position, without the photos' placed answers), the alternative rule.
+reference position, without the photos' placed answers), the alternative rule, and whether an
+agreeing photo's answer was placed between references (core/placement.py) rather than copied
+from a reference. ``--reuse`` re-scores the sets from the single-photo results a run saved for
+the same map fit (the pooling only: seconds, for trying a pooling rule).
 
 Each view is localised once with the default options (as a single-photo job would be, map
 calibration included); a set's answer is core.photoset.pool_photos over its views' results,
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import pickle
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -50,6 +55,7 @@ from core.types import LocalisationResult
 MAP_NAME = "getty-xfeat"
 SIZES = (1, 2, 3, 5)
 VIEW_STEP_DEG = 72.0  # Getty's views of one position (its README)
+PLACED = ("+placement", "+pose")  # estimate methods of an answer placed between references
 
 
 def positions_of(getty: Path) -> list[tuple[tuple[float, float], list[str]]]:
@@ -127,6 +133,12 @@ def main() -> None:
         "--complement", action="store_true", help="the positions --positions N leaves out"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the single-photo results an earlier run with the same map fit saved "
+        "(bench/out/photo_sets_singles_*.pkl): re-scores the pooling only",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     store, _ = ensure_map(args.out, MAP_NAME, "xfeat", "vlad")
@@ -141,13 +153,24 @@ def main() -> None:
     loc.localise(read_image(GETTY / "images" / f"{spots[0][1][0]}.jpg"), opts)  # warm-up
 
     rows: dict[int, list[dict]] = {k: [] for k in SIZES}
+    singles_path = args.out / (
+        f"photo_sets_singles_{'heldout' if args.heldout else 'queries'}_{loc.map.fit[1]}.pkl"
+    )
+    saved: dict[tuple[str, bool], tuple[LocalisationResult, float]] = (
+        pickle.loads(singles_path.read_bytes()) if args.reuse and singles_path.is_file() else {}
+    )
     t_start = time.perf_counter()
     for n, (truth, ids, hidden) in enumerate(spots):
         single: list[tuple[LocalisationResult, float]] = []
         for rid in ids:
-            t0 = time.perf_counter()
-            image = read_image(GETTY / "images" / f"{rid}.jpg")
-            single.append((loc.localise(image, opts, hidden), time.perf_counter() - t0))
+            key = (rid, hidden is not None)
+            if key not in saved:
+                t0 = time.perf_counter()
+                image = read_image(GETTY / "images" / f"{rid}.jpg")
+                res = loc.localise(image, opts, hidden)
+                # The pooling reads estimates and candidates, not the inlier coordinates.
+                saved[key] = (dataclasses.replace(res, inliers=[]), time.perf_counter() - t0)
+            single.append(saved[key])
         for k in SIZES:
             chosen = draw(len(ids), k, args.seed, n)
             # The pooled estimator's own answer, before the photos' answers place the set:
@@ -158,12 +181,16 @@ def main() -> None:
             )
             if k == 1:
                 est, seconds = single[chosen[0]][0].estimate, single[chosen[0]][1]
-                reason = None
+                reason, placed = None, est.method.endswith(PLACED)
             else:
                 t0 = time.perf_counter()
                 pooled = pool_photos([single[i][0] for i in chosen], opts)
                 est, reason = pooled.estimate, pooled.reason
                 seconds = sum(single[i][1] for i in chosen) + time.perf_counter() - t0
+                # A set is placed where a photo placed between references gave its answer.
+                placed = any(
+                    single[chosen[i]][0].estimate.method.endswith(PLACED) for i in pooled.agreeing
+                )
             x, y = (est.x, est.y) if est.x is not None and est.y is not None else centroid
             px, py = (
                 (pooled_only.x, pooled_only.y)
@@ -179,6 +206,7 @@ def main() -> None:
                     "y": y,
                     "error": l1_error(x, y, *truth),
                     "pooled_only_error": l1_error(px, py, *truth),
+                    "placed": placed,
                     "localised": est.localised,
                     # Raw for a set (pool_photos calibrates nothing), calibrated for one photo.
                     "confidence": float(est.confidence),
@@ -187,6 +215,8 @@ def main() -> None:
                     "seconds": seconds,
                 }
             )
+        if n + 1 == len(spots) or (n + 1) % 10 == 0:
+            singles_path.write_bytes(pickle.dumps(saved))
         mae = {k: np.mean([r["error"] for r in rows[k]]) for k in SIZES}
         print(
             f"{n + 1}/{len(spots)} positions, {time.perf_counter() - t_start:.0f} s: MAE "
@@ -196,7 +226,7 @@ def main() -> None:
 
     summary = {}
     print(f"\n{'set size':>8s} {'n':>4s} {'MAE':>6s} {'median':>6s} {'<5':>5s} {'notloc':>6s} "
-          f"{'s/set':>6s} {'pooled-only MAE':>15s}")  # fmt: skip
+          f"{'s/set':>6s} {'pooled-only MAE':>15s} {'placed':>6s}")  # fmt: skip
     for k in SIZES:
         err = np.array([r["error"] for r in rows[k]])
         alt = np.array([r["pooled_only_error"] for r in rows[k]])
@@ -211,11 +241,13 @@ def main() -> None:
             "seconds_per_set": float(secs.mean()),
             "pooled_only_mae": float(alt.mean()),
             "pooled_only_within_5": float((alt < 5).mean()),
+            "placed": float(np.mean([r["placed"] for r in rows[k]])),
         }
         summary[f"sets_of_{k}"] = s
         print(
             f"{k:8d} {s['sets']:4d} {s['mae']:6.2f} {s['median']:6.2f} {s['within_5']:5.2f} "
-            f"{s['not_localised']:6d} {s['seconds_per_set']:6.2f} {s['pooled_only_mae']:15.2f}"
+            f"{s['not_localised']:6d} {s['seconds_per_set']:6.2f} {s['pooled_only_mae']:15.2f} "
+            f"{s['placed']:6.2f}"
         )
     summary["set_calibration"] = set_calibration(loc.map.training, rows)
     name = (
