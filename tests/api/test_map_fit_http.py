@@ -66,7 +66,9 @@ def test_jobs_and_the_map_say_which_profile_and_fit_answered(api_stack, fitted_m
     assert asked["calibrated"] is False and asked["fit_id"] is None  # never fitted: a raw score
 
     entries = read_positions_csv(scene / "references.csv", scene / "images")
-    add_fine_features(store, FITTED, entries[:6], "aliked", {"max_keypoints": 128})
+    add_fine_features(
+        store, FITTED, entries[:6], "aliked", {"max_keypoints": 128, "resize_max": 320}
+    )
     photos = map_photos(store.open(FITTED).ids, scene / "images")
     record = fit_map(store, FITTED, photos, queries=2, fine_below=1.0)
     fit_id = hashlib.sha256((store.path(FITTED) / "training.json").read_bytes()).hexdigest()[:16]

@@ -21,7 +21,10 @@ from core.mapbuild import add_fine_features, build_map, read_positions_csv
 from core.mapstore import TRAINING_FILE, MapStore, fine_fitted, write_training
 
 pytestmark = pytest.mark.integration
-FINE = {"max_keypoints": 256}
+FINE = {
+    "max_keypoints": 256,
+    "resize_max": 320,
+}  # the fine stage at its cheapest: the tests are about its decisions
 
 
 def _image_of(scene: Path):

@@ -51,7 +51,7 @@ def service(tmp_path_factory, scene):
     from core import defaults, registry
 
     ident = registry.create_extractor(
-        defaults.FINE_EXTRACTOR, {"max_keypoints": 128}
+        defaults.FINE_EXTRACTOR, {"max_keypoints": 128, "resize_max": 320}
     ).identity()  # a small fine set: the test is about the plumbing, not the figures
     store.set_fine_extractor("scene", ident)
     worker = WorkerProcess(env, data / "worker.log").start()
