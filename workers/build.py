@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure
 
 from core import defaults
 from core.errors import InputError, MapError
 from core.features.base import Extractor
 from core.mapbuild import RefEntry, extract_entries, read_positions_csv
 from core.mapstore import (
+    DEFAULT_SET,
     FINE_EXTRACTOR_KEY,
     FINE_SET,
     PART_SUFFIX,
@@ -43,6 +45,7 @@ from core.mapstore import (
     Reference,
     append_features,
     existing_reference_ids,
+    feature_dir,
     read_manifest,
     write_part,
 )
@@ -217,6 +220,46 @@ def build_chunk(self, build_id: str, index: int, entries: list[list]) -> dict[st
             raise
         log.warning("build %s chunk %d: transient fault, retrying: %s", build_id, index, exc)
         raise TransientFault(str(exc)) from exc
+
+
+@task_failure.connect
+def _chunk_killed_at_the_hard_limit(
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """A chunk whose process the hard time limit killed never reaches its own handler (the soft
+    limit's, in ``_extract_chunk``); Celery reports it here, in the worker's main process. The
+    chunk is recorded failed with the reason, and any part it wrote is removed, so that the
+    build still ends (otherwise it waits on a chunk that nobody runs again)."""
+    if getattr(sender, "name", None) != BUILD_CHUNK_TASK:
+        return
+    if not isinstance(exception, TimeLimitExceeded):
+        return
+    build_id, index, entries = (*(args or ()), *(kwargs or {}).values())[:3]
+    settings = runtime.settings()
+    reason = f"chunk {index} exceeded the hard time limit of {settings.task_time_limit} s"
+    with runtime.database().session() as s:
+        build = build_queries.get_build(s, build_id)
+        if build is None:
+            return
+        path = MapStore(settings.maps_dir).path(build.map_name)
+        for set_name in (DEFAULT_SET, FINE_SET):
+            (feature_dir(path, set_name) / part_name(build_id, index)).unlink(missing_ok=True)
+        last = build_queries.finish_chunk(
+            s,
+            build_id,
+            index,
+            added=0,
+            skipped=0,
+            failed={str(e[0]): reason for e in entries},
+            error=reason,
+        )
+    log.error("build %s: %s", build_id, reason)
+    if last:
+        send_finalise(sender.app, settings, build_id)
 
 
 def _extract_chunk(

@@ -126,9 +126,10 @@ def test_pool_children_helper_sees_the_pool(tmp_path, scene, redis):
             worker.stop()
 
 
-def _big_references(scene: Path, out: Path, count: int) -> Path:
-    """The first ``count`` references of the scene upscaled to 2000x1500 (about a second of
-    SIFT each: a build chunk lasts long enough to be killed in), with their positions CSV."""
+def _big_references(scene: Path, out: Path, count: int, size=(2000, 1500)) -> Path:
+    """The first ``count`` references of the scene upscaled to ``size`` (2000x1500: about a
+    second of SIFT each, a build chunk lasts long enough to be killed in), with their positions
+    CSV."""
     import csv
 
     with (scene / "references.csv").open() as f:
@@ -136,7 +137,7 @@ def _big_references(scene: Path, out: Path, count: int) -> Path:
     (out / "images").mkdir(parents=True)
     for r in rows:
         image = cv2.imread(str(scene / "images" / f"{r['id']}.jpg"))
-        cv2.imwrite(str(out / "images" / f"{r['id']}.jpg"), cv2.resize(image, (2000, 1500)))
+        cv2.imwrite(str(out / "images" / f"{r['id']}.jpg"), cv2.resize(image, size))
     with (out / "references.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, ["id", "x", "y"])
         w.writeheader()
@@ -207,3 +208,54 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
     expected = sorted(e.stem for e in (refs / "images").glob("*.jpg"))
     assert sorted(stored) == expected, "no reference missing or stored twice"
     assert MapStore(st.settings.maps_dir).open("big").ids == expected
+
+
+def test_a_chunk_killed_at_the_hard_time_limit_fails_with_its_reason_and_the_build_ends(
+    tmp_path, scene, redis
+):
+    """A chunk that runs past the hard time limit is killed before its own handler can record
+    anything (the soft limit's exception waits for OpenCV's SIFT of a 12 MP photo to return to
+    Python, and the hard limit comes first): the worker's main process records the chunk
+    failed with the reason, removes what it wrote, and the build ends instead of waiting on it
+    for ever."""
+    from sqlalchemy import select
+
+    from core.mapstore import part_files
+    from db.models import MapBuildChunk
+    from workers.build import build_progress, submit_build
+
+    refs = _big_references(scene, tmp_path / "big", count=1, size=(4000, 3000))
+    limits = {"task_time_limit": "2", "task_soft_time_limit": "1"}  # SIFT there takes ~3 s
+    with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **limits) as st:
+        worker = st.worker().start()
+        db = st.db()
+        try:
+            plan = submit_build(
+                st.settings,
+                st.client().app,
+                "big",
+                refs / "images",
+                refs / "references.csv",
+                extractor="sift",
+                chunk_size=1,
+            )
+            wait_until(
+                lambda: build_progress(st.settings, plan.build_id).status in ("done", "failed"),
+                120,
+                f"build {plan.build_id} to end",
+            )
+            build = build_progress(st.settings, plan.build_id)
+        finally:
+            worker.stop()
+    # The build ends as one whose every photo failed does: failed, as there is nothing to fit
+    # retrieval on, with each photo's failure listed with its reason.
+    assert (build.status, build.added) == ("failed", 0), (build.status, build.error)
+    assert "has no references" in (build.error or "")
+    assert set(build.failed) == {p.stem for p in (refs / "images").glob("*.jpg")}
+    assert all("exceeded the hard time limit of 2 s" in r for r in build.failed.values())
+    with db.session() as s:
+        (chunk,) = s.scalars(select(MapBuildChunk).where(MapBuildChunk.build_id == plan.build_id))
+    assert chunk.status == "failed" and "hard time limit" in (chunk.error or "")
+    parts = st.settings.maps_dir / "big" / "parts"
+    assert not (parts.is_dir() and part_files(parts)), "the killed chunk left no part"
+    assert "Hard time limit" in worker.log()
