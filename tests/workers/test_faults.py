@@ -145,6 +145,30 @@ def _big_references(scene: Path, out: Path, count: int, size=(2000, 1500)) -> Pa
     return out
 
 
+def _submit_big_build(st, refs: Path, chunk_size: int):
+    """Queue map "big" of ``refs`` (SIFT) in chunks of ``chunk_size``; its BuildPlan."""
+    from workers.build import submit_build
+
+    return submit_build(
+        st.settings,
+        st.client().app,
+        "big",
+        refs / "images",
+        refs / "references.csv",
+        extractor="sift",
+        chunk_size=chunk_size,
+    )
+
+
+def _build_ended(st, build_id: str, timeout: float):
+    """The build's row once it is done or failed (an AssertionError after ``timeout`` s)."""
+    from workers.build import build_progress
+
+    ended = ("done", "failed")
+    wait_until(lambda: build_progress(st.settings, build_id).status in ended, timeout, build_id)
+    return build_progress(st.settings, build_id)
+
+
 def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, redis):
     """The pool process extracting a chunk is SIGKILLed after another chunk's part is written:
     the chunk is redelivered and rewrites its own part, and the map holds every reference
@@ -154,7 +178,6 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
     from core.flatfile import read_arrays
     from core.mapstore import MapStore, part_files
     from db.models import MapBuildChunk
-    from workers.build import build_progress, submit_build
 
     refs = _big_references(scene, tmp_path / "big", count=6)
     # Limits well above a chunk's time: what ends the chunk is the kill, never a time limit
@@ -163,15 +186,7 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
         worker = st.worker().start()
         db = st.db()
         try:
-            plan = submit_build(
-                st.settings,
-                st.client().app,
-                "big",
-                refs / "images",
-                refs / "references.csv",
-                extractor="sift",
-                chunk_size=2,
-            )
+            plan = _submit_big_build(st, refs, chunk_size=2)
             parts = st.settings.maps_dir / "big" / "parts"
             seen: dict[str, tuple[int, str]] = {}
 
@@ -191,12 +206,7 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
             victim, victim_worker = seen["chunk"]
             os.kill(int(victim_worker.rsplit(":", 1)[1]), signal.SIGKILL)
 
-            wait_until(
-                lambda: build_progress(st.settings, plan.build_id).status in ("done", "failed"),
-                180,
-                f"build {plan.build_id}",
-            )
-            build = build_progress(st.settings, plan.build_id)
+            build = _build_ended(st, plan.build_id, 180)
         finally:
             worker.stop()
     assert (build.status, build.added, build.failed) == ("done", 6, {}), build.error
@@ -222,7 +232,6 @@ def test_a_chunk_killed_at_the_hard_time_limit_fails_with_its_reason_and_the_bui
 
     from core.mapstore import part_files
     from db.models import MapBuildChunk
-    from workers.build import build_progress, submit_build
 
     refs = _big_references(scene, tmp_path / "big", count=1, size=(4000, 3000))
     limits = {"task_time_limit": "2", "task_soft_time_limit": "1"}  # SIFT there takes ~3 s
@@ -230,21 +239,8 @@ def test_a_chunk_killed_at_the_hard_time_limit_fails_with_its_reason_and_the_bui
         worker = st.worker().start()
         db = st.db()
         try:
-            plan = submit_build(
-                st.settings,
-                st.client().app,
-                "big",
-                refs / "images",
-                refs / "references.csv",
-                extractor="sift",
-                chunk_size=1,
-            )
-            wait_until(
-                lambda: build_progress(st.settings, plan.build_id).status in ("done", "failed"),
-                120,
-                f"build {plan.build_id} to end",
-            )
-            build = build_progress(st.settings, plan.build_id)
+            plan = _submit_big_build(st, refs, chunk_size=1)
+            build = _build_ended(st, plan.build_id, 120)
         finally:
             worker.stop()
     # The build ends as one whose every photo failed does: failed, as there is nothing to fit
