@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import task_failure
+from celery.exceptions import SoftTimeLimitExceeded
 
 from core import defaults
 from core.errors import InputError, MapError
@@ -57,6 +56,7 @@ from workers import runtime
 from workers.celery_app import BUILD_CHUNK_TASK, FINALISE_BUILD_TASK
 from workers.fit import send_refit
 from workers.geometry import send_geometry
+from workers.hardlimit import on_hard_time_limit
 from workers.maps import image_limits, register_map
 from workers.retry import RETRY_POLICY, TransientFault, is_transient, last_try
 from workers.settings import Settings
@@ -222,23 +222,12 @@ def build_chunk(self, build_id: str, index: int, entries: list[list]) -> dict[st
         raise TransientFault(str(exc)) from exc
 
 
-@task_failure.connect
-def _chunk_killed_at_the_hard_limit(
-    sender: Any = None,
-    exception: BaseException | None = None,
-    args: Any = None,
-    kwargs: Any = None,
-    **_: Any,
-) -> None:
-    """A chunk whose process the hard time limit killed never reaches its own handler (the soft
-    limit's, in ``_extract_chunk``); Celery reports it here, in the worker's main process. The
-    chunk is recorded failed with the reason, and any part it wrote is removed, so that the
-    build still ends (otherwise it waits on a chunk that nobody runs again)."""
-    if getattr(sender, "name", None) != BUILD_CHUNK_TASK:
-        return
-    if not isinstance(exception, TimeLimitExceeded):
-        return
-    build_id, index, entries = (*(args or ()), *(kwargs or {}).values())[:3]
+@on_hard_time_limit(BUILD_CHUNK_TASK)
+def _chunk_killed_at_the_hard_limit(app: Celery, args: tuple, kwargs: dict) -> None:
+    """A chunk killed at the hard time limit (workers/hardlimit.py) is recorded failed with
+    its photos and the reason, and any part it wrote is removed, so that the build still ends
+    (otherwise it waits on a chunk that nobody runs again)."""
+    build_id, index, entries = (*args, *kwargs.values())[:3]
     settings = runtime.settings()
     reason = f"chunk {index} exceeded the hard time limit of {settings.task_time_limit} s"
     with runtime.database().session() as s:
@@ -259,7 +248,7 @@ def _chunk_killed_at_the_hard_limit(
         )
     log.error("build %s: %s", build_id, reason)
     if last:
-        send_finalise(sender.app, settings, build_id)
+        send_finalise(app, settings, build_id)
 
 
 def _extract_chunk(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from celery import shared_task
+from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, task_rejected, task_unknown
 from sqlalchemy.exc import DBAPIError
@@ -25,12 +25,13 @@ from core.images import decode_image
 from core.localiser import LocaliseOptions
 from core.photoset import localise_set
 from db import queries
-from db.models import Job, JobPhoto
+from db.models import Job, JobPhoto, JobStatus
 from db.types import utcnow
 from workers import runtime
 from workers.blobstore import BlobNotFound
 from workers.celery_app import LOCALISE_TASK
 from workers.figures import keep_figures
+from workers.hardlimit import on_hard_time_limit
 from workers.heartbeat import Heartbeat, holder_alive
 from workers.job_fields import JobConflict, JobFields, record_job, with_default_profile
 from workers.maps import image_limits
@@ -230,6 +231,26 @@ def _fail(job_id: str, reason: str, worker: str) -> dict:
     with runtime.database().session() as s:
         queries.mark_failed(s, job_id, reason, worker)
     return {"job_id": job_id, "status": "failed", "error": reason}
+
+
+@on_hard_time_limit(LOCALISE_TASK)
+def _job_killed_at_the_hard_limit(app: Celery, args: tuple, kwargs: dict) -> None:
+    """A job killed at the hard time limit (workers/hardlimit.py) fails at once with the
+    reason, instead of being re-sent by the stale check to run into the same limit up to
+    ``MAX_ATTEMPTS`` times."""
+    job_id = args[0] if args else kwargs.get("job_id")
+    if not isinstance(job_id, str):
+        return  # a malformed message: nothing of it was recorded as a job
+    reason = f"hard time limit of {runtime.settings().task_time_limit} s exceeded"
+    try:
+        with runtime.database().session() as s:
+            job = queries.get_job(s, job_id)
+            if job is not None and job.status == JobStatus.RUNNING.value:
+                queries.mark_failed(s, job_id, reason)
+    except Exception:  # the database is away: the stale check re-sends the job later
+        log.exception("job %s: could not record the hard time limit", job_id)
+        return
+    log.error("job %s: %s", job_id, reason)
 
 
 def _fail_quietly(job_id: str, reason: str, worker: str) -> None:

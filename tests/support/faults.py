@@ -8,6 +8,7 @@ private ``redis-server`` on a free loopback port and on a proxy in front of Post
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
 import shutil
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 from celery import Celery
 from sqlalchemy import func, select
@@ -322,6 +324,50 @@ def stack(
         init_db(db_url)
         register_scene_map(settings, scene, "tiny", sift_conf)
         yield Stack(tmp, db_url, env, settings, scene)
+
+
+# ------------------------------------------------------------------------------------ map builds
+
+
+def big_references(scene: Path, out: Path, count: int, size=(2000, 1500)) -> Path:
+    """The first ``count`` references of the scene upscaled to ``size`` (2000x1500: about a
+    second of SIFT each, a build chunk lasts long enough to be killed in), with their positions
+    CSV."""
+    with (scene / "references.csv").open() as f:
+        rows = list(csv.DictReader(f))[:count]
+    (out / "images").mkdir(parents=True)
+    for r in rows:
+        image = cv2.imread(str(scene / "images" / f"{r['id']}.jpg"))
+        cv2.imwrite(str(out / "images" / f"{r['id']}.jpg"), cv2.resize(image, size))
+    with (out / "references.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "x", "y"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
+    return out
+
+
+def submit_big_build(st: Stack, refs: Path, chunk_size: int):
+    """Queue map "big" of ``refs`` (SIFT) in chunks of ``chunk_size``; its BuildPlan."""
+    from workers.build import submit_build
+
+    return submit_build(
+        st.settings,
+        st.client().app,
+        "big",
+        refs / "images",
+        refs / "references.csv",
+        extractor="sift",
+        chunk_size=chunk_size,
+    )
+
+
+def build_ended(st: Stack, build_id: str, timeout: float):
+    """The build's row once it is done or failed (an AssertionError after ``timeout`` s)."""
+    from workers.build import build_progress
+
+    ended = ("done", "failed")
+    wait_until(lambda: build_progress(st.settings, build_id).status in ended, timeout, build_id)
+    return build_progress(st.settings, build_id)
 
 
 # ------------------------------------------------------------------------------------- counting

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 
 from db import queries
@@ -21,6 +20,8 @@ from tests.support.faults import (
     FAST_RECOVERY,
     JOB_OPTIONS,
     SLOW_SIFT,
+    big_references,
+    build_ended,
     duplicate_candidates,
     job_summary,
     kill_tree,
@@ -30,6 +31,7 @@ from tests.support.faults import (
     pool_children,
     query_images,
     stack,
+    submit_big_build,
     wait_running,
     wait_until,
 )
@@ -126,49 +128,6 @@ def test_pool_children_helper_sees_the_pool(tmp_path, scene, redis):
             worker.stop()
 
 
-def _big_references(scene: Path, out: Path, count: int, size=(2000, 1500)) -> Path:
-    """The first ``count`` references of the scene upscaled to ``size`` (2000x1500: about a
-    second of SIFT each, a build chunk lasts long enough to be killed in), with their positions
-    CSV."""
-    import csv
-
-    with (scene / "references.csv").open() as f:
-        rows = list(csv.DictReader(f))[:count]
-    (out / "images").mkdir(parents=True)
-    for r in rows:
-        image = cv2.imread(str(scene / "images" / f"{r['id']}.jpg"))
-        cv2.imwrite(str(out / "images" / f"{r['id']}.jpg"), cv2.resize(image, size))
-    with (out / "references.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, ["id", "x", "y"])
-        w.writeheader()
-        w.writerows({k: r[k] for k in ("id", "x", "y")} for r in rows)
-    return out
-
-
-def _submit_big_build(st, refs: Path, chunk_size: int):
-    """Queue map "big" of ``refs`` (SIFT) in chunks of ``chunk_size``; its BuildPlan."""
-    from workers.build import submit_build
-
-    return submit_build(
-        st.settings,
-        st.client().app,
-        "big",
-        refs / "images",
-        refs / "references.csv",
-        extractor="sift",
-        chunk_size=chunk_size,
-    )
-
-
-def _build_ended(st, build_id: str, timeout: float):
-    """The build's row once it is done or failed (an AssertionError after ``timeout`` s)."""
-    from workers.build import build_progress
-
-    ended = ("done", "failed")
-    wait_until(lambda: build_progress(st.settings, build_id).status in ended, timeout, build_id)
-    return build_progress(st.settings, build_id)
-
-
 def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, redis):
     """The pool process extracting a chunk is SIGKILLed after another chunk's part is written:
     the chunk is redelivered and rewrites its own part, and the map holds every reference
@@ -179,14 +138,14 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
     from core.mapstore import MapStore, part_files
     from db.models import MapBuildChunk
 
-    refs = _big_references(scene, tmp_path / "big", count=6)
+    refs = big_references(scene, tmp_path / "big", count=6)
     # Limits well above a chunk's time: what ends the chunk is the kill, never a time limit
     # (a chunk took over 6 s with the timer-bound tests running side by side).
     with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **SLOW_JOB_RECOVERY) as st:
         worker = st.worker().start()
         db = st.db()
         try:
-            plan = _submit_big_build(st, refs, chunk_size=2)
+            plan = submit_big_build(st, refs, chunk_size=2)
             parts = st.settings.maps_dir / "big" / "parts"
             seen: dict[str, tuple[int, str]] = {}
 
@@ -206,7 +165,7 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
             victim, victim_worker = seen["chunk"]
             os.kill(int(victim_worker.rsplit(":", 1)[1]), signal.SIGKILL)
 
-            build = _build_ended(st, plan.build_id, 180)
+            build = build_ended(st, plan.build_id, 180)
         finally:
             worker.stop()
     assert (build.status, build.added, build.failed) == ("done", 6, {}), build.error
@@ -218,40 +177,3 @@ def test_worker_killed_mid_build_chunk_resumes_to_a_whole_map(tmp_path, scene, r
     expected = sorted(e.stem for e in (refs / "images").glob("*.jpg"))
     assert sorted(stored) == expected, "no reference missing or stored twice"
     assert MapStore(st.settings.maps_dir).open("big").ids == expected
-
-
-def test_a_chunk_killed_at_the_hard_time_limit_fails_with_its_reason_and_the_build_ends(
-    tmp_path, scene, redis
-):
-    """A chunk that runs past the hard time limit is killed before its own handler can record
-    anything (the soft limit's exception waits for OpenCV's SIFT of a 12 MP photo to return to
-    Python, and the hard limit comes first): the worker's main process records the chunk
-    failed with the reason, removes what it wrote, and the build ends instead of waiting on it
-    for ever."""
-    from sqlalchemy import select
-
-    from core.mapstore import part_files
-    from db.models import MapBuildChunk
-
-    refs = _big_references(scene, tmp_path / "big", count=1, size=(4000, 3000))
-    limits = {"task_time_limit": "2", "task_soft_time_limit": "1"}  # SIFT there takes ~3 s
-    with stack(tmp_path, scene, backend="sqlite", broker_url=redis.url, **limits) as st:
-        worker = st.worker().start()
-        db = st.db()
-        try:
-            plan = _submit_big_build(st, refs, chunk_size=1)
-            build = _build_ended(st, plan.build_id, 120)
-        finally:
-            worker.stop()
-    # The build ends as one whose every photo failed does: failed, as there is nothing to fit
-    # retrieval on, with each photo's failure listed with its reason.
-    assert (build.status, build.added) == ("failed", 0), (build.status, build.error)
-    assert "has no references" in (build.error or "")
-    assert set(build.failed) == {p.stem for p in (refs / "images").glob("*.jpg")}
-    assert all("exceeded the hard time limit of 2 s" in r for r in build.failed.values())
-    with db.session() as s:
-        (chunk,) = s.scalars(select(MapBuildChunk).where(MapBuildChunk.build_id == plan.build_id))
-    assert chunk.status == "failed" and "hard time limit" in (chunk.error or "")
-    parts = st.settings.maps_dir / "big" / "parts"
-    assert not (parts.is_dir() and part_files(parts)), "the killed chunk left no part"
-    assert "Hard time limit" in worker.log()
