@@ -103,6 +103,11 @@ def _lock_chunk(s: Session, build_id: str, index: int) -> MapBuildChunk | None:
     return s.scalars(stmt).one_or_none()
 
 
+def get_chunk(s: Session, build_id: str, index: int) -> MapBuildChunk | None:
+    """A build's chunk, locked for this transaction; None when there is no such chunk."""
+    return _lock_chunk(s, build_id, index)
+
+
 def claim_chunk(s: Session, build_id: str, index: int, worker: str) -> MapBuildChunk | None:
     """Mark a chunk running and count the attempt; None when there is no such chunk.
 

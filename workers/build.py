@@ -231,10 +231,10 @@ def _chunk_killed_at_the_hard_limit(app: Celery, args: tuple, kwargs: dict) -> N
     settings = runtime.settings()
     reason = f"chunk {index} exceeded the hard time limit of {settings.task_time_limit} s"
     with runtime.database().session() as s:
-        build = build_queries.get_build(s, build_id)
-        if build is None:
-            return
-        path = MapStore(settings.maps_dir).path(build.map_name)
+        chunk = build_queries.get_chunk(s, build_id, index)
+        if chunk is None or chunk.status in build_queries.CHUNK_FINISHED:
+            return  # recorded already (an earlier delivery): its part belongs to the map
+        path = MapStore(settings.maps_dir).path(chunk.build.map_name)
         for set_name in (DEFAULT_SET, FINE_SET):
             (feature_dir(path, set_name) / part_name(build_id, index)).unlink(missing_ok=True)
         last = build_queries.finish_chunk(
