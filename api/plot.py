@@ -1,6 +1,6 @@
 """A job on its map as SVG: the reference positions, the candidate places weighted by evidence,
 the estimate and its confidence; for a photo set, each photo's own answer (numbered); an arrow
-for the way the camera faced, where a pose placed it.
+for the way the camera faced, where placement (pairs or pose) gave one.
 
 Candidates at one position add up (views of one place are evidence for it together, as in
 ``core/estimation.py``); a place's disc has an area proportional to its verified inliers. Both

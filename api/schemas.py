@@ -34,7 +34,7 @@ class SetPhotoOut(BaseModel):
     x: float | None = Field(description="Where this photo alone localised (or its guess).")
     y: float | None
     localised: bool | None
-    heading: float | None = Field(description="Radians in the map's frame, where posed.")
+    heading: float | None = Field(description="Radians in the map's frame, where placement gave one.")
 
 
 class JobOut(BaseModel):
@@ -79,8 +79,9 @@ class JobOut(BaseModel):
     )
     heading: float | None = Field(
         default=None,
-        description="Which way the camera faced, radians in the map's frame, where a pose placed"
-        " the query (placement_conf.method pose); None otherwise.",
+        description="Which way the camera faced, radians in the map's frame (from its x axis"
+        " towards its y axis), where placement gave a position between references; None"
+        " otherwise.",
     )
     photos: int = Field(
         default=1, description="How many photos the job localised: 2 to 8 for a photo set."

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from core.angles import circular_median, wrap
 from core.config import Conf
 from core.flatfile import read_rows, write_arrays
 from core.pairframes import partners_of
@@ -122,18 +123,6 @@ def _projection(k: np.ndarray, heading: float, centre_xy: np.ndarray) -> np.ndar
     return k @ np.hstack([rot, (-rot @ centre)[:, None]])
 
 
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi
-
-
-def _circular_median(angles: Sequence[float], weights: Sequence[float]) -> float:
-    """The angle among ``angles`` with the least weighted sum of angular distances to all."""
-    a = np.asarray(angles, np.float64)
-    w = np.asarray(weights, np.float64)
-    dist = np.abs(np.angle(np.exp(1j * (a[:, None] - a[None, :]))))
-    return float(a[int(np.argmin(dist @ w))])
-
-
 # --- build ----------------------------------------------------------------------------
 
 
@@ -195,9 +184,9 @@ def _pair(
     d = world[j] - world[i]
     phi = math.atan2(d[1], d[0])
     # A point at bearing beta to the right of a camera looking along h lies at h - beta.
-    heading_i = _wrap(phi + math.atan2(c_j[0], c_j[2]))
+    heading_i = wrap(phi + math.atan2(c_j[0], c_j[2]))
     # i's forward axis seen from j: at bearing b right of j's forward, so h_i = h_j - b.
-    heading_j = _wrap(heading_i + math.atan2(rot[0, 2], rot[2, 2]))
+    heading_j = wrap(heading_i + math.atan2(rot[0, 2], rot[2, 2]))
     # The essential matrix has 5 degrees of freedom; two upright cameras at known positions
     # have 2 (their headings). Refit those two on the matches: a dominant plane or a short
     # baseline no longer tilts the pose (the 5-DOF fit can, by degrees).
@@ -206,7 +195,7 @@ def _pair(
     )
     if inliers.sum() < conf.min_points:
         return None
-    turn = _wrap(heading_j - heading_i)
+    turn = wrap(heading_j - heading_i)
     return _Pair(i, j, m[inliers], heading_i, heading_j, turn)
 
 
@@ -259,7 +248,7 @@ def _refine_headings(
         best = int(np.argmin(cost.sum(1)))
         hi, hj = float(gi[best]), float(gj[best])
     d = _sampson(_essentials(np.array([hi]), np.array([hj]), ci, cj), a, b)[0]
-    return _wrap(hi), _wrap(hj), d < threshold
+    return wrap(hi), wrap(hj), d < threshold
 
 
 def _triangulate(
@@ -311,7 +300,7 @@ def solve_headings(pairs: Sequence[_Pair], n: int) -> np.ndarray:
         votes.setdefault(p.j, []).append((p.heading_j, w))
     headings = np.full(n, np.nan)
     for i, vs in votes.items():
-        headings[i] = _circular_median([h for h, _ in vs], [w for _, w in vs])
+        headings[i] = circular_median([h for h, _ in vs], [w for _, w in vs])
     return headings
 
 
@@ -371,7 +360,7 @@ def build_geometry(
             # A pair that disagrees with the headings its references settled on matched the
             # wrong thing (a look-alike wall): its points would be wrong too.
             off = max(
-                abs(_wrap(p.heading_i - headings[p.i])), abs(_wrap(p.heading_j - headings[p.j]))
+                abs(wrap(p.heading_i - headings[p.i])), abs(wrap(p.heading_j - headings[p.j]))
             )
             if off > math.radians(conf.max_heading_disagreement):
                 continue
@@ -476,7 +465,7 @@ def _upright_pose(
         return (h[:, :2] / z - img).ravel()
 
     fit = least_squares(residuals, np.array(start, np.float64), loss="huber", f_scale=px)
-    return float(fit.x[0]), float(fit.x[1]), _wrap(float(fit.x[2]))
+    return float(fit.x[0]), float(fit.x[1]), wrap(float(fit.x[2]))
 
 
 def place_by_pose(

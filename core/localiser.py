@@ -563,7 +563,11 @@ class Localiser:
         if placed is None:
             return estimate
         return dataclasses.replace(
-            estimate, x=placed.x, y=placed.y, method=f"{estimate.method}+placement"
+            estimate,
+            x=placed.x,
+            y=placed.y,
+            method=f"{estimate.method}+placement",
+            heading=placed.heading,
         )
 
     def pair_frames(self, opts: LocaliseOptions, feats: FeatureLookup | None = None) -> PairFrames:

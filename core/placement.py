@@ -15,6 +15,8 @@ are dropped, and the result is the median of the survivors.
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from core.angles import circular_median, wrap
 from core.config import Conf
 from core.pairframes import FrameSettings, PairFrame, PairFrames
 from core.types import Features
@@ -76,7 +79,12 @@ class Link:
 class Placement:
     x: float
     y: float
+    # The camera's heading (radians, map frame: core/angles.py), the circular median of the
+    # placements'. A by-product of each PnP: the query's rotation in A's frame, turned onto
+    # the map as its position is.
+    heading: float
     placements: list[tuple[float, float, int]] = field(default_factory=list)  # x, y, PnP inliers
+    headings: list[float] = field(default_factory=list)  # one per placement
     pairs_tried: int = 0
 
 
@@ -105,22 +113,67 @@ def place_query(
         links, positions, similar or (lambda _i, _among: None), conf, hidden, frames.partners
     )
     found: list[tuple[float, float, int]] = []
+    turns: list[tuple[int, float]] = []  # per placement: A, the query's turn from A's view
+    implied: dict[int, dict[int, float]] = defaultdict(dict)  # A -> B -> A's heading
     for a, b in pairs:
         frame = frames(a.index, b.index)
         if frame is None:
             continue
+        implied[a.index][b.index] = _anchor_heading(frame, positions, a.index, b.index, conf)
         got = _place_in_frame(query, query_k, a, b, frame, positions, conf)
         if got is None:
             continue
-        x, y, support = got
+        x, y, support, turn = got
         if abs(x - around[0]) + abs(y - around[1]) <= conf.max_shift:
             found.append((x, y, support))
+            turns.append((a.index, turn))
             if len(found) >= conf.enough:
                 break
     if not found:
         return None
     xs, ys = np.array([f[0] for f in found]), np.array([f[1] for f in found])
-    return Placement(float(np.median(xs)), float(np.median(ys)), found, len(pairs))
+    # A query's heading is its anchor's plus its turn from the anchor's view. One pair's
+    # translation direction can be off by tens of degrees, which moves a placement near A
+    # little but its heading as much: A's heading is the median of all its frames'.
+    sense = -1.0 if conf.left_handed else 1.0
+    anchors = {a: _median_heading(a, implied[a], frames, positions, conf, hidden) for a, _ in turns}
+    headings = [wrap(anchors[a] - sense * turn) for a, turn in turns]
+    return Placement(
+        float(np.median(xs)), float(np.median(ys)), circular_median(headings), found, headings,
+        len(pairs),
+    )  # fmt: skip
+
+
+def _anchor_heading(
+    frame: PairFrame, positions: np.ndarray, a: int, b: int, conf: PlacementConfig
+) -> float:
+    """A's heading in the map (radians) as the pair frame (A, B) implies it: the map direction
+    from A to B, turned back by the angle at which A's camera sees B's centre."""
+    centre_b = frame.partner_centre
+    seen_at = math.atan2(centre_b[0], centre_b[2])  # from A's forward axis towards its right
+    v = positions[b].astype(np.float64) - positions[a].astype(np.float64)
+    sense = -1.0 if conf.left_handed else 1.0
+    return wrap(math.atan2(v[1], v[0]) + sense * seen_at)
+
+
+def _median_heading(
+    a: int,
+    implied: dict[int, float],
+    frames: PairFrames,
+    positions: np.ndarray,
+    conf: PlacementConfig,
+    hidden: np.ndarray | None,
+) -> float:
+    """A's heading: the circular median of what its frames imply, those this query tried
+    (``implied``, partner -> heading) and those stored with A (not hidden ones)."""
+    more = dict(implied)
+    for b in frames.partners(a) or []:
+        if b in more or (hidden is not None and hidden[b]):
+            continue
+        frame = frames(a, b)
+        if frame is not None:
+            more[b] = _anchor_heading(frame, positions, a, b, conf)
+    return circular_median(list(more.values()))
 
 
 def _pairs(
@@ -183,9 +236,10 @@ def _place_in_frame(
     frame: PairFrame,
     positions: np.ndarray,
     conf: PlacementConfig,
-) -> tuple[float, float, int] | None:
+) -> tuple[float, float, int, float] | None:
     """The query's (x, y) and PnP inliers from its matches to A and B through the points of
-    A's frame of the pair, mapped onto the map by the known vector from A to B."""
+    A's frame of the pair, mapped onto the map by the known vector from A to B, and the
+    query's turn from A's view (radians, from A's forward axis towards its right)."""
     # 3D point per keypoint of A and of B (-1: none).
     a_to_pt = np.full(len(frame.mine) and int(frame.mine.max()) + 1, -1, np.int64)
     b_to_pt = np.full(len(frame.theirs) and int(frame.theirs.max()) + 1, -1, np.int64)
@@ -221,7 +275,8 @@ def _place_in_frame(
     v = positions[b.index].astype(np.float64) - pos_a
     perp = np.array([-v[1], v[0]]) * (-1.0 if conf.left_handed else 1.0)
     xy = pos_a + along * v + across * perp
-    return float(xy[0]), float(xy[1]), len(inl)
+    forward = rq[2]  # the query camera's z axis in A's frame
+    return float(xy[0]), float(xy[1]), len(inl), math.atan2(forward[0], forward[2])
 
 
 def pnp_ransac(

@@ -172,7 +172,7 @@ class Estimate:
     localised: bool
     method: str
     support: list[str] = field(default_factory=list)  # reference ids that voted for it
-    heading: float | None = None  # radians in the map frame, where a pose solve gave one
+    heading: float | None = None  # radians in the map frame, where placement gave one
     pose_inliers: int | None = None  # that solve's 2D-3D inliers
 
 

@@ -127,7 +127,7 @@ class Job(Base):
     # How the estimate was made: the estimator, "+placement" when pairwise geometry placed it,
     # "+pose" when one pose against the map's geometry did (core/geometry.py).
     method: Mapped[str | None] = mapped_column(String(METHOD_LENGTH))
-    # With "+pose": the query's heading (radians, map frame) and the pose's 2D-3D inliers.
+    # With "+placement" or "+pose": the heading (radians, map frame); "+pose": its 2D-3D inliers.
     heading: Mapped[float | None] = mapped_column(Float)
     pose_inliers: Mapped[int | None] = mapped_column(Integer)
     # The exact map version the estimate came from (workers/mapversions.py).
@@ -203,7 +203,7 @@ class JobPhoto(Base):
     # core.camera.Camera fields of this photo, when it has its own.
     camera: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # This photo's own answer once the job is done (the set's is on the job): where it alone
-    # localised (or its guess), and its heading in radians where a pose placed it.
+    # localised (or its guess), and its heading in radians where placement gave one.
     x: Mapped[float | None] = mapped_column(Float)
     y: Mapped[float | None] = mapped_column(Float)
     localised: Mapped[bool | None]

@@ -57,7 +57,7 @@ class SetPhotoAnswer:
     x: float | None  # None until the job is done
     y: float | None
     localised: bool | None
-    heading: float | None  # radians, where a pose placed this photo
+    heading: float | None  # radians, where placement gave one for this photo
 
 
 @dataclass
@@ -87,7 +87,7 @@ class JobResult:
     profile_note: str | None = None
     calibrated: bool | None = None
     fit_id: str | None = None
-    heading: float | None = None  # radians in the map's frame, where a pose placed the query
+    heading: float | None = None  # radians in the map's frame, where placement gave one
     photos: int = 1  # 2 to 8 for a photo set (core/photoset.py)
     # A set's photos, each with its yaw and its own answer (empty for a single photo; filled by
     # Client.result, not by listings).

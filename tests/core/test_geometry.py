@@ -11,6 +11,7 @@ import pytest
 
 from cli.synthetic import CAMERA_HEIGHT, FOV_DEG, make_world, surface_points
 from core import geometry as geo
+from core.angles import wrap
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
 from core.pairframes import PAIRFRAMES_DIR
@@ -113,7 +114,7 @@ def test_scene_headings_and_points_agree_with_the_true_cameras(scene: Path, scen
     for i, g in built.items():
         if math.isnan(g.heading):
             continue
-        errs.append(abs(geo._wrap(g.heading - yaw[m.ids[i]])))
+        errs.append(abs(wrap(g.heading - yaw[m.ids[i]])))
         ok = ~np.isnan(g.points[:, 0])
         if ok.any():
             truth = surface_points(
@@ -146,7 +147,7 @@ def test_a_query_is_placed_by_one_pose_against_the_map(scene_geometry) -> None:
         if est.method.endswith("+pose"):
             assert est.heading is not None
             errors.append(abs(est.x - truth[0]) + abs(est.y - truth[1]))
-            turns.append(abs(geo._wrap(est.heading - math.radians(yaw))))
+            turns.append(abs(wrap(est.heading - math.radians(yaw))))
     assert len(errors) >= 8
     assert float(np.median(errors)) <= 1.0
     assert math.degrees(float(np.median(turns))) <= 3.0
