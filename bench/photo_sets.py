@@ -22,9 +22,11 @@ calibration included); a set's answer is core.photoset.pool_photos over its view
 exactly what core.photoset.localise_set computes after running the same per-photo pipeline,
 so every set size is paired on the same positions and views. A set's time is the sum of its
 views' single-photo times plus the pooling. The views of a set of k are drawn per position by
-a seeded generator (``--seed``); the yaws of a set are its views' index steps times 72 degrees
-(Getty's rig), listed with the rows: the engine checks them but does not use them (the map
-records no reference headings), so "with yaws" scores the same as "without".
+a seeded generator (``--seed``). The yaws of a set are its views' index steps times
+``VIEW_STEP_DEG`` (Getty's views are about 72 degrees apart; the sign, the way the views turn
+in the map's sense, was read off the map's own held-out positions: the "view step" line each
+run prints), passed with the set as a job passes them (they give the set's heading and do not
+move its position, core/photoset.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import math
 import pickle
 import time
 from collections import defaultdict
@@ -42,6 +45,7 @@ import torch
 
 from bench.common import machine_info, write_json
 from bench.getty_maps import GETTY, ensure_map
+from core.angles import wrap
 from core.calibration import calibrate, expected_calibration_error
 from core.estimation import ESTIMATORS
 from core.evaluation import bootstrap_ci, l1_error
@@ -54,7 +58,10 @@ from core.types import LocalisationResult
 
 MAP_NAME = "getty-xfeat"
 SIZES = (1, 2, 3, 5)
-VIEW_STEP_DEG = 72.0  # Getty's views of one position (its README)
+# Getty's views of one position are about 72 degrees apart (its README); on the map's own
+# held-out positions a view's placed heading is the previous view's minus about 72 degrees
+# in the map's sense (the "view step" line of `--heldout` runs, BENCHMARKS.md section 23).
+VIEW_STEP_DEG = -72.0
 PLACED = ("+placement", "+pose")  # estimate methods of an answer placed between references
 
 
@@ -122,6 +129,28 @@ def set_calibration(training: dict, rows: dict[int, list[dict]]) -> dict:
     return out
 
 
+def view_steps(steps: list[float]) -> dict:
+    """How the placed headings of a position's consecutive views turn (degrees): the share
+    within 20 degrees of +72 and of -72, the median of each group, and how far the steps lie
+    from ``VIEW_STEP_DEG`` (percentiles 50, 75, 90): the scatter of placement's headings and
+    of the views' own steps together."""
+    a = np.array(steps)
+    off = np.abs((a - VIEW_STEP_DEG + 180) % 360 - 180)
+    out: dict = {"pairs": len(a), "off_p50_p75_p90": np.percentile(off, [50, 75, 90]).tolist()}
+    for sign in (1, -1):
+        near = a[np.abs(((a - sign * 72.0) + 180) % 360 - 180) <= 20]
+        out[f"{sign * 72:+d}"] = {
+            "share": float(len(near) / max(len(a), 1)),
+            "median": float(np.median(near)) if len(near) else None,
+        }
+    print(f"view step: {len(a)} pairs of consecutive placed views; "
+          + ", ".join(f"{k}: {v['share']:.0%} (median {v['median']})" for k, v in out.items()
+                      if k.startswith(("+", "-")))
+          + f"; off {VIEW_STEP_DEG:+.0f} by {np.round(out['off_p50_p75_p90'], 1)} "
+          "(p50/75/90)")  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
@@ -153,6 +182,7 @@ def main() -> None:
     loc.localise(read_image(GETTY / "images" / f"{spots[0][1][0]}.jpg"), opts)  # warm-up
 
     rows: dict[int, list[dict]] = {k: [] for k in SIZES}
+    steps: list[float] = []  # degrees from one placed view to the next of its position
     singles_path = args.out / (
         f"photo_sets_singles_{'heldout' if args.heldout else 'queries'}_{loc.map.fit[1]}.pkl"
     )
@@ -171,8 +201,15 @@ def main() -> None:
                 # The pooling reads estimates and candidates, not the inlier coordinates.
                 saved[key] = (dataclasses.replace(res, inliers=[]), time.perf_counter() - t0)
             single.append(saved[key])
+        headings = [r.estimate.heading for r, _ in single]
+        steps += [
+            math.degrees(wrap(b - a))
+            for a, b in zip(headings, headings[1:], strict=False)
+            if a is not None and b is not None
+        ]
         for k in SIZES:
             chosen = draw(len(ids), k, args.seed, n)
+            yaws = [(i - chosen[0]) * VIEW_STEP_DEG for i in chosen]
             # The pooled estimator's own answer, before the photos' answers place the set:
             # the alternative rule the held-out run compares with.
             pooled_only = ESTIMATORS[opts.estimator](
@@ -184,7 +221,7 @@ def main() -> None:
                 reason, placed = None, est.method.endswith(PLACED)
             else:
                 t0 = time.perf_counter()
-                pooled = pool_photos([single[i][0] for i in chosen], opts)
+                pooled = pool_photos([single[i][0] for i in chosen], opts, yaws)
                 est, reason = pooled.estimate, pooled.reason
                 seconds = sum(single[i][1] for i in chosen) + time.perf_counter() - t0
                 # A set is placed where a photo placed between references gave its answer.
@@ -200,7 +237,7 @@ def main() -> None:
             rows[k].append(
                 {
                     "views": [ids[i] for i in chosen],
-                    "yaws": [(i - chosen[0]) * VIEW_STEP_DEG for i in chosen],
+                    "yaws": yaws,
                     "truth": truth,
                     "x": x,
                     "y": y,
@@ -249,6 +286,7 @@ def main() -> None:
             f"{s['not_localised']:6d} {s['seconds_per_set']:6.2f} {s['pooled_only_mae']:15.2f} "
             f"{s['placed']:6.2f}"
         )
+    summary["view_steps"] = view_steps(steps)
     summary["set_calibration"] = set_calibration(loc.map.training, rows)
     name = (
         f"photo_sets_heldout{args.heldout}.json"

@@ -9,7 +9,16 @@ metric) of the answers of the photos that agree with that place, each weighed by
 evidence there. A photo that localised on its own elsewhere is outvoted when more photos
 localised at the set's place; otherwise the set declines, with the reason said.
 
-The pooling adds no parameter of its own: the place radius and the inlier floor are the job's
+Yaws, where given (degrees from the first photo, turning the way the map's headings do: from
+its +x axis towards its +y axis, counter-clockwise on a map with y north), give the set its
+heading: the first photo's, as the agreeing photos that placement gave a heading
+(core/placement.py) put it, each one's heading less its yaw (their weighted circular median).
+Without yaws the set's heading is the first photo's own, where it has one. Yaws do not move
+the position: on the map's held-out positions, leaving out the photos whose heading less
+yaw strays from the others' gained nothing at any tolerance from 20 to 90 degrees, as
+placement's headings scatter too much (BENCHMARKS.md section 23).
+
+The pooling adds no other parameter: the place radius and the inlier floor are the job's
 estimator settings (measured on single photos, core/estimation.py ClusterConf), and photos
 "disagree" exactly when the estimator would call their places distinct (farther than twice the
 radius). The confidence is the pooled raw confidence through the map's set curve, fitted on
@@ -29,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.angles import circular_median, wrap
 from core.camera import Camera
 from core.errors import InputError
 from core.estimation import ESTIMATORS, ClusterConf, weighted_median
@@ -100,8 +110,8 @@ def localise_set(
     calibrated: bool = True,
 ) -> SetResult:
     """Localise a photo set (BGR images) as one answer. ``cameras`` gives each photo's own
-    intrinsics (None: the job's ``query_camera`` or the map's); ``yaws`` are checked and kept
-    with the set (the map records no reference headings to compare them with)."""
+    intrinsics (None: the job's ``query_camera`` or the map's); ``yaws`` (degrees from the
+    first photo) give the set's heading (see the module's docstring)."""
     from core.localiser import LocaliseOptions, _calibrated
 
     check_set(len(images), yaws, cameras)
@@ -112,7 +122,7 @@ def localise_set(
         photo_opts = opts if camera is None else opts.model_copy(update={"query_camera": camera})
         photos.append(localiser.localise(image, photo_opts, hidden, calibrated))
     t0 = time.perf_counter()
-    result = pool_photos(photos, opts)
+    result = pool_photos(photos, opts, yaws)
     training, _ = localiser.map.fit
     # The map's set curve (core/setfit.py) where it measured sets, else the single-photo one.
     curves = training.get("calibration", {})
@@ -132,8 +142,13 @@ def localise_set(
     return result
 
 
-def pool_photos(photos: Sequence[LocalisationResult], opts: LocaliseOptions) -> SetResult:
-    """One estimate from several photos' results (see the module's docstring)."""
+def pool_photos(
+    photos: Sequence[LocalisationResult],
+    opts: LocaliseOptions,
+    yaws: Sequence[float] | None = None,
+) -> SetResult:
+    """One estimate from several photos' results, ``yaws`` in degrees from the first photo
+    (see the module's docstring)."""
     conf = opts.estimator_config()
     defaults = ClusterConf()
     radius = float(getattr(conf, "radius", defaults.radius))
@@ -170,11 +185,32 @@ def pool_photos(photos: Sequence[LocalisationResult], opts: LocaliseOptions) -> 
         )
         declined = dataclasses.replace(estimate, localised=False, method="set:disagree")
         return SetResult(declined, list(photos), {}, reason, agreeing)
+    heading = photos[0].estimate.heading if 0 in agreeing else None
+    if yaws is not None and agreeing:
+        heading = first_heading(
+            [photos[i].estimate.heading for i in agreeing], [yaws[i] for i in agreeing], weights
+        )
     if agreeing:
         xy, w = np.array(points, np.float64), np.array(weights, np.float64)
         x, y = weighted_median(xy[:, 0], w), weighted_median(xy[:, 1], w)
-        estimate = dataclasses.replace(estimate, x=x, y=y)
+        estimate = dataclasses.replace(estimate, x=x, y=y, heading=heading)
     return SetResult(estimate, list(photos), {}, None, agreeing)
+
+
+def first_heading(
+    headings: Sequence[float | None], yaws: Sequence[float], weights: Sequence[float]
+) -> float | None:
+    """The first photo's heading (radians, map frame) as the photos with a heading put it:
+    the weighted circular median of each one's heading less its yaw (degrees), or None when
+    none has a heading."""
+    implied = [
+        (wrap(h - math.radians(yaw)), w)
+        for h, yaw, w in zip(headings, yaws, weights, strict=True)
+        if h is not None
+    ]
+    if not implied:
+        return None
+    return circular_median([a for a, _ in implied], [w for _, w in implied])
 
 
 def evidence_near(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -143,3 +145,36 @@ def test_a_stray_confident_photo_is_outvoted_but_a_split_set_declines() -> None:
     split = pool_photos([at_p, at_q[0]], LocaliseOptions())
     assert not split.estimate.localised and split.estimate.method == "set:disagree"
     assert split.reason is not None and "photos disagree" in split.reason
+
+
+def _placed(ref: str, at: tuple[float, float], inliers: int, heading_deg: float | None):
+    photo = _photo(_candidate(ref, (50.0, 50.0), inliers), at=at, localised=True)
+    heading = None if heading_deg is None else math.radians(heading_deg)
+    return dataclasses.replace(photo, estimate=dataclasses.replace(photo.estimate, heading=heading))
+
+
+def test_yaws_give_the_set_its_first_photos_heading_and_leave_its_position() -> None:
+    """Three photos placed near Q with headings 10, 82 and 300 degrees, told 0, 72 and 144:
+    they put the first photo at 10, 10 and 156 degrees; the weighted circular median is the
+    strongest photo's (156: its 180 of evidence against 2 x 40), and the position is the same
+    weighted median with or without yaws. Without yaws the set's heading is the first
+    photo's own; photos with no heading have no say."""
+    photos = [
+        _placed("q_1", (51.0, 49.0), 60, 10.0),
+        _placed("q_2", (52.0, 49.0), 60, 82.0),
+        _placed("q_3", (53.0, 51.0), 200, 300.0),
+    ]
+    opts = LocaliseOptions()
+    plain = pool_photos(photos, opts)
+    told = pool_photos(photos, opts, yaws=[0.0, 72.0, 144.0])
+    assert plain.agreeing == told.agreeing == [0, 1, 2]
+    assert (plain.estimate.x, plain.estimate.y) == (told.estimate.x, told.estimate.y) == (53, 51)
+    assert math.degrees(plain.estimate.heading) == pytest.approx(10.0)
+    assert math.degrees(told.estimate.heading) == pytest.approx(156.0)
+    weak = [photos[0], photos[1], _placed("q_3", (53.0, 51.0), 30, 300.0)]
+    agreed = pool_photos(weak, opts, yaws=[0.0, 72.0, 144.0]).estimate
+    assert math.degrees(agreed.heading) == pytest.approx(10.0)
+    headless = [_placed("q_1", (51.0, 49.0), 60, None), _placed("q_2", (52.0, 49.0), 60, 90.0)]
+    assert pool_photos(headless, opts).estimate.heading is None
+    from_second = pool_photos(headless, opts, yaws=[0.0, 180.0]).estimate.heading
+    assert math.degrees(from_second) == pytest.approx(-90.0)
