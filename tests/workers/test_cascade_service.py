@@ -153,3 +153,8 @@ def test_the_map_builds_its_geometry_on_the_build_queue(service, scene) -> None:
     for row in rows:
         assert row is not None and row.heading is not None and -math.pi <= row.heading <= math.pi
         assert row.pose_inliers is not None and row.pose_inliers >= 12  # PoseConfig.min_inliers
+    # Placement by pairs (the default method) gives a heading too, kept with the job.
+    plain = client.wait_many([client.submit(p, "scene", {"profile": "fast"}) for p in photos[:6]])
+    placed = [j for j in plain if (j.method or "").endswith("+placement")]
+    assert placed, [j.method for j in plain]
+    assert all(j.heading is not None and -math.pi <= j.heading <= math.pi for j in placed)
