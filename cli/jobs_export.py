@@ -20,6 +20,7 @@ CSV_COLUMNS = (
     "status",
     "x",
     "y",
+    "heading",  # radians in the map's frame, as the API gives it; empty where none
     "confidence",
     "localised",
     "best_reference",

@@ -22,6 +22,7 @@ from cli.common import (
     err_console,
     fail,
     fmt,
+    fmt_heading,
     get_settings,
     parse_options,
     parse_since,
@@ -357,7 +358,7 @@ def localise(
             {**r.to_dict(), "image": label} for label, r in zip(labels, results, strict=True)
         )
         return
-    rows = table("job", "image", "status", "x", "y", "confidence", "inliers", "error")
+    rows = table("job", "image", "status", "x", "y", "heading", "confidence", "inliers", "error")
     for label, r in zip(labels, results, strict=True):
         best = max((c.inliers for c in r.candidates), default=0)
         rows.add_row(
@@ -366,6 +367,7 @@ def localise(
             r.status,
             fmt(r.x),
             fmt(r.y),
+            fmt_heading(r.heading),
             fmt(r.confidence),
             str(best),
             r.error or "",
@@ -430,6 +432,7 @@ def jobs_show(
         verdict = "localised" if r.localised else "NOT localised"
         console.print(
             f"estimate ({fmt(r.x)}, {fmt(r.y)})  confidence {fmt(r.confidence)}  {verdict}"
+            + (f"  heading {fmt_heading(r.heading)}" if r.heading is not None else "")
             + (f"  by {r.method}" if r.method else "")
             + (f"  map version {r.map_version}" if r.map_version else "")
         )

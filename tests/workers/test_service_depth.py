@@ -265,6 +265,7 @@ def test_export_csv_and_json(svc, tmp_path):
     best = max(one.candidates, key=lambda c: c.inliers)
     assert (row["best_reference"], int(row["best_inliers"])) == (best.reference_id, best.inliers)
     assert float(row["x"]) == pytest.approx(one.x) and int(row["candidates"]) == len(one.candidates)
+    assert row["heading"] == ("" if one.heading is None else str(one.heading))
     since = _cli(svc, "jobs", "export", "--format", "json", "--since", "2000-01-01T00:00:00")
     assert len(json.loads(since.stdout)) >= len(ids)
     future = _cli(svc, "jobs", "export", "--format", "json", "--since", "2999-01-01T00:00:00")
