@@ -34,7 +34,9 @@ class SetPhotoOut(BaseModel):
     x: float | None = Field(description="Where this photo alone localised (or its guess).")
     y: float | None
     localised: bool | None
-    heading: float | None = Field(description="Radians in the map's frame, where placement gave one.")
+    heading: float | None = Field(
+        description="Radians in the map's frame, where placement gave one."
+    )
 
 
 class JobOut(BaseModel):
