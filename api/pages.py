@@ -29,6 +29,7 @@ from api.jobs import visible_job
 from api.maps import load_report
 from api.problems import Problem
 from api.services import Svc
+from core.angles import heading_text
 from core.mapfigures import report_figures
 from core.mapreport import MapReport
 from core.mapstore import MapStore, validate_map_name
@@ -37,6 +38,7 @@ from workers.figures import find_image
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+templates.env.filters["heading"] = heading_text
 
 COOKIE_MAX_AGE = 8 * 3600
 FIGURE_TOP = 3  # references beside the query on the page

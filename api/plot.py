@@ -130,7 +130,7 @@ def job_plot_svg(
         if photos:
             says.append("green numbers: where each photo of the set alone localised")
         if heading is not None or any(p[2] is not None for p in photos):
-            says.append("arrows: the way the camera faced (pose)")
+            says.append("arrows: the way the camera faced (placement)")
         out.append(_text(MARGIN / 2, top + 56, "; ".join(says) or "no photo answers"))
     out.append("</svg>")
     return "\n".join(out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -101,12 +100,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def fmt_heading(radians: float | None) -> str:
-    """A heading (radians in the map's frame, from its x axis towards its y axis) in degrees
-    in [0, 360), as people read one; "-" where placement gave none."""
-    return "-" if radians is None else f"{math.degrees(radians) % 360:.0f}°"
 
 
 def get_settings() -> Settings:

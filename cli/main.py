@@ -22,7 +22,6 @@ from cli.common import (
     err_console,
     fail,
     fmt,
-    fmt_heading,
     get_settings,
     parse_options,
     parse_since,
@@ -322,6 +321,7 @@ def localise(
     ] = None,
 ) -> None:
     """Submit photos to the queue; with --wait, print where each was taken."""
+    from core.angles import heading_text
     from core.errors import InputError
     from workers.client import Client, JobTimeout
 
@@ -367,7 +367,7 @@ def localise(
             r.status,
             fmt(r.x),
             fmt(r.y),
-            fmt_heading(r.heading),
+            heading_text(r.heading),
             fmt(r.confidence),
             str(best),
             r.error or "",
@@ -418,6 +418,7 @@ def jobs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """One job with its estimate, timings and candidate table."""
+    from core.angles import heading_text
     from workers.client import Client
 
     client = Client()
@@ -432,7 +433,7 @@ def jobs_show(
         verdict = "localised" if r.localised else "NOT localised"
         console.print(
             f"estimate ({fmt(r.x)}, {fmt(r.y)})  confidence {fmt(r.confidence)}  {verdict}"
-            + (f"  heading {fmt_heading(r.heading)}" if r.heading is not None else "")
+            + (f"  heading {heading_text(r.heading)}" if r.heading is not None else "")
             + (f"  by {r.method}" if r.method else "")
             + (f"  map version {r.map_version}" if r.map_version else "")
         )

@@ -24,3 +24,9 @@ def circular_median(angles: Sequence[float], weights: Sequence[float] | None = N
 def angular_distance(a: float, b: float) -> float:
     """The smaller angle between two headings, in [0, pi]."""
     return abs(wrap(a - b))
+
+
+def heading_text(radians: float | None) -> str:
+    """A heading as people read one: whole degrees in [0, 360) from the map's x axis towards
+    its y axis, or "-" where there is none (the CLI and the job page show it so)."""
+    return "-" if radians is None else f"{math.degrees(radians) % 360:.0f}°"

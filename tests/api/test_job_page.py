@@ -6,6 +6,7 @@ the references and inliers the job recorded."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from api.auth import COOKIE
 from api.pages import CANDIDATE_ROWS, FIGURE_TOP
+from core.angles import heading_text
 from core.draw import FONT, FONT_SCALE, figure_size, unpack_inliers
 from db import queries
 from db.models import Job
@@ -54,6 +56,10 @@ def _png(api_stack, job_id: str, top: int = FIGURE_TOP, photo: int = 0) -> np.nd
 
 def test_the_job_page_shows_the_job_and_its_images(api_stack, browser, tmp_path):
     job = _done_job(api_stack)
+    # The test map records no camera, so no placement and no heading: give the stored job one
+    # (-30 degrees) to see the page read it.
+    with api_stack.stack.db().session() as s:
+        queries.get_job(s, job["id"]).heading = job["heading"] = math.radians(-30.0)
     browser.call("Network.clearBrowserCookies")
     page = f"{api_stack.url}/jobs/{job['id']}"
 
@@ -77,6 +83,7 @@ def test_the_job_page_shows_the_job_and_its_images(api_stack, browser, tmp_path)
     assert text("x") == f"{job['x']:.2f}" and text("y") == f"{job['y']:.2f}"
     assert text("confidence") == f"{job['confidence']:.2f}"
     assert text("localised") == "yes"
+    assert text("heading") == heading_text(job["heading"]) == "330°"
     assert text("profile-used") == job["profile_used"] == "fast"
     assert text("calibration").startswith("confidence uncalibrated")  # the map is not fitted
     rows = browser.evaluate("document.querySelectorAll('#candidates tr').length")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ast
-import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import typer
 
-from cli.common import fmt_heading, parse_since
+from cli.common import parse_since
 from cli.main import COMMANDS
 from tests.support.paths import REPO
 
@@ -26,12 +25,6 @@ def test_since_takes_an_age_or_an_iso_time():
 def test_a_bad_since_names_the_option(bad):
     with pytest.raises(typer.BadParameter, match="--since"):
         parse_since(bad)
-
-
-def test_a_heading_reads_in_degrees_from_the_maps_x_axis():
-    assert fmt_heading(None) == "-"
-    assert fmt_heading(0.0) == "0°" and fmt_heading(math.pi / 2) == "90°"
-    assert fmt_heading(-math.pi / 2) == "270°"  # radians in [-pi, pi) read as [0, 360)
 
 
 def test_every_command_is_registered_once_from_the_table():
