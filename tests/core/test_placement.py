@@ -19,8 +19,8 @@ from core.errors import InputError
 from core.images import read_image
 from core.localiser import LocaliseOptions, Localiser
 from core.mapstore import MapStore
-from core.pairframes import PairFrames
-from core.placement import Link, PlacementConfig, place_query
+from core.pairframes import PairFrame, PairFrames
+from core.placement import Link, PlacementConfig, _anchor_heading, place_query
 from core.types import Features
 from core.verify import VerifyConfig, verify
 from tests.support.paths import GETTY
@@ -224,3 +224,17 @@ def test_placement_on_getty_photos_beats_the_nearest_reference() -> None:
 def _getty_rows(name: str) -> list[dict]:
     with (GETTY / name).open() as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(("left_handed", "facing"), [(False, 90.0), (True, -90.0)])
+def test_an_anchors_heading_turns_the_way_its_map_does(left_handed: bool, facing: float) -> None:
+    """A sees B 10 units to its right, and B lies east of A on the map (+x): A faces north,
+    which is +90 degrees on a map with y north and -90 on an image-like map (y down)."""
+    frame = PairFrame(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)),
+        np.eye(3), np.array([-10.0, 0.0, 0.0]),
+    )  # fmt: skip
+    positions = np.array([[0.0, 0.0], [10.0, 0.0]])
+    conf = PlacementConfig(left_handed=left_handed)
+    heading = _anchor_heading(frame, positions, 0, 1, conf)
+    assert math.degrees(heading) == pytest.approx(facing)
