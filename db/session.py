@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,38 @@ def _forget_inherited_engines() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_inherited_engines)
+
+# SQLite keeps the lock state of each open database file in process memory. A child forked
+# while another thread of its parent is inside a transaction inherits that state for good:
+# every write it makes then fails with "database is locked", though no process holds the lock
+# (a worker's pool processes are forked from a main process whose stale check runs in a
+# thread). So a fork waits until no SQLite session of the process is open.
+_sqlite_sessions = threading.RLock()
+
+
+def _new_sqlite_guard() -> None:
+    global _sqlite_sessions
+    _sqlite_sessions = threading.RLock()
+
+
+@contextmanager
+def _sqlite_session() -> Iterator[None]:
+    """Hold the fork guard for one session; waiting for another thread's session at most as
+    long as SQLite waits for another process's write lock (then, like SQLite, "locked")."""
+    guard = _sqlite_sessions
+    if not guard.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise TimeoutError("database is locked: another thread of this process kept its session")
+    try:
+        yield
+    finally:
+        guard.release()
+
+
+os.register_at_fork(
+    before=lambda: _sqlite_sessions.acquire(),
+    after_in_parent=lambda: _sqlite_sessions.release(),
+    after_in_child=_new_sqlite_guard,
+)
 
 
 def _is_sqlite_file(database: str | None) -> bool:
@@ -138,8 +170,10 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in a transaction: committed if the block succeeds, rolled back if it raises."""
-        with self.sessionmaker.begin() as session:
+        """A session in a transaction: committed if the block succeeds, rolled back if it raises.
+        On SQLite, a fork of this process waits until it ends (see ``_sqlite_sessions``)."""
+        guard = _sqlite_session() if self.engine.dialect.name == "sqlite" else nullcontext()
+        with guard, self.sessionmaker.begin() as session:
             yield session
 
     def init(self) -> None:
