@@ -84,7 +84,6 @@ class Placement:
     # the map as its position is.
     heading: float
     placements: list[tuple[float, float, int]] = field(default_factory=list)  # x, y, PnP inliers
-    headings: list[float] = field(default_factory=list)  # one per placement
     pairs_tried: int = 0
 
 
@@ -136,12 +135,12 @@ def place_query(
     # translation direction can be off by tens of degrees, which moves a placement near A
     # little but its heading as much: A's heading is the median of all its frames'.
     sense = -1.0 if conf.left_handed else 1.0
-    anchors = {a: _median_heading(a, implied[a], frames, positions, conf, hidden) for a, _ in turns}
+    anchors = {a: _median_heading(a, implied[a], frames, positions, conf, hidden)
+               for a in dict.fromkeys(a for a, _ in turns)}  # fmt: skip
     headings = [wrap(anchors[a] - sense * turn) for a, turn in turns]
     return Placement(
-        float(np.median(xs)), float(np.median(ys)), circular_median(headings), found, headings,
-        len(pairs),
-    )  # fmt: skip
+        float(np.median(xs)), float(np.median(ys)), circular_median(headings), found, len(pairs)
+    )
 
 
 def _anchor_heading(
