@@ -183,9 +183,10 @@ def _pairs(
     hidden: np.ndarray | None = None,
     stored: Callable[[int], list[int] | None] = lambda _i: None,
 ) -> list[tuple[Link, Link]]:
-    """(A, B) to try: A among the strongest links; B first among the other linked references,
-    then any map reference near A, most similar to A first (B must share points with A, not
-    necessarily with the query; of the views at a nearby position, the one facing A's way).
+    """(A, B) to try: A among the strongest links; B first among the other linked references
+    (those whose frame with A is stored first, then by strength), then any map reference near
+    A, most similar to A first (B must share points with A, not necessarily with the query; of
+    the views at a nearby position, the one facing A's way).
     ``stored(a)``: A's stored partners, the most similar references in range (core/pairframes
     ``partners_of``), which spare reading the similarities of every reference near A when
     enough of them are left after the linked and hidden ones."""
@@ -198,6 +199,10 @@ def _pairs(
         if hidden is not None:
             in_range &= ~hidden
         partners = [b for b in by_strength if b is not a and in_range[b.index]]
+        # Linked partners whose frame with A the map stores first (a read, not a solve; the
+        # same accuracy on the map's held-out positions: BENCHMARKS.md section 24).
+        held = set(stored(a.index) or [])
+        partners.sort(key=lambda b: b.index not in held and a.index not in (stored(b.index) or []))
         wanted = conf.partners - len(partners)
         if wanted > 0:
             near = _stored_near(stored(a.index), linked, in_range, wanted, conf.frame_partners)

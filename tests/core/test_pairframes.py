@@ -13,7 +13,7 @@ from core import geometry as geo
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
 from core.pairframes import PairFrames, solve_frame
-from core.placement import PlacementConfig, _stored_near, pnp_ransac
+from core.placement import Link, PlacementConfig, _pairs, _stored_near, pnp_ransac
 from core.types import Matches
 from tests.core.test_geometry import K, two_views
 
@@ -72,6 +72,23 @@ def test_stored_partners_stand_in_for_the_similarities_only_when_they_can() -> N
     assert _stored_near([5, 6, 7, 8], {6}, in_range, 3, 4) is None  # cut list, too few left
     assert _stored_near([5, 6], {6}, in_range, 3, 4) == [5]  # every reference in range
     assert _stored_near(None, set(), in_range, 1, 4) is None
+
+
+def test_linked_partners_with_a_stored_frame_are_tried_first() -> None:
+    """Of A's linked partners, those whose frame with A the map stores (with A or with them)
+    come before those that must be solved, each group by strength; then A's stored partners."""
+    positions = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 3.0], [3, 1]])
+
+    def link(i: int, n: int) -> Link:
+        return Link(i, np.arange(n), np.arange(n))
+
+    links = [link(0, 90), link(1, 80), link(2, 70), link(3, 60)]
+    stored = {0: [3, 5], 2: [0], 5: [0]}
+    conf = PlacementConfig(anchors=1, partners=4)
+    pairs = _pairs(links, positions, lambda _i, _a: None, conf, None, stored.get)
+    assert [b.index for _a, b in pairs] == [2, 3, 1, 5]  # 2 stores its frame with A; A stores 3
+    pairs = _pairs(links, positions, lambda _i, _a: None, conf, None, lambda _i: None)
+    assert [b.index for _a, b in pairs][:3] == [1, 2, 3]  # no stored frames: by strength
 
 
 @pytest.fixture(scope="module")
