@@ -24,9 +24,9 @@ import time
 from bench.accuracy import MAP_NAME
 from bench.common import machine_info, print_table, write_json
 from bench.geometry import load_items, localise_all, open_map, run_arguments
-from core.localiser import Localiser
+from core.localiser import LocaliseOptions, Localiser
 from core.mapbuild import add_pair_frames
-from core.pairframes import PAIRFRAMES_DIR, PairFrameSet
+from core.pairframes import PAIRFRAMES_DIR, PairFrames, PairFrameSet
 
 CHUNK = 100
 COLUMNS = ["run", "n", "MAE", "median", "<1", "<5", "placed", "posed", "place ms", "s/query",
@@ -68,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     shutil.rmtree(store.path(MAP_NAME) / PAIRFRAMES_DIR, ignore_errors=True)
     loc = Localiser(store.open(MAP_NAME))
-    # The same map with no stored frames: every pair solved per query, as before them.
+    # The same map with no stored frames: every pair solved per query, as before them. It is
+    # told the stored partner lists, so that it tries the same pairs in the same order
+    # (placement tries the linked partners with a stored frame first).
     solving = Localiser(store.open(MAP_NAME))
     solving.map.__dict__["pair_frames"] = PairFrameSet(args.out / "no-frames", solving.map.index)
+
+    def solving_frames(opts: LocaliseOptions, feats=None) -> PairFrames:
+        frames = Localiser.pair_frames(solving, opts, feats)
+        frames.partners = loc.pair_frames(opts).partners  # type: ignore[method-assign]
+        return frames
+
+    solving.pair_frames = solving_frames  # type: ignore[method-assign]
     items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
     loc.localise(items[0][1])  # warm-up
     solving.localise(items[0][1])

@@ -210,6 +210,33 @@ class PairFrames:
         frame = self.canonical(first, second)
         return frame if frame is None or first == a else frame.flipped()
 
+    def partner_centre(self, a: int, b: int) -> np.ndarray | None:
+        """B's camera centre in A's frame of the pair (a, b), None where the pair gives no
+        frame. A stored pair's is read from the store's in-memory poses, without its points."""
+        first, second = self.ordered(a, b)
+        pose = None
+        if (first, second) not in self._solved and self._stored is not None:
+            pose = self._stored_pose(first, second)
+        if pose is None:
+            frame = self(a, b)
+            return None if frame is None else frame.partner_centre
+        if pose[1] is None:  # stored as a pair that gives no frame
+            return None
+        rot, trans = pose[1]
+        if first != a:  # as PairFrame.flipped turns it
+            rot, trans = rot.T, -rot.T @ trans
+        return -rot.T @ trans
+
+    def _stored_pose(
+        self, a: int, b: int
+    ) -> tuple[bool, tuple[np.ndarray, np.ndarray] | None] | None:
+        assert self._stored is not None
+        for owner, other in ((a, b), (b, a)):
+            held = self._stored.pose(owner, self._ids[other], self.key)
+            if held is not None:
+                return held
+        return None
+
     def ordered(self, a: int, b: int) -> tuple[int, int]:
         """The pair in the order it is solved and stored in: the smaller id first."""
         return (a, b) if self._ids[a] <= self._ids[b] else (b, a)
@@ -299,20 +326,39 @@ class PairFrameSet(PartIndex):
         lo, hi = int(a["ref_offsets"][row]), int(a["ref_offsets"][row + 1])
         return tuple(str(p) for p in a["partner_ids"][lo:hi])
 
+    def _entry(self, i: int, partner_id: str, key: str) -> tuple[dict, int] | None:
+        """The part and row of the pair's entry stored with ``i`` under ``key``, or None."""
+        where = self.locate(i)
+        if where is None:
+            return None
+        a, row = where
+        if str(a["key"]) != key:
+            return None
+        lo, hi = int(a["ref_offsets"][row]), int(a["ref_offsets"][row + 1])
+        hits = np.flatnonzero(a["partner_ids"][lo:hi] == partner_id)
+        return (a, lo + int(hits[0])) if len(hits) else None
+
+    def pose(
+        self, i: int, partner_id: str, key: str
+    ) -> tuple[bool, tuple[np.ndarray, np.ndarray] | None] | None:
+        """As ``lookup``, only the frame's rotation and translation (held in memory): None
+        where the pair is not stored with ``i``."""
+        entry = self._entry(i, partner_id, key)
+        if entry is None:
+            return None
+        a, p = entry
+        if not a["solved"][p]:
+            return True, None
+        rot = np.array(a["rotations"][p], np.float64)
+        return True, (rot, np.array(a["translations"][p], np.float64))
+
     def lookup(self, i: int, partner_id: str, key: str) -> tuple[bool, PairFrame | None]:
         """Whether the frame of reference ``i`` and ``partner_id`` is stored with ``i`` under
         ``key``, and the frame (None: the pair was solved and gave none)."""
-        where = self.locate(i)
-        if where is None:
+        entry = self._entry(i, partner_id, key)
+        if entry is None:
             return False, None
-        a, row = where
-        if str(a["key"]) != key:
-            return False, None
-        lo, hi = int(a["ref_offsets"][row]), int(a["ref_offsets"][row + 1])
-        hits = np.flatnonzero(a["partner_ids"][lo:hi] == partner_id)
-        if not len(hits):
-            return False, None
-        p = lo + int(hits[0])
+        a, p = entry
         if not a["solved"][p]:
             return True, None
         s, e = int(a["point_offsets"][p]), int(a["point_offsets"][p + 1])

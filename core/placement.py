@@ -49,6 +49,9 @@ class PlacementConfig(Conf):
     # Partners per reference whose pair frames a map stores (core/pairframes.py): the pairs a
     # query tries are then read, not matched and solved (most pairs tried are among them).
     frame_partners: int = Field(6, ge=0, le=16)
+    # A query no pair places: one PnP against the points of all its anchor's frames it tried
+    # (BENCHMARKS.md section 24).
+    pooled: bool = False
     # "pose": one PnP against the map's triangulated points (core/geometry.py) where the map
     # has them, else the pairs; "pairs": this module's pairwise geometry per query;
     # "pose-only": no pairwise fallback. "pairs" by default: on the Getty map's own held-out
@@ -114,11 +117,15 @@ def place_query(
     found: list[tuple[float, float, int]] = []
     turns: list[tuple[int, float]] = []  # per placement: A, the query's turn from A's view
     implied: dict[int, dict[int, float]] = defaultdict(dict)  # A -> B -> A's heading
+    tried: dict[int, list[tuple[Link, Link, PairFrame]]] = defaultdict(list)
     for a, b in pairs:
         frame = frames(a.index, b.index)
         if frame is None:
             continue
-        implied[a.index][b.index] = _anchor_heading(frame, positions, a.index, b.index, conf)
+        tried[a.index].append((a, b, frame))
+        implied[a.index][b.index] = _anchor_heading(
+            frame.partner_centre, positions, a.index, b.index, conf
+        )
         got = _place_in_frame(query, query_k, a, b, frame, positions, conf)
         if got is None:
             continue
@@ -128,6 +135,15 @@ def place_query(
             turns.append((a.index, turn))
             if len(found) >= conf.enough:
                 break
+    for a_idx, its_frames in tried.items() if conf.pooled and not found else ():
+        if len(its_frames) < 2:  # one frame: the pair already failed
+            continue
+        heading_a = _median_heading(a_idx, implied[a_idx], frames, positions, conf, hidden)
+        got = _place_pooled(query, query_k, its_frames, positions, heading_a, conf)
+        if got is not None and abs(got[0] - around[0]) + abs(got[1] - around[1]) <= conf.max_shift:
+            found.append(got[:3])
+            turns.append((a_idx, got[3]))
+            break
     if not found:
         return None
     xs, ys = np.array([f[0] for f in found]), np.array([f[1] for f in found])
@@ -144,11 +160,11 @@ def place_query(
 
 
 def _anchor_heading(
-    frame: PairFrame, positions: np.ndarray, a: int, b: int, conf: PlacementConfig
+    centre_b: np.ndarray, positions: np.ndarray, a: int, b: int, conf: PlacementConfig
 ) -> float:
-    """A's heading in the map (radians) as the pair frame (A, B) implies it: the map direction
-    from A to B, turned back by the angle at which A's camera sees B's centre."""
-    centre_b = frame.partner_centre
+    """A's heading in the map (radians) as the pair frame (A, B) implies it, given B's camera
+    centre in A's frame: the map direction from A to B, turned back by the angle at which A's
+    camera sees B's centre."""
     seen_at = math.atan2(centre_b[0], centre_b[2])  # from A's forward axis towards its right
     v = positions[b].astype(np.float64) - positions[a].astype(np.float64)
     sense = -1.0 if conf.left_handed else 1.0
@@ -169,9 +185,9 @@ def _median_heading(
     for b in frames.partners(a) or []:
         if b in more or (hidden is not None and hidden[b]):
             continue
-        frame = frames(a, b)
-        if frame is not None:
-            more[b] = _anchor_heading(frame, positions, a, b, conf)
+        centre = frames.partner_centre(a, b)  # the pose alone: no points read
+        if centre is not None:
+            more[b] = _anchor_heading(centre, positions, a, b, conf)
     return circular_median(list(more.values()))
 
 
@@ -244,17 +260,7 @@ def _place_in_frame(
     """The query's (x, y) and PnP inliers from its matches to A and B through the points of
     A's frame of the pair, mapped onto the map by the known vector from A to B, and the
     query's turn from A's view (radians, from A's forward axis towards its right)."""
-    # 3D point per keypoint of A and of B (-1: none).
-    a_to_pt = np.full(len(frame.mine) and int(frame.mine.max()) + 1, -1, np.int64)
-    b_to_pt = np.full(len(frame.theirs) and int(frame.theirs.max()) + 1, -1, np.int64)
-    a_to_pt[frame.mine] = np.arange(len(frame.mine))
-    b_to_pt[frame.theirs] = np.arange(len(frame.theirs))
-    # The query's 2D-3D correspondences through A and through B, one per query keypoint.
-    q_to_pt: dict[int, int] = {}
-    for link, lookup in ((a, a_to_pt), (b, b_to_pt)):
-        for qi, ri in zip(link.query_idx, link.ref_idx, strict=True):
-            if ri < len(lookup) and lookup[ri] >= 0:
-                q_to_pt.setdefault(int(qi), int(lookup[ri]))
+    q_to_pt = _correspondences(a, b, frame)
     needed = conf.pnp_min_inliers or conf.min_points
     if len(q_to_pt) < needed:
         return None
@@ -283,6 +289,22 @@ def _place_in_frame(
     return float(xy[0]), float(xy[1]), len(inl), math.atan2(forward[0], forward[2])
 
 
+def _correspondences(a: Link, b: Link, frame: PairFrame) -> dict[int, int]:
+    """The query's 2D-3D correspondences through A and through B: query keypoint -> row of
+    ``frame.points``, one per query keypoint."""
+    # 3D point per keypoint of A and of B (-1: none).
+    a_to_pt = np.full(len(frame.mine) and int(frame.mine.max()) + 1, -1, np.int64)
+    b_to_pt = np.full(len(frame.theirs) and int(frame.theirs.max()) + 1, -1, np.int64)
+    a_to_pt[frame.mine] = np.arange(len(frame.mine))
+    b_to_pt[frame.theirs] = np.arange(len(frame.theirs))
+    q_to_pt: dict[int, int] = {}
+    for link, lookup in ((a, a_to_pt), (b, b_to_pt)):
+        for qi, ri in zip(link.query_idx, link.ref_idx, strict=True):
+            if ri < len(lookup) and lookup[ri] >= 0:
+                q_to_pt.setdefault(int(qi), int(lookup[ri]))
+    return q_to_pt
+
+
 def pnp_ransac(
     obj: np.ndarray, img: np.ndarray, k: np.ndarray, px: float, min_inliers: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -301,3 +323,37 @@ def pnp_ransac(
         return None
     rot, _ = cv2.Rodrigues(rvec)
     return rot, tvec.ravel(), inl.ravel()
+
+
+def _place_pooled(
+    query: Features,
+    query_k: np.ndarray,
+    tried: list[tuple[Link, Link, PairFrame]],
+    positions: np.ndarray,
+    heading_a: float,
+    conf: PlacementConfig,
+) -> tuple[float, float, int, float] | None:
+    """The query's (x, y), PnP inliers and turn from A's view by one PnP against the points
+    of all A's frames it ``tried`` (each in A's camera at the scale of its known baseline),
+    for a query no single pair shares enough points with. A's frame is turned onto the map
+    by A's heading (``heading_a``, radians), not by one partner's direction."""
+    q_to_xyz: dict[int, np.ndarray] = {}
+    for a, b, frame in tried:
+        for qi, row in _correspondences(a, b, frame).items():
+            q_to_xyz.setdefault(qi, frame.points[row])
+    needed = conf.pnp_min_inliers or conf.min_points
+    if len(q_to_xyz) < needed:
+        return None
+    img = query.keypoints[np.fromiter(q_to_xyz.keys(), np.int64)].astype(np.float64)
+    solved = pnp_ransac(np.array(list(q_to_xyz.values())), img, query_k, conf.pnp_px, needed)
+    if solved is None:
+        return None
+    rq, tvec, inl = solved
+    centre = -rq.T @ tvec  # in A's frame: x right, z forward
+    sense = -1.0 if conf.left_handed else 1.0
+    bearing = heading_a - sense * math.atan2(centre[0], centre[2])
+    reach = math.hypot(centre[0], centre[2])
+    pos_a = positions[tried[0][0].index].astype(np.float64)
+    forward = rq[2]
+    x, y = pos_a + reach * np.array([math.cos(bearing), math.sin(bearing)])
+    return float(x), float(y), len(inl), math.atan2(forward[0], forward[2])

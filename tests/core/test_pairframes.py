@@ -10,12 +10,21 @@ import pytest
 
 from cli.synthetic import FOV_DEG
 from core import geometry as geo
+from core.angles import wrap
 from core.camera import Camera
 from core.localiser import LocaliseOptions, Localiser
-from core.pairframes import PairFrames, solve_frame
-from core.placement import Link, PlacementConfig, _pairs, _stored_near, pnp_ransac
+from core.pairframes import PairFrame, PairFrames, solve_frame
+from core.placement import (
+    Link,
+    PlacementConfig,
+    _pairs,
+    _place_in_frame,
+    _stored_near,
+    place_query,
+    pnp_ransac,
+)
 from core.types import Matches
-from tests.core.test_geometry import K, two_views
+from tests.core.test_geometry import K, _features, _seen, two_views
 
 SETTINGS = PlacementConfig().frame_settings()
 
@@ -134,6 +143,15 @@ def test_stored_frames_are_the_solved_ones_and_jobs_read_them(framed_scene) -> N
             np.testing.assert_array_equal(a.points, b.points)
             np.testing.assert_array_equal(a.rotation, b.rotation)
     assert stored.solved == 0 and stored.read == len(pairs) + len(pairs[::3])
+    # The partner's centre, read without the points, in either order: as the whole frame's.
+    fresh = loc.pair_frames(LocaliseOptions())
+    for i, j in pairs:
+        for a_, b_ in ((i, j), (j, i)):
+            centre, frame = fresh.partner_centre(a_, b_), stored(a_, b_)
+            assert (centre is None) == (frame is None)
+            if centre is not None and frame is not None:
+                np.testing.assert_array_equal(centre, frame.partner_centre)
+    assert fresh.read == 0 and fresh.solved == 0
     other = loc.pair_frames(LocaliseOptions(placement_conf={"essential_px": 3.0}))
     other(*pairs[0])
     assert other.read == 0 and other.solved == 1
@@ -141,14 +159,23 @@ def test_stored_frames_are_the_solved_ones_and_jobs_read_them(framed_scene) -> N
 
 @pytest.mark.integration
 def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scene_map) -> None:
-    """The same views placed on the map with stored frames and on a copy without: the same
-    estimates, to the last bits of a float."""
+    """The same views placed on the map with stored frames and on a copy without, which
+    solves every frame: the same estimates, to the last bits of a float. The copy is told the
+    stored partner lists, as placement tries the linked partners with a stored frame first."""
     from tests.core.test_placement import _random_views
 
     bare = copy_scene_map()
     bare.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
     with_frames, without = Localiser(framed_scene.open("scene")), Localiser(bare.open("scene"))
     assert without.map.pair_frames.count() == 0
+    stored_partners = with_frames.pair_frames(LocaliseOptions()).partners
+
+    def solving(opts: LocaliseOptions, feats=None) -> PairFrames:
+        frames = Localiser.pair_frames(without, opts, feats)
+        frames.partners = stored_partners  # type: ignore[method-assign]
+        return frames
+
+    without.pair_frames = solving  # type: ignore[method-assign]
     placed = 0
     for image, _ in _random_views(8):
         a = with_frames.localise(image).estimate
@@ -158,6 +185,7 @@ def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scen
         if a.localised:
             assert a.x == pytest.approx(b.x, abs=1e-6) and a.y == pytest.approx(b.y, abs=1e-6)
     assert placed >= 4
+    assert without.pair_frames(LocaliseOptions()).partners(0) == stored_partners(0)
 
 
 def test_a_frame_places_a_third_camera_by_its_pose() -> None:
@@ -175,3 +203,54 @@ def test_a_frame_places_a_third_camera_by_its_pose() -> None:
     assert len(inliers) > 0.95 * len(frame.mine)
     truth = geo.camera_rotation(ha) @ np.array([cq[0] - ca[0], cq[1] - ca[1], 0.0])
     np.testing.assert_allclose(-rot.T @ t, truth, atol=1e-3)
+
+
+class _Frames:
+    """A fixed set of A's frames, as ``PairFrames`` serves them (none stored)."""
+
+    def __init__(self, frames: dict[tuple[int, int], PairFrame]) -> None:
+        self._frames = frames
+
+    def __call__(self, a: int, b: int) -> PairFrame | None:
+        return self._frames.get((a, b))
+
+    def partners(self, _i: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_query_no_pair_places_is_placed_by_its_anchors_frames_together(pooled: bool) -> None:
+    """The query is linked to A only, through 8 points A shares with B1 and 8 others it shares
+    with B2: neither pair reaches 12 correspondences; pooled, A's two frames place the query at
+    its true position and heading (exact frames, as the true cameras give them)."""
+    rng = np.random.default_rng(7)
+    world = np.column_stack([rng.uniform(-10, 30, 600), rng.uniform(-10, 30, 600),
+                             rng.uniform(-1, 4, 600)])  # fmt: skip
+    ha, hq, cq = math.radians(30), math.radians(50), (3.0, -1.0)
+    positions = np.array([[0.0, 0.0], [6.0, 2.0], [2.0, -5.0]])  # A, B1, B2
+    seen_q, ok_q = _seen(world, hq, cq)
+    shared = np.flatnonzero(_seen(world, ha, (0.0, 0.0))[1] & ok_q)[:16]
+    assert len(shared) == 16
+    rot_a = geo.camera_rotation(ha)
+
+    def frame(points: np.ndarray, heading_b: float, b: int) -> PairFrame:
+        """A's frame of (A, B): the points in A's camera, B's pose relative to A."""
+        rot = geo.camera_rotation(heading_b) @ rot_a.T
+        centre_b = rot_a @ np.array([*positions[b], 0.0])
+        return PairFrame(points, np.arange(len(points)), (rot_a @ world[points].T).T, rot,
+                         -rot @ centre_b)  # fmt: skip
+
+    frames = _Frames({(0, 1): frame(shared[:8], math.radians(75), 1),
+                      (0, 2): frame(shared[8:], math.radians(0), 2)})  # fmt: skip
+    query, a = _features(seen_q), Link(0, shared, shared)
+    conf = PlacementConfig(pooled=pooled)
+    for b in (1, 2):
+        assert _place_in_frame(query, K, a, Link(b, shared[:0], shared[:0]), frames(0, b),
+                               positions, conf) is None  # fmt: skip
+    got = place_query(query, K, [a], frames, positions, (4.0, 0.0), conf)  # type: ignore[arg-type]
+    if not pooled:
+        assert got is None
+        return
+    assert got is not None and got.placements[0][2] == 16
+    assert (got.x, got.y) == (pytest.approx(cq[0], abs=1e-3), pytest.approx(cq[1], abs=1e-3))
+    assert abs(wrap(got.heading - hq)) < 1e-3

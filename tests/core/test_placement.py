@@ -236,5 +236,5 @@ def test_an_anchors_heading_turns_the_way_its_map_does(left_handed: bool, facing
     )  # fmt: skip
     positions = np.array([[0.0, 0.0], [10.0, 0.0]])
     conf = PlacementConfig(left_handed=left_handed)
-    heading = _anchor_heading(frame, positions, 0, 1, conf)
+    heading = _anchor_heading(frame.partner_centre, positions, 0, 1, conf)
     assert math.degrees(heading) == pytest.approx(facing)
