@@ -135,11 +135,17 @@ def place_query(
             turns.append((a.index, turn))
             if len(found) >= conf.enough:
                 break
+    anchors: dict[int, float] = {}  # A -> A's heading, each computed once
+
+    def heading_of(a: int) -> float:
+        if a not in anchors:
+            anchors[a] = _median_heading(a, implied[a], frames, positions, conf, hidden)
+        return anchors[a]
+
     for a_idx, its_frames in tried.items() if conf.pooled and not found else ():
         if len(its_frames) < 2:  # one frame: the pair already failed
             continue
-        heading_a = _median_heading(a_idx, implied[a_idx], frames, positions, conf, hidden)
-        got = _place_pooled(query, query_k, its_frames, positions, heading_a, conf)
+        got = _place_pooled(query, query_k, its_frames, positions, heading_of(a_idx), conf)
         if got is not None and abs(got[0] - around[0]) + abs(got[1] - around[1]) <= conf.max_shift:
             found.append(got[:3])
             turns.append((a_idx, got[3]))
@@ -151,9 +157,7 @@ def place_query(
     # translation direction can be off by tens of degrees, which moves a placement near A
     # little but its heading as much: A's heading is the median of all its frames'.
     sense = -1.0 if conf.left_handed else 1.0
-    anchors = {a: _median_heading(a, implied[a], frames, positions, conf, hidden)
-               for a in dict.fromkeys(a for a, _ in turns)}  # fmt: skip
-    headings = [wrap(anchors[a] - sense * turn) for a, turn in turns]
+    headings = [wrap(heading_of(a) - sense * turn) for a, turn in turns]
     return Placement(
         float(np.median(xs)), float(np.median(ys)), circular_median(headings), found, len(pairs)
     )
@@ -217,11 +221,12 @@ def _pairs(
         partners = [b for b in by_strength if b is not a and in_range[b.index]]
         # Linked partners whose frame with A the map stores first (a read, not a solve; the
         # same accuracy on the map's held-out positions: BENCHMARKS.md section 24).
-        held = set(stored(a.index) or [])
+        held_by_a = stored(a.index)
+        held = set(held_by_a or [])
         partners.sort(key=lambda b: b.index not in held and a.index not in (stored(b.index) or []))
         wanted = conf.partners - len(partners)
         if wanted > 0:
-            near = _stored_near(stored(a.index), linked, in_range, wanted, conf.frame_partners)
+            near = _stored_near(held_by_a, linked, in_range, wanted, conf.frame_partners)
             if near is None:
                 nearby = np.flatnonzero(in_range)
                 sim = similar(a.index, nearby)
