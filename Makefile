@@ -22,13 +22,15 @@ install: $(BIN)/featureloc
 demo: install
 	$(BIN)/featureloc demo
 
-# Two passes (pytest-xdist, one test file per process at a time, so module fixtures are built
-# once): the tests on two processes, then the fault-injection tests that wait on timers (marker
-# "slow": heartbeats, restarts, outages; mostly idle), which share the CPU only with each other,
-# so that their time limits hold: four processes, as they mostly wait.
+# Two passes (pytest-xdist groups, tests/conftest.py: one test file per process at a time, so
+# module fixtures are built once, and the files that share a session's service stacks on one
+# process): the tests on two processes, then the fault-injection tests that wait on timers
+# (marker "slow": heartbeats, restarts, outages; mostly idle), one test at a time per process,
+# which share the CPU only with each other, so that their time limits hold: four processes, as
+# they mostly wait.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m slow $(PYTEST_ARGS)
 
 # Style, a static type check (mypy, configured in pyproject.toml: core, db, workers, cli, api)
 # and the layering contract (import-linter: core < db < workers < api < cli).

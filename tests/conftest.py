@@ -20,14 +20,30 @@ def getty() -> Path:
     return GETTY
 
 
+# Session pools of services (tests/support/services.ServicePool): the test files that use one
+# run on one pytest-xdist process (``make test``'s ``--dist loadgroup``), so that each pool's
+# stacks start once per run, not once per process (a stack costs 8-17 s to start).
+SHARED_POOLS = {"api_stacks": "api-stacks", "scene_services": "scene-services"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # One source of truth: a test that uses the getty fixture (directly or through another
-    # fixture) carries the getty marker, so ``-m "not getty"`` selects exactly the others. Real
-    # photos through real models take seconds each: those tests are integration tests too.
     for item in items:
-        if "getty" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        # One source of truth: a test that uses the getty fixture (directly or through another
+        # fixture) carries the getty marker, so ``-m "not getty"`` selects exactly the others.
+        # Real photos through real models take seconds each: those are integration tests too.
+        if "getty" in fixtures:
             item.add_marker(pytest.mark.getty)
             item.add_marker(pytest.mark.integration)
+        # Otherwise one file per process at a time, as ``--dist loadfile``, so that module
+        # fixtures are built once; but each timer-bound test ("slow") on its own, as they wait
+        # far longer than their fixtures take. A name shared by chance only shares a process.
+        pool = next((group for f, group in SHARED_POOLS.items() if f in fixtures), None)
+        unit = item.path.stem
+        if item.get_closest_marker("slow"):
+            unit = f"{unit}.{item.name}"
+        item.add_marker(pytest.mark.xdist_group(pool or unit))
 
 
 @pytest.fixture(scope="module", params=["cpu", "cuda"])
