@@ -24,9 +24,10 @@ import time
 from bench.accuracy import MAP_NAME
 from bench.common import machine_info, print_table, write_json
 from bench.geometry import load_items, localise_all, open_map, run_arguments
-from core.localiser import LocaliseOptions, Localiser
+from core.localiser import Localiser
 from core.mapbuild import add_pair_frames
-from core.pairframes import PAIRFRAMES_DIR, PairFrames, PairFrameSet
+from core.pairframes import PAIRFRAMES_DIR, PairFrameSet
+from tests.support.frames import solve_every_frame_as
 
 CHUNK = 100
 COLUMNS = ["run", "n", "MAE", "median", "<1", "<5", "placed", "posed", "place ms", "s/query",
@@ -73,13 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # (placement tries the linked partners with a stored frame first).
     solving = Localiser(store.open(MAP_NAME))
     solving.map.__dict__["pair_frames"] = PairFrameSet(args.out / "no-frames", solving.map.index)
-
-    def solving_frames(opts: LocaliseOptions, feats=None) -> PairFrames:
-        frames = Localiser.pair_frames(solving, opts, feats)
-        frames.partners = loc.pair_frames(opts).partners  # type: ignore[method-assign]
-        return frames
-
-    solving.pair_frames = solving_frames  # type: ignore[method-assign]
+    solve_every_frame_as(solving, loc)
     items, title = load_items(loc, args.getty, args.queries, args.limit, args.heldout)
     loc.localise(items[0][1])  # warm-up
     solving.localise(items[0][1])

@@ -25,6 +25,7 @@ from core.placement import (
 )
 from core.types import Matches
 from tests.core.test_geometry import K, _features, _seen, two_views
+from tests.support.frames import solve_every_frame_as
 
 SETTINGS = PlacementConfig().frame_settings()
 
@@ -168,14 +169,7 @@ def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scen
     bare.set_camera("scene", Camera(fov_x_deg=FOV_DEG))
     with_frames, without = Localiser(framed_scene.open("scene")), Localiser(bare.open("scene"))
     assert without.map.pair_frames.count() == 0
-    stored_partners = with_frames.pair_frames(LocaliseOptions()).partners
-
-    def solving(opts: LocaliseOptions, feats=None) -> PairFrames:
-        frames = Localiser.pair_frames(without, opts, feats)
-        frames.partners = stored_partners  # type: ignore[method-assign]
-        return frames
-
-    without.pair_frames = solving  # type: ignore[method-assign]
+    solve_every_frame_as(without, with_frames)
     placed = 0
     for image, _ in _random_views(8):
         a = with_frames.localise(image).estimate
@@ -185,6 +179,7 @@ def test_placement_with_stored_frames_answers_as_without(framed_scene, copy_scen
         if a.localised:
             assert a.x == pytest.approx(b.x, abs=1e-6) and a.y == pytest.approx(b.y, abs=1e-6)
     assert placed >= 4
+    stored_partners = with_frames.pair_frames(LocaliseOptions()).partners
     assert without.pair_frames(LocaliseOptions()).partners(0) == stored_partners(0)
 
 
